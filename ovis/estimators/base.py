@@ -1,0 +1,208 @@
+r"""The estimator base class: particle evaluation, runtime parameters, diagnostics.
+
+Every estimator is called as::
+
+    loss, diagnostics, output = estimator(model, x, backward=False, alpha=0.0, beta=1.0)
+
+* ``x``: a batch ``[B, *x_shape]``; the model is evaluated on ``B*M*K`` expanded copies of it.
+* ``loss``: a scalar surrogate, minimised; its gradient is minus the estimate of the bound's
+  gradient (plus the gradients of auxiliary objectives for their own parameters).  It is
+  averaged over ``B`` and ``M``.
+* ``diagnostics``: ``{'loss': {'L_k', 'elbo', 'kl', 'ess', ...}, '<family>': {...}}``, detached
+  tensors of shape ``[B]`` (averaged over the outer samples ``M``).
+* ``output``: the model's output mapping (on the ``B*M*K`` particles).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ovis.distributions.utils import detach_distribution
+from ovis.estimators.importance import effective_sample_size, iw_bound, log_weights
+from ovis.models.base import batch_reduce, check_model_output
+
+__all__ = ["RuntimeParams", "Particles", "GradientEstimator", "Diagnostics"]
+
+Diagnostics = Dict[str, Dict[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    r"""Parameters that may change at every call (schedules).
+
+    Attributes:
+        alpha: Renyi parameter in ``[0, 1)`` (``0``: the IW bound).
+        beta: KL weight ``>= 0``.
+        freebits: free bits per layer (``None``: off), ``>= 0``.
+        tau: relaxation temperature ``> 0`` (passed to the model as ``tau=`` when set).
+    """
+
+    alpha: float = 0.0
+    beta: float = 1.0
+    freebits: Optional[float] = None
+    tau: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha < 1.0):
+            raise ValueError(f"runtime parameter alpha must lie in [0, 1), got {self.alpha!r}")
+        if not (isinstance(self.beta, (int, float)) and self.beta >= 0 and math.isfinite(self.beta)):
+            raise ValueError(f"runtime parameter beta must be a finite number >= 0, got {self.beta!r}")
+        if self.freebits is not None and not (
+            isinstance(self.freebits, (int, float)) and self.freebits >= 0
+        ):
+            raise ValueError(f"runtime parameter freebits must be None or >= 0, got {self.freebits!r}")
+        if self.tau is not None and not (isinstance(self.tau, (int, float)) and self.tau > 0):
+            raise ValueError(f"runtime parameter tau must be None or > 0, got {self.tau!r}")
+
+    @classmethod
+    def from_kwargs(cls, estimator: str, kwargs: Mapping[str, Any]) -> "RuntimeParams":
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(kwargs) - set(valid))
+        if unknown:
+            raise TypeError(
+                f"{estimator}: unknown runtime parameter(s) {unknown}; valid names are {valid}"
+            )
+        return cls(**{k: (float(v) if isinstance(v, Tensor) else v) for k, v in kwargs.items()})
+
+
+@dataclass
+class Particles:
+    r"""The model evaluated on ``B*M*K`` particles.
+
+    Attributes:
+        output: the model's output mapping.
+        log_px: ``log p(x|z_k)``, ``[B, M, K]``.
+        log_qz: ``log q(z_{l,k}|...)``, ``[B, M, K, L]`` (``q``'s parameters attached).
+        log_pz: ``log p(z_{l,k}|...)``, ``[B, M, K, L]``.
+    """
+
+    output: Dict[str, Any]
+    log_px: Tensor
+    log_qz: Tensor
+    log_pz: Tensor
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        B, M, K = self.log_px.shape
+        return B, M, K
+
+
+class GradientEstimator(nn.Module):
+    r"""Base class of every gradient estimator.
+
+    Subclasses implement :meth:`compute`.  Constructor arguments are explicit and validated;
+    runtime parameters (:class:`RuntimeParams`) are validated at every call, and an unknown
+    name is an error.
+
+    Args:
+        mc: number of outer Monte Carlo samples ``M >= 1``.
+        iw: number of importance samples (particles) ``K >= 1``.
+    """
+
+    #: the identifier family (for error messages and diagnostics)
+    family: ClassVar[str] = "base"
+    #: whether the estimator needs reparameterised samples (``model(x, zgrads=True)``)
+    reparameterised: ClassVar[bool] = False
+    #: whether Renyi ``alpha > 0`` is supported
+    supports_alpha: ClassVar[bool] = True
+    #: the smallest K the estimator accepts
+    min_iw: ClassVar[int] = 1
+
+    def __init__(self, mc: int = 1, iw: int = 1) -> None:
+        super().__init__()
+        for name, v in (("mc", mc), ("iw", iw)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{self.family}: {name} must be an integer >= 1, got {v!r}")
+        if iw < self.min_iw:
+            raise ValueError(f"{self.family} needs iw (K) >= {self.min_iw}, got K={iw}")
+        self.mc = mc
+        self.iw = iw
+
+    def extra_repr(self) -> str:
+        return f"mc={self.mc}, iw={self.iw}"
+
+    # ------------------------------------------------------------------ calling
+    def forward(
+        self, model: nn.Module, x: Tensor, backward: bool = False, **runtime: Any
+    ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        params = RuntimeParams.from_kwargs(self.family, runtime)
+        if params.alpha > 0 and not self.supports_alpha:
+            raise ValueError(f"{self.family} does not support alpha != 0 (got alpha={params.alpha})")
+        if not isinstance(x, Tensor) or x.dim() < 2:
+            raise ValueError(f"x must be a batch tensor [B, *x_shape], got {getattr(x, 'shape', x)!r}")
+        loss, diagnostics, output = self.compute(model, x, params)
+        if loss.dim() != 0:
+            raise RuntimeError(f"{self.family}: the surrogate loss must be a scalar")
+        if backward:
+            loss.backward()
+        return loss, diagnostics, output
+
+    def compute(
+        self, model: nn.Module, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def expand(x: Tensor, M: int, K: int) -> Tensor:
+        r"""``[B, *x_shape] -> [B*M*K, *x_shape]`` (index order ``b, m, k``)."""
+        B = x.shape[0]
+        return x[:, None, None].expand(B, M, K, *x.shape[1:]).reshape(B * M * K, *x.shape[1:])
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        params: RuntimeParams,
+        K: Optional[int] = None,
+        zgrads: Optional[bool] = None,
+        detach_qz_params: bool = False,
+    ) -> Particles:
+        r"""Run the model on ``B*M*K`` copies of ``x`` and gather the log-densities.
+
+        ``detach_qz_params``: evaluate ``log q(z|x)`` with ``q``'s parameters detached
+        (a function of ``z`` only), as STL and DReG require.
+        """
+        B, M = x.shape[0], self.mc
+        K = self.iw if K is None else K
+        zgrads = self.reparameterised if zgrads is None else zgrads
+        x_exp = self.expand(x, M, K)
+        kwargs = {} if params.tau is None else {"tau": params.tau}
+        output = model(x_exp, zgrads=zgrads, **kwargs)
+        check_model_output(output)
+        if zgrads and any(not q.has_rsample for q in output["qz"]):
+            raise TypeError(
+                f"{self.family} needs reparameterised latents (rsample), but the model's "
+                f"q(z|x) ({[type(q).__name__ for q in output['qz']]}) has no rsample: use a "
+                "score-function estimator (e.g. reinforce, vimco-arithmetic, ovis-gamma1)"
+            )
+        qz = output["qz"]
+        if detach_qz_params:
+            qz = [detach_distribution(q) for q in qz]
+        log_px = batch_reduce(output["px"].log_prob(x_exp)).view(B, M, K)
+        log_qz = torch.stack(
+            [batch_reduce(q.log_prob(z)) for q, z in zip(qz, output["z"])], dim=-1
+        ).view(B, M, K, -1)
+        log_pz = torch.stack(
+            [batch_reduce(p.log_prob(z)) for p, z in zip(output["pz"], output["z"])], dim=-1
+        ).view(B, M, K, -1)
+        return Particles(output=output, log_px=log_px, log_qz=log_qz, log_pz=log_pz)
+
+    @staticmethod
+    def base_diagnostics(log_w: Tensor, kl: Tensor, log_px: Tensor) -> Diagnostics:
+        r"""``L_k`` (IW bound, alpha = 0), ``elbo``, ``kl``, ``ess``, ``nll``-free basics, ``[B]``."""
+        with torch.no_grad():
+            return {
+                "loss": {
+                    "L_k": iw_bound(log_w).mean(1),
+                    "elbo": log_w.mean(dim=(1, 2)),
+                    "kl": kl.mean(dim=(1, 2)),
+                    "log_px": log_px.mean(dim=(1, 2)),
+                    "ess": effective_sample_size(log_w).mean(1),
+                }
+            }

@@ -1,0 +1,175 @@
+r"""Estimator identifiers: a strict grammar and an explicit registry.
+
+``parse_estimator_id(id) -> (EstimatorClass, config)``; the estimator is then built as
+``EstimatorClass(mc=..., iw=..., **config)``.  An id must match exactly one family's grammar
+(full match, never a substring); numbers are parsed as numbers, never evaluated.
+
+=========================================  ====================================================
+grammar                                    family
+=========================================  ====================================================
+``reinforce``                              score function, no control variate
+``reinforce-baseline``                     score function + neural baseline
+``vimco-arithmetic|geometric``             VIMCO
+``ovis-gamma{g}[-arithmetic|-geometric]``  OVIS~ (``g`` a decimal number >= 0)
+``ovis-S{n}[-exclusive]``                  OVIS-MC, ``n`` integer >= 1: ``S = n``
+``ovis-S{r}[-exclusive]``                  OVIS-MC, ``r`` decimal in (0, 1): ``S = max(1, floor(r*K))``
+``wake-wake``, ``wake-sleep``              reweighted wake-sleep
+``tvo[-part{n}][-beta{m}][-config1|2][-left|right|trapz]``   thermodynamic variational objective
+``pathwise-vae``, ``pathwise-iwae``        reparameterised ELBO / IW bound
+``stl``, ``dreg``                          sticking the landing, doubly reparameterised
+``nvil``, ``muprop``, ``simple-muprop``, ``concrete``, ``gumbel-softmax``, ``straight-through``,
+``rebar``, ``dynamic-rebar``, ``relax``, ``arm``, ``disarm``   the REBAR line (discrete latents)
+=========================================  ====================================================
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+
+__all__ = ["parse_estimator_id", "EstimatorFamily", "REGISTRY", "valid_forms"]
+
+_DEC = r"(?:\d+(?:\.\d+)?|\.\d+)"  # a non-negative decimal number: 1, 0.5, 10.25, .5
+_INT = r"[1-9]\d*"
+
+
+@dataclass(frozen=True)
+class EstimatorFamily:
+    r"""One family of the registry.
+
+    Attributes:
+        name: family name (used in errors).
+        form: the grammar, as documented.
+        pattern: compiled full-match regular expression.
+        target: ``"module:Class"`` of the implementation, or ``None`` when not implemented yet.
+        build: maps the regex match to the constructor configuration.
+    """
+
+    name: str
+    form: str
+    pattern: "re.Pattern[str]"
+    target: Optional[str]
+    build: Callable[["re.Match[str]"], Dict[str, Any]]
+
+
+def _none(m: "re.Match[str]") -> Dict[str, Any]:
+    return {}
+
+
+def _vimco(m: "re.Match[str]") -> Dict[str, Any]:
+    return {"mean": m.group("mean")}
+
+
+def _ovis_gamma(m: "re.Match[str]") -> Dict[str, Any]:
+    gamma = float(m.group("gamma"))
+    return {"gamma": gamma, "loo": m.group("loo") or "exact"}
+
+
+def _ovis_mc(m: "re.Match[str]") -> Dict[str, Any]:
+    raw = m.group("s")
+    exclusive = m.group("exclusive") is not None
+    if re.fullmatch(_INT, raw):
+        return {"n_aux": int(raw), "aux_fraction": None, "exclusive": exclusive}
+    r = float(raw)
+    if not 0.0 < r < 1.0:
+        raise ValueError(
+            f"ovis-S{raw}: a decimal S must lie strictly between 0 and 1 (a fraction of K); "
+            "use an integer for a number of auxiliary particles (e.g. ovis-S10)"
+        )
+    return {"n_aux": None, "aux_fraction": r, "exclusive": exclusive}
+
+
+def _tvo(m: "re.Match[str]") -> Dict[str, Any]:
+    n = int(m.group("part")) if m.group("part") else 2
+    beta = float(m.group("beta")) if m.group("beta") else 10.0
+    return {
+        "partitions": n,
+        "log_beta_min": beta,
+        "schedule": m.group("config") or "log",
+        "integration": m.group("integration") or "left",
+    }
+
+
+def _family(name: str, form: str, regex: str, target: Optional[str],
+            build: Callable[["re.Match[str]"], Dict[str, Any]] = _none) -> EstimatorFamily:
+    return EstimatorFamily(name, form, re.compile(regex), target, build)
+
+
+REGISTRY: List[EstimatorFamily] = [
+    _family("reinforce", "reinforce", r"reinforce", "ovis.estimators.score_function:Reinforce"),
+    _family("reinforce-baseline", "reinforce-baseline", r"reinforce-baseline",
+            "ovis.estimators.score_function:ReinforceBaseline"),
+    _family("vimco", "vimco-arithmetic | vimco-geometric", r"vimco-(?P<mean>arithmetic|geometric)",
+            "ovis.estimators.vimco:Vimco", _vimco),
+    _family("ovis-gamma", "ovis-gamma{g}[-arithmetic|-geometric]  (g >= 0, e.g. ovis-gamma1, ovis-gamma0.5)",
+            rf"ovis-gamma(?P<gamma>{_DEC})(?:-(?P<loo>arithmetic|geometric))?",
+            "ovis.estimators.ovis:OvisAsymptotic", _ovis_gamma),
+    _family("ovis-mc", "ovis-S{n}[-exclusive] (n integer >= 1) | ovis-S{r}[-exclusive] (0 < r < 1)",
+            rf"ovis-S(?P<s>{_DEC})(?P<exclusive>-exclusive)?",
+            "ovis.estimators.ovis:OvisMonteCarlo", _ovis_mc),
+    _family("wake-wake", "wake-wake", r"wake-wake", "ovis.estimators.wake_sleep:WakeWake"),
+    _family("wake-sleep", "wake-sleep", r"wake-sleep", "ovis.estimators.wake_sleep:WakeSleep"),
+    _family("tvo", "tvo[-part{n}][-beta{m}][-config1|-config2][-left|-right|-trapz]",
+            rf"tvo(?:-part(?P<part>{_INT}))?(?:-beta(?P<beta>{_DEC}))?"
+            r"(?:-(?P<config>config1|config2))?(?:-(?P<integration>left|right|trapz))?",
+            "ovis.estimators.tvo:ThermodynamicVO", _tvo),
+    _family("pathwise-vae", "pathwise-vae", r"pathwise-vae", "ovis.estimators.pathwise:PathwiseVAE"),
+    _family("pathwise-iwae", "pathwise-iwae", r"pathwise-iwae", "ovis.estimators.pathwise:PathwiseIWAE"),
+    _family("stl", "stl", r"stl", "ovis.estimators.pathwise:StickingTheLanding"),
+    _family("dreg", "dreg", r"dreg", "ovis.estimators.pathwise:DoublyReparameterised"),
+    _family("nvil", "nvil", r"nvil", "ovis.estimators.discrete:NVIL"),
+    _family("muprop", "muprop | simple-muprop", r"(?P<variant>simple-)?muprop",
+            "ovis.estimators.discrete:MuProp", lambda m: {"simple": m.group("variant") is not None}),
+    _family("concrete", "concrete | gumbel-softmax", r"concrete|gumbel-softmax",
+            "ovis.estimators.relaxed:Concrete"),
+    _family("straight-through", "straight-through", r"straight-through",
+            "ovis.estimators.relaxed:StraightThrough"),
+    _family("rebar", "rebar | dynamic-rebar", r"(?P<variant>dynamic-)?rebar",
+            "ovis.estimators.rebar:Rebar", lambda m: {"dynamic": m.group("variant") is not None}),
+    _family("relax", "relax", r"relax", "ovis.estimators.rebar:Relax"),
+    _family("arm", "arm | disarm", r"(?P<variant>dis)?arm", "ovis.estimators.discrete:ARM",
+            lambda m: {"disarm": m.group("variant") is not None}),
+]
+
+
+def valid_forms() -> str:
+    r"""The list of valid id forms, one per line (for error messages)."""
+    return "\n".join(f"  {f.form}" for f in REGISTRY)
+
+
+def parse_estimator_id(estimator_id: str) -> Tuple[Type[Any], Dict[str, Any]]:
+    r"""Map an estimator id to ``(EstimatorClass, config)``.
+
+    Raises:
+        ValueError: the id matches no family (the message lists the valid forms), or a number in
+            it is invalid (e.g. ``ovis-S1.5``).
+        NotImplementedError: the id is valid but its family is not implemented in this version.
+    """
+    if not isinstance(estimator_id, str):
+        raise ValueError(f"an estimator id must be a string, got {estimator_id!r}")
+    matches = [(f, f.pattern.fullmatch(estimator_id)) for f in REGISTRY]
+    matches = [(f, m) for f, m in matches if m is not None]
+    if not matches:
+        raise ValueError(f"unknown estimator id {estimator_id!r}; valid forms:\n{valid_forms()}")
+    if len(matches) > 1:  # pragma: no cover - the grammar is unambiguous, tested
+        raise ValueError(f"ambiguous estimator id {estimator_id!r}: {[f.name for f, _ in matches]}")
+    family, match = matches[0]
+    config = family.build(match)
+    if family.target is None:
+        raise NotImplementedError(f"estimator family {family.name!r} is not implemented yet")
+    module_name, cls_name = family.target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            raise NotImplementedError(
+                f"estimator family {family.name!r} ({estimator_id!r}) is not implemented yet"
+            ) from None
+        raise
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        raise NotImplementedError(
+            f"estimator family {family.name!r} ({estimator_id!r}) is not implemented yet"
+        )
+    return cls, config

@@ -1,0 +1,118 @@
+r"""Reparameterised (pathwise) estimators: ``pathwise-vae``, ``pathwise-iwae``, ``stl``, ``dreg``.
+
+They need a model whose ``q(z|x)`` has ``rsample`` (the model is called with ``zgrads=True``).
+
+* ``pathwise-vae`` (Kingma & Welling 2014): the ELBO :math:`\frac1K\sum_k \log w_k`.
+* ``pathwise-iwae`` (Burda et al. 2016): the IW bound, or the Renyi bound
+  :math:`\mathcal{L}_K^\alpha` (Li & Turner 2016) when ``alpha > 0``.
+* ``stl`` (Roeder et al. 2017): ``pathwise-iwae`` with ``q``'s parameters detached inside
+  ``log q(z|x)`` (the score term is dropped).  Unbiased for the ELBO at ``K = 1``; for ``K > 1``
+  its phi-gradient is biased for :math:`\nabla\mathcal{L}_K` (Tucker et al. 2019): the bias is
+  :math:`-E[\sum_k (v_k - v_k^2)\,\partial_z \log w_k\,\partial_\phi z_k]`, measured in the tests.
+* ``dreg`` (Tucker et al. 2019): phi-gradient
+  :math:`\sum_k (\alpha v_k + (1-\alpha) v_k^2)\,\partial_z \log w_k\,\partial_\phi z_k` with
+  ``q``'s parameters detached in ``log q`` (at ``alpha = 0`` this is the paper's ``v_k^2``; the
+  ``alpha`` form follows from the same identity applied to the tempered weights); theta-gradient
+  as IWAE.  Unbiased for :math:`\nabla\mathcal{L}_K^\alpha`.
+
+``stl`` and ``dreg`` support models with one stochastic layer: with several layers, detaching
+``q``'s parameters would also drop the path through the conditioning of the upper layers.
+``dreg`` reweights the gradient reaching ``z`` through a tensor hook, so the model must return
+the sampled tensor itself in ``output['z']`` (the built-in models do).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
+from ovis.estimators.importance import log_weights, normalized_weights, renyi_bound
+
+__all__ = ["PathwiseVAE", "PathwiseIWAE", "StickingTheLanding", "DoublyReparameterised"]
+
+
+class PathwiseVAE(GradientEstimator):
+    r"""Reparameterised ELBO, averaged over the ``K`` particles (``pathwise-vae``)."""
+
+    family = "pathwise-vae"
+    reparameterised = True
+    supports_alpha = False
+
+    def compute(
+        self, model: nn.Module, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        p = self.evaluate(model, x, params)
+        log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
+        loss = -log_w.mean()
+        return loss, self.base_diagnostics(log_w, kl, p.log_px), p.output
+
+
+class PathwiseIWAE(GradientEstimator):
+    r"""Reparameterised IW / Renyi bound (``pathwise-iwae``)."""
+
+    family = "pathwise-iwae"
+    reparameterised = True
+
+    def compute(
+        self, model: nn.Module, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        p = self.evaluate(model, x, params)
+        log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
+        loss = -renyi_bound(log_w, params.alpha).mean()
+        return loss, self.base_diagnostics(log_w, kl, p.log_px), p.output
+
+
+def _single_layer(family: str, output: Dict[str, Any]) -> None:
+    if len(output["z"]) != 1:
+        raise ValueError(
+            f"{family} supports models with one stochastic layer (got {len(output['z'])}); "
+            "use pathwise-iwae or a score-function estimator for hierarchical models"
+        )
+
+
+class StickingTheLanding(GradientEstimator):
+    r"""Sticking the landing (``stl``): ``q``'s parameters detached inside ``log q(z|x)``."""
+
+    family = "stl"
+    reparameterised = True
+
+    def compute(
+        self, model: nn.Module, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        p = self.evaluate(model, x, params, detach_qz_params=True)
+        _single_layer(self.family, p.output)
+        log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
+        loss = -renyi_bound(log_w, params.alpha).mean()
+        return loss, self.base_diagnostics(log_w, kl, p.log_px), p.output
+
+
+class DoublyReparameterised(GradientEstimator):
+    r"""Doubly reparameterised gradient estimator (``dreg``).
+
+    One forward and one backward pass: the surrogate is the (Renyi) bound computed with ``q``'s
+    parameters detached in ``log q``; its gradient reaching ``z_k`` is
+    :math:`v_k\,\partial_z\log w_k`, and a hook on ``z`` multiplies it by
+    :math:`\alpha + (1-\alpha) v_k`, which turns the phi-gradient into DReG's while the
+    theta-gradient (which does not pass through ``z``) stays IWAE's.
+    """
+
+    family = "dreg"
+    reparameterised = True
+
+    def compute(
+        self, model: nn.Module, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        p = self.evaluate(model, x, params, detach_qz_params=True)
+        _single_layer(self.family, p.output)
+        log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
+        z = p.output["z"][0]
+        if z.requires_grad:
+            with torch.no_grad():
+                v = normalized_weights(log_w, params.alpha)
+                scale = (params.alpha + (1.0 - params.alpha) * v).reshape(-1)
+            scale = scale.view(-1, *([1] * (z.dim() - 1)))
+            z.register_hook(lambda g: g * scale)
+        loss = -renyi_bound(log_w, params.alpha).mean()
+        return loss, self.base_diagnostics(log_w, kl, p.log_px), p.output

@@ -1,0 +1,123 @@
+r"""Score-function estimators of the importance-weighted bound: the shared base, ``reinforce``
+and ``reinforce-baseline``.
+
+For a non-reparameterised :math:`q` (Mnih & Rezende 2016; Lievin et al. 2020, eq. 5):
+
+.. math::
+
+    \nabla_\phi \mathcal{L}_K^\alpha = E\Big[\sum_k (d_k - c_k)\, h_k\Big],\quad
+    d_k = \mathcal{L}_K^\alpha - v_k,\quad h_k = \nabla_\phi \log q(z_k|x),\quad
+    \nabla_\theta \mathcal{L}_K^\alpha = E[\nabla_\theta \mathcal{L}_K^\alpha]
+
+for any control variate :math:`c_k` that does not depend on :math:`z_k` (``v_k`` are the tempered
+normalised weights).  The surrogate minimised is
+
+.. math::
+
+    -\sum_k \mathrm{sg}(d_k - c_k)\log q(z_k|x) - \mathcal{L}_K^\alpha
+
+averaged over ``B`` and ``M``, where :math:`\mathcal{L}_K^\alpha` is computed from log-weights
+whose :math:`\log q` is detached (it carries no gradient to :math:`\phi` through ``q``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ovis.estimators.base import Diagnostics, GradientEstimator, Particles, RuntimeParams
+from ovis.estimators.importance import log_weights, normalized_weights, renyi_bound
+
+__all__ = ["ScoreFunctionEstimator", "Reinforce", "ReinforceBaseline"]
+
+
+class ScoreFunctionEstimator(GradientEstimator):
+    r"""Base of the score-function estimators of :math:`\mathcal{L}_K^\alpha`.
+
+    Subclasses implement :meth:`control_variate` (``c_k``, ``[B, M, K]``, detached, independent of
+    ``z_k`` for an unbiased estimator).  The learning signal, the surrogate and the diagnostics
+    (``estimator/cv_mse``: the mean squared difference between ``d_k`` and ``c_k``) are built here.
+    """
+
+    family = "score-function"
+
+    def compute(
+        self, model: nn.Module, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        p = self.evaluate(model, x, params, zgrads=False)
+        log_w, kl = log_weights(p.log_px, p.log_qz.detach(), p.log_pz, params.beta, params.freebits)
+        bound = renyi_bound(log_w, params.alpha)  # [B, M], theta-gradient only
+        with torch.no_grad():
+            d = bound[..., None] - normalized_weights(log_w, params.alpha)
+        c, aux_loss, extra = self.control_variate(log_w.detach(), d, x, params)
+        signal = (d - c).detach()
+        log_q = p.log_qz.sum(-1)  # [B, M, K], phi-gradient
+        loss = -(signal * log_q).sum(-1).mean() - bound.mean()
+        if aux_loss is not None:
+            loss = loss + aux_loss
+        diagnostics = self.base_diagnostics(log_w, kl, p.log_px)
+        with torch.no_grad():
+            diagnostics["estimator"] = {"cv_mse": ((d - c) ** 2).mean(dim=(1, 2)), **extra}
+        return loss, diagnostics, p.output
+
+    def control_variate(
+        self, log_w: Tensor, d: Tensor, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        r"""Return ``(c, aux_loss, extra_diagnostics)``; ``c`` has the shape of ``d`` ``[B, M, K]``."""
+        raise NotImplementedError
+
+
+class Reinforce(ScoreFunctionEstimator):
+    r"""REINFORCE on the IW bound (``reinforce``): :math:`c_k = 0`."""
+
+    family = "reinforce"
+
+    def control_variate(
+        self, log_w: Tensor, d: Tensor, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        return torch.zeros_like(d), None, {}
+
+
+class ReinforceBaseline(ScoreFunctionEstimator):
+    r"""REINFORCE with a neural baseline (``reinforce-baseline``): :math:`c_k = b_\psi(x)`.
+
+    ``b_psi`` is an MLP (``D -> hdim -> 1``, tanh) trained by minimising the mean squared error to
+    the learning signal :math:`d_k` (the MSE is added to the surrogate; ``d_k`` is detached, so it
+    reaches only ``psi``).  Its parameters are this module's parameters: give
+    ``estimator.parameters()`` to an optimiser (``run.py`` uses ``--baseline_lr``).
+
+    Args:
+        x_shape: shape of one observation; when ``None`` the network is built at the first call,
+            so create the optimiser after that call.
+        hdim: hidden units of the baseline.
+    """
+
+    family = "reinforce-baseline"
+
+    def __init__(self, mc: int = 1, iw: int = 1, x_shape: Optional[Sequence[int]] = None,
+                 hdim: int = 100) -> None:
+        super().__init__(mc=mc, iw=iw)
+        if hdim < 1:
+            raise ValueError(f"hdim must be >= 1, got {hdim}")
+        self.hdim = hdim
+        self.baseline: Optional[nn.Module] = None
+        if x_shape is not None:
+            self._build(int(math.prod(x_shape)))
+
+    def _build(self, dim: int, like: Optional[Tensor] = None) -> None:
+        net = nn.Sequential(nn.Linear(dim, self.hdim), nn.Tanh(), nn.Linear(self.hdim, 1))
+        if like is not None:
+            net = net.to(device=like.device, dtype=like.dtype)
+        self.baseline = net
+
+    def control_variate(
+        self, log_w: Tensor, d: Tensor, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        flat = x.reshape(x.shape[0], -1)
+        if self.baseline is None:
+            self._build(flat.shape[1], like=flat)
+        b = self.baseline(flat).view(-1, 1, 1)  # [B, 1, 1]
+        mse = ((d.detach() - b) ** 2).mean()
+        return b.detach().expand_as(d), mse, {"baseline_mse": ((d - b.detach()) ** 2).mean(dim=(1, 2))}

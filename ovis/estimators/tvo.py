@@ -1,0 +1,121 @@
+r"""The thermodynamic variational objective (Masrani, Le & Wood, NeurIPS 2019): ``tvo*``.
+
+With the path :math:`\pi_\beta(z) \propto q(z|x)^{1-\beta} p(x,z)^\beta` and
+:math:`f = \log w`, :math:`\log p(x) = \int_0^1 E_{\pi_\beta}[f]\,d\beta`; the TVO is a Riemann sum
+over a partition :math:`0 = \beta_0 < \dots < \beta_n = 1` (left: a lower bound; right: an upper
+bound; trapezoid).  Each expectation is a self-normalised importance-sampling estimate with
+weights :math:`\omega_k \propto w_k^\beta` on the ``K`` particles of ``q``, and its gradient is
+the covariance estimator
+
+.. math::
+
+    \nabla E_{\pi_\beta}[f] = E_{\pi_\beta}[\nabla f]
+        + \mathrm{Cov}_{\pi_\beta}(f, \nabla\log q + \beta\nabla f)
+
+with the ``K/(K-1)`` correction of the covariance (self-normalised, so biased for finite K;
+with one partition ``{0, 1}`` and left integration it is unbiased for the ELBO's gradient).
+
+Partition: ``-part{n}``: ``n = 1`` is ``{0, 1}``; otherwise ``0`` followed by ``n`` points
+log-spaced from ``beta_1`` to 1, with ``beta_1 = 10^-m`` (``-beta{m}``, default ``m = 10``),
+or from ``K`` with ``-config1`` (TVO fig. 3: 0.05 for K < 10, 0.2 for K < 30, else 0.3) or
+``-config2`` (TVO fig. 6: 0.01, 0.02, 0.03).  TVO rejects ``alpha != 0``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
+from ovis.estimators.importance import log_weights
+
+__all__ = ["ThermodynamicVO", "tvo_partition"]
+
+_SCHEDULES = ("log", "config1", "config2")
+_INTEGRATIONS = ("left", "right", "trapz")
+
+
+def tvo_partition(K: int, partitions: int = 2, log_beta_min: float = 10.0, schedule: str = "log") -> Tensor:
+    r"""The partition :math:`0 = \beta_0 < \beta_1 < \dots < \beta_n = 1` (float64, ``[n + 1]``)."""
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"schedule must be one of {_SCHEDULES}, got {schedule!r}")
+    if partitions == 1:
+        return torch.tensor([0.0, 1.0], dtype=torch.float64)
+    if schedule == "log":
+        if log_beta_min <= 0:
+            raise ValueError(f"-beta{{m}} needs m > 0 (beta_1 = 10^-m < 1), got {log_beta_min}")
+        beta1 = 10.0 ** (-log_beta_min)
+    else:
+        table = (0.05, 0.2, 0.3) if schedule == "config1" else (0.01, 0.02, 0.03)
+        beta1 = table[0] if K < 10 else table[1] if K < 30 else table[2]
+    pts = torch.logspace(torch.log10(torch.tensor(beta1, dtype=torch.float64)).item(), 0.0,
+                         partitions, dtype=torch.float64)
+    return torch.cat([torch.zeros(1, dtype=torch.float64), pts])
+
+
+class ThermodynamicVO(GradientEstimator):
+    r"""TVO with the covariance gradient estimator.
+
+    Args:
+        partitions: ``n``, the number of points after ``0``.
+        log_beta_min: ``m`` with ``beta_1 = 10^-m`` (``schedule="log"``).
+        schedule: ``"log"``, ``"config1"`` or ``"config2"``.
+        integration: ``"left"``, ``"right"`` or ``"trapz"``.
+    """
+
+    family = "tvo"
+    supports_alpha = False
+
+    def __init__(self, mc: int = 1, iw: int = 1, partitions: int = 2, log_beta_min: float = 10.0,
+                 schedule: str = "log", integration: str = "left") -> None:
+        super().__init__(mc=mc, iw=iw)
+        if integration not in _INTEGRATIONS:
+            raise ValueError(f"integration must be one of {_INTEGRATIONS}, got {integration!r}")
+        self.integration = integration
+        self.register_buffer("partition", tvo_partition(iw, partitions, log_beta_min, schedule),
+                             persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, partition={self.partition.tolist()}, integration={self.integration}"
+
+    def riemann_weights(self) -> Tuple[Tensor, Tensor]:
+        r"""``(betas, coefficients)``: the integral is ``sum_j coef_j * E_{pi_{beta_j}}[f]``."""
+        b = self.partition
+        delta = b[1:] - b[:-1]
+        if self.integration == "left":
+            return b[:-1], delta
+        if self.integration == "right":
+            return b[1:], delta
+        coef = torch.zeros_like(b)
+        coef[:-1] += delta / 2
+        coef[1:] += delta / 2
+        return b, coef
+
+    def compute(
+        self, model: nn.Module, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        p = self.evaluate(model, x, params, zgrads=False)
+        log_q = p.log_qz.sum(-1)  # [B, M, K], phi
+        log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)  # theta, phi
+        K = log_w.shape[-1]
+        betas, coef = self.riemann_weights()
+        betas = betas.to(log_w)
+        coef = coef.to(log_w)
+        f = log_w[..., None]  # [B, M, K, 1]
+        with torch.no_grad():
+            omega = torch.softmax(betas * f, dim=2)  # [B, M, K, P]
+            f_bar = (omega * f).sum(2, keepdim=True)  # [B, M, 1, P]
+            centred = f - f_bar
+        correction = K / (K - 1) if K > 1 else 0.0
+        g = log_q[..., None] + betas * f  # log pi~_beta as a function of the parameters
+        expectation = (omega * f).sum(2)  # [B, M, P]: E_pi[grad f]
+        covariance = correction * (omega * centred * g).sum(2)  # [B, M, P]
+        surrogate = ((expectation + covariance) * coef).sum(-1)  # [B, M]
+        loss = -surrogate.mean()
+        diagnostics = self.base_diagnostics(log_w.detach(), kl.detach(), p.log_px.detach())
+        with torch.no_grad():
+            diagnostics["estimator"] = {"tvo": ((omega * f).sum(2) * coef).sum(-1).mean(1)}
+        return loss, diagnostics, p.output

@@ -1,0 +1,77 @@
+r"""Reweighted wake-sleep (Bornschein & Bengio 2015; Le et al. 2019): ``wake-wake``, ``wake-sleep``.
+
+* theta: maximise :math:`\mathcal{L}_K^\alpha` (the gradient :math:`\sum_k v_k\nabla_\theta\log w_k`,
+  unbiased for :math:`\nabla_\theta\mathcal{L}_K^\alpha`);
+* phi, wake phase (``wake-wake``): minimise :math:`-\sum_k \mathrm{sg}(v_k)\log q(z_k|x)`, a
+  self-normalised estimate of :math:`\nabla_\phi KL(p(z|x)\,\|\,q(z|x))`;
+* phi, sleep phase (``wake-sleep``): minimise :math:`-\log q(z|x)` on :math:`(z, x)\sim p`
+  (needs the model hook ``infer(x, z)``).
+
+The phi-gradient does not follow :math:`\mathcal{L}_K` (it is biased for it by design).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
+from ovis.estimators.importance import log_weights, normalized_weights, renyi_bound
+from ovis.models.base import batch_reduce, require_hook
+
+__all__ = ["WakeWake", "WakeSleep"]
+
+
+class _ReweightedWakeSleep(GradientEstimator):
+    family = "rws"
+
+    def compute(
+        self, model: nn.Module, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        p = self.evaluate(model, x, params, zgrads=False)
+        log_w, kl = log_weights(p.log_px, p.log_qz.detach(), p.log_pz, params.beta, params.freebits)
+        bound = renyi_bound(log_w, params.alpha)
+        phi_loss = self.phi_loss(model, x, log_w, p.log_qz.sum(-1), params)
+        loss = -bound.mean() + phi_loss
+        diagnostics = self.base_diagnostics(log_w, kl, p.log_px)
+        diagnostics["estimator"] = {"phi_loss": phi_loss.detach().expand(x.shape[0])}
+        return loss, diagnostics, p.output
+
+    def phi_loss(self, model: nn.Module, x: Tensor, log_w: Tensor, log_q: Tensor,
+                 params: RuntimeParams) -> Tensor:
+        raise NotImplementedError
+
+
+class WakeWake(_ReweightedWakeSleep):
+    r"""Reweighted wake-sleep with the wake phase for ``phi`` (``wake-wake``)."""
+
+    family = "wake-wake"
+
+    def phi_loss(self, model: nn.Module, x: Tensor, log_w: Tensor, log_q: Tensor,
+                 params: RuntimeParams) -> Tensor:
+        v = normalized_weights(log_w.detach(), params.alpha)
+        return -(v * log_q).sum(-1).mean()
+
+
+class WakeSleep(_ReweightedWakeSleep):
+    r"""Reweighted wake-sleep with the sleep phase for ``phi`` (``wake-sleep``).
+
+    ``B*M*K`` pairs ``(z, x) ~ p`` are drawn with ``model.sample_from_prior`` and
+    ``log q(z|x)`` is evaluated with ``model.infer(x, z)``.
+    """
+
+    family = "wake-sleep"
+
+    def phi_loss(self, model: nn.Module, x: Tensor, log_w: Tensor, log_q: Tensor,
+                 params: RuntimeParams) -> Tensor:
+        infer = require_hook(model, "infer", self.family)
+        B, M, K = log_w.shape
+        with torch.no_grad():
+            kwargs = {} if params.tau is None else {"tau": params.tau}
+            prior = model.sample_from_prior(B * M * K, **kwargs)
+            xs = prior["px"].sample()
+            zs = [z.detach() for z in prior["z"]]
+        qz = infer(xs, zs)
+        log_q_sleep = sum(batch_reduce(q.log_prob(z)) for q, z in zip(qz, zs))
+        return -log_q_sleep.mean()

@@ -1,0 +1,91 @@
+r"""The model protocol shared by every estimator.
+
+A model is a :class:`torch.nn.Module` with
+
+* ``forward(x, zgrads=False, **kwargs) -> output``: encode ``x`` (shape ``[N, *x_shape]``),
+  sample ``z ~ q(z|x)`` for each stochastic layer (``rsample`` when ``zgrads`` is true, else
+  ``sample``), decode, and return the mapping
+  ``{'px': p(x|z), 'z': [z_1..z_L], 'qz': [q(z_l|...)], 'pz': [p(z_l|...)]}``
+  whose distributions are :mod:`torch.distributions` objects with batch shape starting with
+  ``N`` (every other dimension is summed as part of the event);
+* ``sample_from_prior(bs, **kwargs) -> {'px', 'z', 'pz'}``.
+
+Parameters of the inference network live under a submodule named ``inference_network`` and those
+of the generative model under ``generative_model``: gradient analysis (``--grad_key``) and the
+estimators select parameters by these names.
+
+Optional hooks, used by the estimators that need them (an estimator calls
+:func:`require_hook`, which fails with a clear message when the model lacks one):
+
+* ``infer(x, z) -> [q(z_l|...)]``: the inference distributions evaluated along *given* latents
+  ``z`` (reweighted wake-sleep's sleep phase needs ``log q(z|x)`` on ``(z, x) ~ p``).
+
+Estimators evaluate a model on ``B*M*K`` expanded copies of ``x`` (see
+:mod:`ovis.estimators.base`): a model needs no knowledge of ``M`` or ``K``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+__all__ = ["TemplateModel", "batch_reduce", "require_hook", "check_model_output"]
+
+
+def batch_reduce(t: Tensor) -> Tensor:
+    r"""Sum every dimension but the first: ``[N, ...] -> [N]``."""
+    return t.reshape(t.shape[0], -1).sum(1)
+
+
+def require_hook(model: nn.Module, name: str, estimator: str) -> Any:
+    r"""Return ``model.<name>``, or raise a ``TypeError`` naming the estimator and the hook."""
+    hook = getattr(model, name, None)
+    if hook is None or not callable(hook):
+        raise TypeError(
+            f"estimator {estimator!r} needs the model method {name}() "
+            f"(see ovis.models.base.TemplateModel.{name}); {type(model).__name__} has none"
+        )
+    return hook
+
+
+def check_model_output(output: Mapping[str, Any], with_q: bool = True) -> None:
+    r"""Validate a model output mapping (keys, list lengths, distribution types)."""
+    keys = ("px", "z", "qz", "pz") if with_q else ("px", "z", "pz")
+    missing = [k for k in keys if k not in output]
+    if missing:
+        raise KeyError(
+            f"the model output lacks {missing}: forward() must return a mapping with keys "
+            f"{list(keys)} (see ovis.models.base.TemplateModel)"
+        )
+    if not isinstance(output["px"], Distribution):
+        raise TypeError("output['px'] must be a torch.distributions.Distribution")
+    lists = [output[k] for k in keys[1:]]
+    if not all(isinstance(v, (list, tuple)) for v in lists):
+        raise TypeError("output['z'], output['qz'] and output['pz'] must be lists (one item per layer)")
+    if len({len(v) for v in lists}) != 1 or len(lists[0]) == 0:
+        raise ValueError(
+            "output['z'], output['qz'] and output['pz'] must have the same, non-zero length "
+            f"(got {[len(v) for v in lists]})"
+        )
+
+
+class TemplateModel(nn.Module):
+    r"""Base class documenting the model protocol (see the module docstring).
+
+    Subclasses define ``inference_network`` and ``generative_model`` submodules and implement
+    :meth:`forward` and :meth:`sample_from_prior`; optionally ``infer(x, z)`` (a list of
+    ``q(z_l|...)`` conditioned along the given latents), for the estimators that need it.
+    """
+
+    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def x_shape(self) -> torch.Size:
+        r"""The shape of one observation (used to build baselines)."""
+        raise NotImplementedError

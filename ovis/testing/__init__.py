@@ -1,0 +1,26 @@
+r"""Test harness reused by every estimator family: enumerable models, exact objectives, and the
+statistical comparison of estimator draws with exact gradients."""
+from ovis.testing.enumerable import (
+    BernoulliToyModel,
+    CategoricalToyModel,
+    EnumerableModel,
+    LinearGaussianModel,
+    exact_bound,
+    exact_gradients,
+    exact_log_evidence,
+)
+from ovis.testing.stats import Comparison, compare_with_exact, gradient_draws, z_threshold
+
+__all__ = [
+    "BernoulliToyModel",
+    "CategoricalToyModel",
+    "EnumerableModel",
+    "LinearGaussianModel",
+    "exact_bound",
+    "exact_gradients",
+    "exact_log_evidence",
+    "Comparison",
+    "compare_with_exact",
+    "gradient_draws",
+    "z_threshold",
+]

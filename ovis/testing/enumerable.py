@@ -1,0 +1,249 @@
+r"""Tiny models whose latent space can be enumerated, and their exact objectives.
+
+With ``C`` latent configurations and ``K`` particles, the IW bound is an exact finite sum over
+the ``C^K`` ordered ``K``-tuples:
+
+.. math::
+
+    \mathcal{L}_K^\alpha(x) = \sum_{(c_1..c_K)} \prod_k q(c_k|x)\;
+        \frac{1}{1-\alpha}\log\frac{1}{K}\sum_k w(c_k)^{1-\alpha}
+
+and autograd gives its exact gradient with respect to every parameter.  These models follow the
+model protocol (:mod:`ovis.models.base`), so every estimator runs on them unchanged.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Dict, List, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical
+
+from ovis.models.base import TemplateModel
+
+__all__ = [
+    "EnumerableModel",
+    "BernoulliToyModel",
+    "CategoricalToyModel",
+    "LinearGaussianModel",
+    "exact_bound",
+    "exact_gradients",
+    "exact_log_evidence",
+]
+
+
+class EnumerableModel(TemplateModel):
+    r"""A model with a finite latent space: subclasses provide :meth:`configurations`,
+    :meth:`posterior` and :meth:`joint_parts` (``log p(x|z)``, ``log p(z)``)."""
+
+    def configurations(self) -> Tensor:
+        r"""Every latent configuration, ``[C, *z_shape]``."""
+        raise NotImplementedError
+
+    def posterior(self, x: Tensor) -> Distribution:
+        raise NotImplementedError
+
+    def prior(self, n: int) -> Distribution:
+        raise NotImplementedError
+
+    def observation_model(self, z: Tensor) -> Distribution:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
+        qz = self.posterior(x)
+        z = qz.rsample() if zgrads else qz.sample()
+        return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [self.prior(x.shape[0])]}
+
+    def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
+        return [self.posterior(x)]
+
+    def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
+        pz = self.prior(bs)
+        z = pz.sample()
+        return {"px": self.observation_model(z), "z": [z], "pz": [pz]}
+
+    def enumerate_log_densities(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        r"""``(log q(c|x), log p(x, c))`` for every configuration ``c``, both ``[B, C]``."""
+        B = x.shape[0]
+        confs = self.configurations()
+        C = confs.shape[0]
+        z = confs[None].expand(B, *confs.shape).reshape(B * C, *confs.shape[1:])
+        x_rep = x[:, None].expand(B, C, *x.shape[1:]).reshape(B * C, *x.shape[1:])
+        log_q = self.posterior(x_rep).log_prob(z).view(B, C)
+        log_joint = (self.observation_model(z).log_prob(x_rep) + self.prior(B * C).log_prob(z)).view(B, C)
+        return log_q, log_joint
+
+
+class BernoulliToyModel(EnumerableModel):
+    r"""``z in {0,1}^Dz``: ``q(z|x) = Bern(sigmoid(W_q x + b_q))``, ``p(z) = Bern(sigmoid(a))``,
+    ``p(x|z) = Bern(sigmoid(W_p z + b_p))`` with ``x in {0,1}^Dx``."""
+
+    def __init__(self, Dx: int = 4, Dz: int = 2, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.Dz = Dz
+        self.inference_network = nn.Linear(Dx, Dz)
+        self.generative_model = nn.Module()
+        self.generative_model.decoder = nn.Linear(Dz, Dx)
+        self.generative_model.prior_logits = nn.Parameter(torch.randn(Dz, generator=g) * 0.5)
+        with torch.no_grad():
+            for p in list(self.inference_network.parameters()) + list(self.generative_model.decoder.parameters()):
+                p.copy_(torch.randn(p.shape, generator=g))
+
+    def configurations(self) -> Tensor:
+        return torch.tensor(list(itertools.product([0.0, 1.0], repeat=self.Dz)),
+                            dtype=self.generative_model.prior_logits.dtype)
+
+    def posterior(self, x: Tensor) -> Distribution:
+        return Independent(Bernoulli(logits=self.inference_network(x)), 1)
+
+    def prior(self, n: int) -> Distribution:
+        return Independent(Bernoulli(logits=self.generative_model.prior_logits.expand(n, self.Dz)), 1)
+
+    def observation_model(self, z: Tensor) -> Distribution:
+        return Independent(Bernoulli(logits=self.generative_model.decoder(z)), 1)
+
+
+class CategoricalToyModel(EnumerableModel):
+    r"""One categorical latent with ``C`` classes (one-hot): ``q(z|x) = Cat(softmax(W_q x + b_q))``,
+    ``p(z) = Cat(softmax(a))``, ``p(x|z) = Bern(sigmoid(W_p z + b_p))``."""
+
+    def __init__(self, Dx: int = 4, C: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.C = C
+        self.inference_network = nn.Linear(Dx, C)
+        self.generative_model = nn.Module()
+        self.generative_model.decoder = nn.Linear(C, Dx)
+        self.generative_model.prior_logits = nn.Parameter(torch.randn(C, generator=g) * 0.5)
+        with torch.no_grad():
+            for p in list(self.inference_network.parameters()) + list(self.generative_model.decoder.parameters()):
+                p.copy_(torch.randn(p.shape, generator=g))
+
+    def configurations(self) -> Tensor:
+        return torch.eye(self.C, dtype=self.generative_model.prior_logits.dtype)
+
+    def posterior(self, x: Tensor) -> Distribution:
+        return OneHotCategorical(logits=self.inference_network(x))
+
+    def prior(self, n: int) -> Distribution:
+        return OneHotCategorical(logits=self.generative_model.prior_logits.expand(n, self.C))
+
+    def observation_model(self, z: Tensor) -> Distribution:
+        return Independent(Bernoulli(logits=self.generative_model.decoder(z)), 1)
+
+
+class LinearGaussianModel(TemplateModel):
+    r"""The linear-Gaussian model of Rainforth et al. (2018), with a closed-form ELBO.
+
+    ``p(z) = N(mu, I)``, ``p(x|z) = N(z, I)``, ``q(z|x) = N(A x + b, sigma_q^2 I)`` in ``D``
+    dimensions (``A`` diagonal, ``sigma_q`` learned).  ``log p(x) = log N(x; mu, 2I)``.
+
+    Args:
+        reparameterised: when false, ``q``'s ``rsample`` is hidden (as Pyro's
+            ``NonreparameterizedNormal``), forcing the score-function path.
+    """
+
+    def __init__(self, D: int = 3, seed: int = 0, reparameterised: bool = True) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.D = D
+        self.reparameterised = reparameterised
+        self.inference_network = nn.Module()
+        self.inference_network.A = nn.Parameter(0.5 + 0.3 * torch.randn(D, generator=g))
+        self.inference_network.b = nn.Parameter(0.3 * torch.randn(D, generator=g))
+        self.inference_network.log_sigma = nn.Parameter(math.log(math.sqrt(2 / 3)) + 0.1 * torch.randn(D, generator=g))
+        self.generative_model = nn.Module()
+        self.generative_model.mu = nn.Parameter(torch.randn(D, generator=g))
+
+    def posterior(self, x: Tensor) -> Distribution:
+        i = self.inference_network
+        q = Independent(Normal(i.A * x + i.b, i.log_sigma.exp().expand_as(x)), 1)
+        if not self.reparameterised:
+            q = _NonReparameterised(q)
+        return q
+
+    def prior(self, n: int) -> Distribution:
+        mu = self.generative_model.mu
+        return Independent(Normal(mu.expand(n, self.D), torch.ones_like(mu).expand(n, self.D)), 1)
+
+    def observation_model(self, z: Tensor) -> Distribution:
+        return Independent(Normal(z, torch.ones_like(z)), 1)
+
+    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
+        qz = self.posterior(x)
+        z = qz.rsample() if zgrads else qz.sample()
+        return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [self.prior(x.shape[0])]}
+
+    def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
+        return [self.posterior(x)]
+
+    def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
+        pz = self.prior(bs)
+        z = pz.sample()
+        return {"px": self.observation_model(z), "z": [z], "pz": [pz]}
+
+    def exact_elbo(self, x: Tensor) -> Tensor:
+        r"""The closed-form ELBO ``E_q[log p(x, z) - log q(z|x)]`` per data point, ``[B]``."""
+        i, D = self.inference_network, self.D
+        m, s2 = i.A * x + i.b, torch.exp(2 * i.log_sigma).expand_as(x)
+        mu = self.generative_model.mu
+        c = -0.5 * D * math.log(2 * math.pi)
+        e_lik = c - 0.5 * ((x - m) ** 2 + s2).sum(-1)
+        e_prior = c - 0.5 * ((m - mu) ** 2 + s2).sum(-1)
+        entropy = (0.5 * torch.log(2 * math.pi * math.e * s2)).sum(-1)
+        return e_lik + e_prior + entropy
+
+    def exact_log_evidence(self, x: Tensor) -> Tensor:
+        r"""``log p(x) = log N(x; mu, 2I)``, ``[B]``."""
+        mu = self.generative_model.mu
+        return Independent(Normal(mu.expand_as(x), math.sqrt(2.0) * torch.ones_like(x)), 1).log_prob(x)
+
+
+class _NonReparameterised(Distribution):
+    r"""Wraps a distribution and hides its ``rsample`` (forces the score-function path)."""
+
+    has_rsample = False
+
+    def __init__(self, base: Distribution) -> None:
+        self.base = base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return self.base.sample(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.base.log_prob(value)
+
+
+def exact_bound(model: EnumerableModel, x: Tensor, K: int, alpha: float = 0.0) -> Tensor:
+    r"""The exact :math:`\mathcal{L}_K^\alpha`, averaged over the batch ``x`` (a scalar with a graph).
+
+    Sums over all ``C^K`` ordered K-tuples of configurations (keep ``C^K`` small).
+    """
+    log_q, log_joint = model.enumerate_log_densities(x)
+    B, C = log_q.shape
+    if C ** K > 200_000:
+        raise ValueError(f"C^K = {C}^{K} tuples is too many to enumerate")
+    tuples = torch.tensor(list(itertools.product(range(C), repeat=K)), dtype=torch.long)  # [T, K]
+    log_w = log_joint - log_q
+    lq = log_q[:, tuples].sum(-1)  # [B, T]
+    lw = log_w[:, tuples]  # [B, T, K]
+    bound = (torch.logsumexp((1 - alpha) * lw, dim=-1) - math.log(K)) / (1 - alpha)
+    return (lq.exp() * bound).sum(-1).mean()
+
+
+def exact_log_evidence(model: EnumerableModel, x: Tensor) -> Tensor:
+    r"""``log p(x)`` by enumeration, averaged over the batch."""
+    _, log_joint = model.enumerate_log_densities(x)
+    return torch.logsumexp(log_joint, dim=-1).mean()
+
+
+def exact_gradients(objective: Tensor, params: Sequence[nn.Parameter]) -> Tensor:
+    r"""The gradient of a scalar objective w.r.t. ``params``, flattened into one vector."""
+    grads = torch.autograd.grad(objective, list(params), allow_unused=True)
+    return torch.cat([
+        (g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)
+    ])

@@ -1,0 +1,202 @@
+r"""Command-line arguments of ``run.py`` (one training run).
+
+The flags and their meaning follow the OVIS reference code (see ``experiments.md``, the
+``run.py`` flag table).  The parser is built here, in the package, so that the experiment system
+can validate every job of a grid *before* anything is queued
+(:func:`parse_run_args` raises :class:`RunArgumentError` instead of exiting).
+
+Integers given as whole floats (``1e4`` arrives as ``10000.0`` from a JSON grid) are accepted
+by every integer flag; a fractional value is rejected.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Iterable, List, Optional, Sequence
+
+__all__ = [
+    "RunArgumentError",
+    "build_run_parser",
+    "parse_run_args",
+    "RUN_IDENTITY_DEFAULTS",
+    "NON_IDENTITY_FLAGS",
+]
+
+
+class RunArgumentError(ValueError):
+    """An invalid command line for ``run.py`` (names the flag and the reason)."""
+
+
+def int_arg(value: str) -> int:
+    r"""Parse an integer, accepting whole floats such as ``1e4`` or ``10000.0``."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}")
+    if not math.isfinite(f) or f != int(f):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}")
+    return int(f)
+
+
+def nonneg_int(value: str) -> int:
+    v = int_arg(value)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
+    return v
+
+
+def pos_int(value: str) -> int:
+    v = int_arg(value)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
+    return v
+
+
+def finite_float(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
+    if not math.isfinite(f):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return f
+
+
+def pos_float(value: str) -> float:
+    f = finite_float(value)
+    if f <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
+    return f
+
+
+def nonneg_float(value: str) -> float:
+    f = finite_float(value)
+    if f < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return f
+
+
+def unit_interval(value: str) -> float:
+    f = finite_float(value)
+    if not 0.0 <= f < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}")
+    return f
+
+
+DATASETS = ("binmnist", "mnist", "fashion", "omniglot", "shapes", "gmm", "gaussian-toy")
+MODELS = ("sbm", "vae", "gaussian-vae", "conv-vae", "gmm", "gaussian-toy", "discrete-vae")
+PRIORS = ("normal", "bernoulli", "categorical", "mog")
+OPTIMIZERS = ("adam", "sgd", "adamax", "rmsprop")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that raises :class:`RunArgumentError` instead of exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise RunArgumentError(f"{self.prog}: error: {message}")
+
+
+def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
+    r"""The parser of ``run.py``.  ``parse_args`` raises :class:`RunArgumentError` on bad input."""
+    p = _Parser(prog=prog, description="One training run of a latent-variable model.",
+                allow_abbrev=False)
+    g = p.add_argument_group("run")
+    g.add_argument("--root", default="runs/", help="where run directories go")
+    g.add_argument("--data_root", default="data/", help="where data sets are looked for")
+    g.add_argument("--exp", default="sandbox", help="experiment name (a folder of --root)")
+    g.add_argument("--id", default="", help="a tag added to the run id and config")
+    g.add_argument("--seed", type=int_arg, default=1)
+    g.add_argument("--workers", type=nonneg_int, default=1, help="data-loader workers")
+    g.add_argument("--silent", action="store_true", help="no progress bar")
+    g.add_argument("--deterministic", action="store_true", help="deterministic kernels")
+    g.add_argument("--rf", action="store_true", help="delete the run directory first")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    g.add_argument("--no_flush_denormal", action="store_true",
+                   help="keep denormal floats on the CPU (they are flushed by default)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="binmnist", choices=DATASETS)
+    g.add_argument("--mini", action="store_true", help="a small subset of the data set")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, choices=MODELS,
+                   help="default: gmm / gaussian-toy for those data sets, else vae")
+    g.add_argument("--prior", default="normal", choices=PRIORS)
+    g.add_argument("--N", type=pos_int, default=32, help="latent units per layer")
+    g.add_argument("--K", type=pos_int, default=8, help="categories per categorical latent")
+    g.add_argument("--hdim", type=pos_int, default=64, help="hidden units")
+    g.add_argument("--nlayers", type=nonneg_int, default=2, help="hidden layers per MLP")
+    g.add_argument("--depth", type=pos_int, default=1, help="stochastic layers")
+    g.add_argument("--learn_prior", action="store_true", help="learn the prior's parameters")
+    g.add_argument("--relaxation", default="gs", choices=("gs", "igr-i", "igr-planar", "igr-sb"))
+    g.add_argument("--threshold", type=unit_interval, default=0.99, help="IGR-SB precision")
+    g.add_argument("--max_categories", type=pos_int, default=50)
+
+    g = p.add_argument_group("estimator")
+    g.add_argument("--estimator", default="pathwise-iwae", help="estimator id (see estimators.md)")
+    g.add_argument("--mc", type=pos_int, default=1, help="outer Monte Carlo samples")
+    g.add_argument("--iw", type=pos_int, default=1, help="importance samples K")
+    g.add_argument("--alpha", type=unit_interval, default=0.0, help="Renyi alpha")
+    g.add_argument("--beta", type=nonneg_float, default=1.0, help="KL weight")
+    g.add_argument("--tau", type=pos_float, default=0.5, help="relaxation temperature")
+    g.add_argument("--freebits", type=nonneg_float, default=None, help="free bits per layer")
+    g.add_argument("--warmup", type=nonneg_int, default=0, help="Renyi warm-up steps (0: none)")
+    g.add_argument("--alpha_init", type=unit_interval, default=0.0)
+    g.add_argument("--warmup_mode", default="linear", choices=("linear", "log"))
+    g.add_argument("--warmup_offset", type=nonneg_int, default=0)
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--nsteps", type=nonneg_int, default=1000, help="training steps")
+    g.add_argument("--epochs", type=nonneg_int, default=0, help="epochs (overrides --nsteps when > 0)")
+    g.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    g.add_argument("--lr", type=pos_float, default=1e-3)
+    g.add_argument("--baseline_lr", type=pos_float, default=1e-3)
+    g.add_argument("--lr_reduce_steps", type=nonneg_int, default=0, help="number of LR reductions")
+    g.add_argument("--bs", type=pos_int, default=32)
+    g.add_argument("--valid_bs", type=pos_int, default=50)
+    g.add_argument("--test_bs", type=pos_int, default=50)
+
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval_freq", type=pos_int, default=10, help="evaluation period in epochs")
+    g.add_argument("--max_eval", type=pos_int, default=10000, help="max data points per evaluation")
+    g.add_argument("--iw_valid", type=pos_int, default=100)
+    g.add_argument("--iw_test", type=pos_int, default=1000)
+    g.add_argument("--grad_samples", type=nonneg_int, default=0, help="gradient-analysis draws (0 skips)")
+    g.add_argument("--grad_bs", type=pos_int, default=32)
+    g.add_argument("--grad_key", default="inference_network",
+                   help="comma-separated parameter-name filters")
+    g.add_argument("--grad_epsilon", type=nonneg_float, default=1e-15, help="variance floor")
+    g.add_argument("--mc_au_analysis", type=nonneg_int, default=0)
+    g.add_argument("--npoints_au_analysis", type=nonneg_int, default=0)
+    return p
+
+
+def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
+    r"""Parse and cross-validate a ``run.py`` command line; raise :class:`RunArgumentError`."""
+    parser = build_run_parser()
+    args = parser.parse_args(list(argv))
+    if args.alpha_init and args.warmup == 0:
+        raise RunArgumentError("run.py: error: --alpha_init needs --warmup > 0")
+    # The estimator id is validated by the estimator grammar (no substring matching).
+    from ovis.estimators.config import parse_estimator_id
+
+    try:
+        parse_estimator_id(args.estimator)
+    except NotImplementedError as e:
+        raise RunArgumentError(f"run.py: error: argument --estimator: {e}") from None
+    except ValueError as e:
+        raise RunArgumentError(f"run.py: error: argument --estimator: {e}") from None
+    return args
+
+
+# Flags that never change what a run computes (where it is stored, how it is displayed):
+# they are left out of the run id.
+NON_IDENTITY_FLAGS = frozenset(
+    {"root", "data_root", "exp", "silent", "rf", "workers", "device", "deterministic"}
+)
+# Defaults of the flags, used so that adding a new flag (with its default) does not change ids.
+RUN_IDENTITY_DEFAULTS = {a.dest: a.default for a in build_run_parser()._actions if a.dest != "help"}

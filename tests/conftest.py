@@ -1,0 +1,33 @@
+"""Shared fixtures: a seed per test, float64 by default where precision matters, data root."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def data_root() -> Path:
+    """The offline copies of MNIST / Fashion-MNIST (``../shared/data``)."""
+    root = Path(os.environ.get("OVIS_TEST_DATA_ROOT", SHARED_DATA))
+    if not (root / "mnist").is_dir():
+        pytest.fail(f"test data not found at {root} (set OVIS_TEST_DATA_ROOT)")
+    return root
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
