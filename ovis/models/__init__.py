@@ -1,5 +1,118 @@
-r"""Latent-variable models following the protocol of :mod:`ovis.models.base`."""
-from ovis.models.base import TemplateModel, batch_reduce, check_model_output, require_hook
-from ovis.models.vae import GaussianVAE
+r"""Latent-variable models following the protocol of :mod:`ovis.models.base`.
 
-__all__ = ["TemplateModel", "batch_reduce", "check_model_output", "require_hook", "GaussianVAE"]
+:func:`build_model` builds the model of a ``run.py`` command line (``--model``, ``--prior``,
+``--N``, ``--K``, ``--hdim``, ``--nlayers``, ``--depth``, ``--learn_prior``, ``--tau``) for a
+loaded data set (:class:`ovis.datasets.DataSplits`).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ovis.models.base import TemplateModel, batch_reduce, check_model_output, require_hook
+from ovis.models.sbm import SigmoidBeliefNetwork
+from ovis.models.vae import LATENT_PRIORS, VAE, GaussianVAE, conv_decoder, conv_encoder
+
+__all__ = [
+    "MODELS",
+    "TemplateModel",
+    "batch_reduce",
+    "check_model_output",
+    "require_hook",
+    "build_model",
+    "default_model_name",
+    "GaussianVAE",
+    "VAE",
+    "LATENT_PRIORS",
+    "SigmoidBeliefNetwork",
+    "conv_encoder",
+    "conv_decoder",
+]
+
+#: model names accepted by :func:`build_model` (``--model``)
+MODELS = ("sbm", "vae", "gaussian-vae", "conv-vae", "gmm", "gaussian-toy", "discrete-vae")
+_IMAGE_MODELS = ("sbm", "vae", "gaussian-vae", "conv-vae", "discrete-vae")
+_GENERATED = {"gmm": "gmm", "gaussian-toy": "gaussian-toy"}
+
+
+def _get(args: argparse.Namespace, name: str, default: Any) -> Any:
+    return getattr(args, name, default)
+
+
+def default_model_name(dataset: str) -> str:
+    r"""``--model`` left out: ``gmm`` / ``gaussian-toy`` for those data sets, else ``vae``."""
+    return _GENERATED.get(dataset, "vae")
+
+
+def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
+    r"""Build the model named by ``args.model`` for the data set ``data`` (a ``DataSplits``).
+
+    ``args`` is the parsed ``run.py`` namespace; the fields read are ``model``, ``prior``, ``N``,
+    ``K``, ``hdim``, ``nlayers``, ``depth``, ``learn_prior``, ``tau`` (missing fields take the
+    ``run.py`` defaults).  ``args.model is None`` picks :func:`default_model_name`.
+
+    * ``sbm``: :class:`SigmoidBeliefNetwork` (``depth`` layers of ``N`` units, ``nlayers``,
+      ``hdim``), output bias at the logit of ``data.train_mean``; ``--prior`` must be
+      ``bernoulli`` (the default ``normal`` is accepted and ignored, the SBN's latents being
+      Bernoulli by definition).
+    * ``vae``: :class:`VAE` with ``--prior`` normal | bernoulli | categorical | mog.
+    * ``discrete-vae``: :class:`VAE` with categorical latents (``N`` variables of ``K`` classes).
+    * ``gaussian-vae``: the TVO / OVIS Gaussian VAE: normal latents, fixed ``N(0, I)`` prior,
+      tanh MLPs (the paper's setting: ``--N 200 --hdim 200 --nlayers 2``).
+    * ``conv-vae``: :class:`VAE` with :func:`conv_encoder` / :func:`conv_decoder` (28x28 images).
+    * ``gmm``: :class:`ovis.models.gmm.GaussianMixtureModel` (Le et al. 2019), ``N`` = number of
+      components, ``hdim`` the inference network's hidden units; true parameters from
+      ``data.ground_truth``.
+    * ``gaussian-toy``: :class:`ovis.models.gaussian_toy.GaussianToyModel` (Rainforth et al.
+      2018), ``D`` = the data dimension.
+    """
+    dataset = getattr(data, "name", None)
+    name = _get(args, "model", None) or default_model_name(str(dataset))
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid models are {list(MODELS)}")
+    x_shape = data.x_shape
+    if name in _IMAGE_MODELS and dataset in _GENERATED:
+        raise ValueError(
+            f"model {name!r} has a Bernoulli image decoder and cannot model the data set "
+            f"{dataset!r}; use --model {_GENERATED[dataset]} (or leave --model out)"
+        )
+    if name in _GENERATED.values() and dataset != name:
+        raise ValueError(f"model {name!r} needs --dataset {name} (its data set carries the true "
+                         f"parameters), got --dataset {dataset}")
+    N, K = int(_get(args, "N", 32)), int(_get(args, "K", 8))
+    hdim, nlayers = int(_get(args, "hdim", 64)), int(_get(args, "nlayers", 2))
+    depth, learn_prior = int(_get(args, "depth", 1)), bool(_get(args, "learn_prior", False))
+    prior, tau = str(_get(args, "prior", "normal")), float(_get(args, "tau", 0.5))
+    x_mean = getattr(data, "train_mean", None)
+    if name != "sbm" and depth != 1:
+        raise ValueError(f"model {name!r} has one stochastic layer; --depth {depth} is only "
+                         "supported by --model sbm")
+    if name == "sbm":
+        if prior not in ("bernoulli", "normal"):
+            raise ValueError(f"the sigmoid belief network has Bernoulli latents; got --prior {prior}")
+        return SigmoidBeliefNetwork(x_shape, N=N, depth=depth, nlayers=nlayers, hdim=hdim, x_mean=x_mean)
+    if name == "vae":
+        return VAE(x_shape, prior=prior, N=N, K=K, hdim=hdim, nlayers=nlayers,
+                   learn_prior=learn_prior, x_mean=x_mean, tau=tau)
+    if name == "discrete-vae":
+        return VAE(x_shape, prior="categorical", N=N, K=K, hdim=hdim, nlayers=nlayers,
+                   learn_prior=learn_prior, x_mean=x_mean, tau=tau)
+    if name == "gaussian-vae":
+        if learn_prior:
+            raise ValueError("gaussian-vae has a fixed N(0, I) prior: drop --learn_prior "
+                             "(or use --model vae --prior normal --learn_prior)")
+        if prior != "normal":
+            raise ValueError(f"gaussian-vae has Gaussian latents; got --prior {prior}")
+        return VAE(x_shape, prior="normal", N=N, hdim=hdim, nlayers=nlayers, x_mean=x_mean)
+    if name == "conv-vae":
+        q_dim = {"normal": 2 * N, "mog": 2 * N, "bernoulli": N, "categorical": N * K}[prior]
+        z_dim = N * K if prior == "categorical" else N
+        return VAE(x_shape, prior=prior, N=N, K=K, learn_prior=learn_prior, x_mean=x_mean, tau=tau,
+                   encoder=conv_encoder(x_shape, q_dim, hdim), decoder=conv_decoder(z_dim, x_shape, hdim))
+    if name == "gmm":
+        from ovis.models.gmm import GaussianMixtureModel
+
+        return GaussianMixtureModel.from_data(data, hdim=hdim)
+    from ovis.models.gaussian_toy import GaussianToyModel
+
+    return GaussianToyModel.from_data(data)

@@ -1,0 +1,258 @@
+r"""MNIST, Fashion-MNIST and binarized MNIST.
+
+* ``mnist``: MNIST (LeCun et al. 1998) from the IDX files, **dynamically binarised**
+  (``x ~ Bernoulli(intensity)`` at every access).
+* ``fashion``: Fashion-MNIST (Xiao et al. 2017) from the IDX files, **thresholded**:
+  ``x = 1[intensity > 0.5]``.
+* ``binmnist``: the fixed binarisation of Larochelle & Murray (2011), read from
+  ``binarized_mnist/binarized_mnist_{train,valid,test}.amat`` when present (verified by size and
+  sha256); otherwise a fixed-seed Bernoulli binarisation of the MNIST intensities, recorded as
+  such in ``DataSplits.description`` (``"binarization": "fixed-seed-bernoulli"``): it is *not*
+  the Larochelle file.
+
+Splits (as in the IWAE / VIMCO / OVIS papers): the first 50,000 images of the 60k training file
+for training, the last 10,000 for validation, the 10k test file for testing.  ``mini``: the
+first 1000 / 200 / 200 images of each split.  Every split has ``x_shape = [1, 28, 28]``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ovis.datasets.core import DataSplits, TensorImageDataset
+from ovis.datasets.errors import DatasetCorruptError, DatasetNotFoundError
+from ovis.datasets.files import cached, find_files
+from ovis.datasets.idx import read_bytes, read_idx, sha256_hex
+
+__all__ = [
+    "load_mnist_like",
+    "load_binmnist",
+    "load_idx_set",
+    "load_labels",
+    "read_amat",
+    "IDX_FILES",
+    "LAROCHELLE_FILES",
+    "MINI_SIZES",
+]
+
+IMAGE_SHAPE = (28, 28)
+N_TRAIN, N_VALID, N_TEST = 50_000, 10_000, 10_000
+MINI_SIZES = (1000, 200, 200)
+
+#: the IDX files of MNIST and Fashion-MNIST: name -> (shape, sha256 of the uncompressed file)
+IDX_FILES: Dict[str, Dict[str, Tuple[Tuple[int, ...], str]]] = {
+    "mnist": {
+        "train-images-idx3-ubyte": ((60000, 28, 28), "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+        "train-labels-idx1-ubyte": ((60000,), "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+        "t10k-images-idx3-ubyte": ((10000, 28, 28), "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+        "t10k-labels-idx1-ubyte": ((10000,), "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    },
+    "fashion": {
+        "train-images-idx3-ubyte": ((60000, 28, 28), "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+        "train-labels-idx1-ubyte": ((60000,), "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+        "t10k-images-idx3-ubyte": ((10000, 28, 28), "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+        "t10k-labels-idx1-ubyte": ((10000,), "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+    },
+}
+#: folders looked for under the data root (torchvision's layout included), then system folders
+IDX_FOLDERS = {"mnist": ("mnist", "MNIST/raw", "MNIST"),
+               "fashion": ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "FashionMNIST")}
+IDX_SYSTEM_DIRS = {"mnist": (), "fashion": ("/usr/share/datasets/fashion-mnist",)}
+
+#: Larochelle's binarized MNIST: split -> (file name, rows, size in bytes, sha256)
+LAROCHELLE_FILES = {
+    "train": ("binarized_mnist_train.amat", 50_000, 78_400_000,
+              "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d"),
+    "valid": ("binarized_mnist_valid.amat", 10_000, 15_680_000,
+              "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2"),
+    "test": ("binarized_mnist_test.amat", 10_000, 15_680_000,
+             "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c"),
+}
+AMAT_FOLDERS = ("binarized_mnist", "binmnist", ".")
+
+
+def load_idx_set(name: str, data_root: os.PathLike | str,
+                 verify_checksums: bool = True) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    r"""Read and verify the four IDX files of ``name`` (``mnist`` or ``fashion``).
+
+    Returns ``({file name: uint8 array}, {"files": {...}, "checksums_verified": bool})``.
+    Shapes and sizes are always checked; the sha256 of the uncompressed content is checked
+    against the published value unless ``verify_checksums=False`` is passed explicitly.
+    """
+    if name not in IDX_FILES:
+        raise ValueError(f"no IDX data set named {name!r}; known: {sorted(IDX_FILES)}")
+    spec = IDX_FILES[name]
+    paths = find_files(name, data_root, IDX_FOLDERS[name], list(spec), IDX_SYSTEM_DIRS[name])
+
+    def build() -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+        arrays: Dict[str, np.ndarray] = {}
+        files: Dict[str, Any] = {}
+        for fname, (shape, sha) in spec.items():
+            arr, digest = read_idx(paths[fname], dataset=name, expected_shape=shape,
+                                   expected_sha256=sha if verify_checksums else None)
+            arrays[fname] = arr
+            files[fname] = {"path": str(paths[fname].resolve()), "sha256": digest}
+        return arrays, {"files": files, "checksums_verified": bool(verify_checksums)}
+
+    return cached(("idx", name, verify_checksums), list(paths.values()), build)
+
+
+def load_labels(name: str, data_root: os.PathLike | str, split: str = "train") -> np.ndarray:
+    r"""The class labels (``uint8``, 0..9) of the ``train`` (60k file), ``valid`` / ``train50k``
+    (last 10k / first 50k of the training file) or ``test`` (10k file) images of ``mnist`` /
+    ``fashion`` (``binmnist`` uses MNIST's)."""
+    base = "mnist" if name == "binmnist" else name
+    arrays, _ = load_idx_set(base, data_root)
+    train = arrays["train-labels-idx1-ubyte"]
+    out = {"train": train, "train50k": train[:N_TRAIN], "valid": train[N_TRAIN:],
+           "test": arrays["t10k-labels-idx1-ubyte"]}
+    if split not in out:
+        raise ValueError(f"split must be one of {sorted(out)}, got {split!r}")
+    return out[split].copy()
+
+
+def _subset(n: Tuple[int, int, int], mini: bool) -> Tuple[int, int, int]:
+    return tuple(min(a, b) for a, b in zip(n, MINI_SIZES)) if mini else n  # type: ignore[return-value]
+
+
+def load_mnist_like(name: str, data_root: os.PathLike | str, mini: bool = False,
+                    verify_checksums: bool = True) -> DataSplits:
+    r"""``mnist`` (dynamic binarisation) or ``fashion`` (thresholded at 0.5); see the module doc."""
+    arrays, info = load_idx_set(name, data_root, verify_checksums=verify_checksums)
+    images = arrays["train-images-idx3-ubyte"]
+    test = arrays["t10k-images-idx3-ubyte"]
+    ntr, nva, nte = _subset((N_TRAIN, N_VALID, N_TEST), mini)
+    tr = torch.from_numpy(images[:ntr])[:, None]
+    va = torch.from_numpy(images[N_TRAIN:N_TRAIN + nva])[:, None]
+    te = torch.from_numpy(test[:nte])[:, None]
+    if name == "mnist":
+        splits = [TensorImageDataset(t, scale=255.0, binarization="dynamic") for t in (tr, va, te)]
+        binarization = "dynamic"
+    else:
+        # x = 1[intensity > 0.5]: 128/255 > 0.5 >= 127/255
+        splits = [TensorImageDataset((t > 127).to(torch.uint8), scale=1.0) for t in (tr, va, te)]
+        binarization = "threshold-0.5"
+    description = {
+        "name": name, "binarization": binarization, "x_shape": [1, 28, 28],
+        "sizes": {"train": ntr, "valid": nva, "test": nte}, "mini": bool(mini),
+        "split": "train: first 50k of the training file, valid: its last 10k, test: the 10k test file",
+        **info,
+    }
+    return DataSplits(name=name, train=splits[0], valid=splits[1], test=splits[2],
+                      x_shape=torch.Size([1, 28, 28]), train_mean=splits[0].mean(),
+                      description=description)
+
+
+# ---------------------------------------------------------------------------------- binmnist
+def read_amat(path: os.PathLike | str, dataset: str = "binmnist", expected_rows: Optional[int] = None,
+              expected_size: Optional[int] = None, expected_sha256: Optional[str] = None,
+              dim: int = 784) -> Tuple[np.ndarray, str]:
+    r"""Read a Larochelle ``.amat`` file: one image per line, ``dim`` values ``0``/``1``
+    separated by single spaces, ``\n`` line ends (``2 dim`` bytes per line).
+
+    Returns ``(uint8 array [rows, dim], sha256)``.  Checks the size and sha256 when given, the
+    layout of every line, and that the values are binary; raises :class:`DatasetCorruptError`.
+    """
+    path = Path(path)
+    data = read_bytes(path, dataset)
+    where = f"data set {dataset!r}: {path}"
+    if expected_size is not None and len(data) != expected_size:
+        raise DatasetCorruptError(
+            f"{where} holds {len(data)} bytes, the published file holds {expected_size} "
+            "(truncated or not the Larochelle file)"
+        )
+    digest = sha256_hex(data)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise DatasetCorruptError(
+            f"{where}: sha256 {digest} differs from the published {expected_sha256}"
+        )
+    line = 2 * dim
+    if len(data) == 0 or len(data) % line != 0:
+        raise DatasetCorruptError(
+            f"{where} is not an .amat file of {dim} binary values per line "
+            f"({len(data)} bytes is not a multiple of {line}; truncated?)"
+        )
+    buf = np.frombuffer(data, dtype=np.uint8).reshape(-1, line)
+    values, seps = buf[:, 0::2], buf[:, 1::2]
+    if not (np.all(seps[:, :-1] == ord(" ")) and np.all(seps[:, -1] == ord("\n"))):
+        raise DatasetCorruptError(f"{where}: unexpected separators (expected '0 1 ... 0\\n' lines)")
+    x = values - ord("0")
+    if x.max(initial=0) > 1:
+        raise DatasetCorruptError(f"{where}: values other than 0 and 1")
+    if expected_rows is not None and x.shape[0] != expected_rows:
+        raise DatasetCorruptError(f"{where} has {x.shape[0]} rows, expected {expected_rows}")
+    return x.astype(np.uint8), digest
+
+
+def _find_amat(data_root: os.PathLike | str) -> Optional[Dict[str, Path]]:
+    names = [v[0] for v in LAROCHELLE_FILES.values()]
+    try:
+        return find_files("binmnist", data_root, AMAT_FOLDERS, names, allow_gz=False)
+    except DatasetNotFoundError:
+        return None
+
+
+def load_binmnist(data_root: os.PathLike | str, mini: bool = False, seed: int = 1,
+                  verify_checksums: bool = True) -> DataSplits:
+    r"""Binarized MNIST: the Larochelle ``.amat`` files when present, else a fixed-seed
+    Bernoulli binarisation of MNIST (``torch.Generator().manual_seed(seed)`` over the 60k
+    training images, then the 10k test images), recorded in ``description``.
+
+    ``verify_checksums=False`` (explicit only) skips the size / sha256 check of the ``.amat``
+    files, for files in the same format that are not Larochelle's (tests); the description then
+    records ``"checksums_verified": false``.
+    """
+    paths = _find_amat(data_root)
+    if paths is not None:
+        def build() -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+            arrays, files = {}, {}
+            for split, (fname, rows, size, sha) in LAROCHELLE_FILES.items():
+                arr, digest = read_amat(
+                    paths[fname], expected_rows=rows if verify_checksums else None,
+                    expected_size=size if verify_checksums else None,
+                    expected_sha256=sha if verify_checksums else None)
+                arrays[split] = arr
+                files[fname] = {"path": str(paths[fname].resolve()), "sha256": digest}
+            return arrays, files
+
+        arrays, files = cached(("amat", verify_checksums), list(paths.values()), build)
+        n = _subset(tuple(arrays[s].shape[0] for s in ("train", "valid", "test")), mini)  # type: ignore[arg-type]
+        tensors = [torch.from_numpy(arrays[s][:k]).view(-1, 1, 28, 28)
+                   for s, k in zip(("train", "valid", "test"), n)]
+        description: Dict[str, Any] = {
+            "name": "binmnist", "binarization": "larochelle-amat", "files": files,
+            "checksums_verified": bool(verify_checksums),
+        }
+    else:
+        idx_arrays, info = load_idx_set("mnist", data_root)
+
+        def build_fixed() -> Tuple[torch.Tensor, torch.Tensor]:
+            g = torch.Generator().manual_seed(int(seed))
+            tr = torch.from_numpy(idx_arrays["train-images-idx3-ubyte"]).float().div_(255.0)
+            te = torch.from_numpy(idx_arrays["t10k-images-idx3-ubyte"]).float().div_(255.0)
+            return (torch.bernoulli(tr, generator=g).to(torch.uint8),
+                    torch.bernoulli(te, generator=g).to(torch.uint8))
+
+        paths_idx = [Path(v["path"]) for v in info["files"].values()]
+        tr, te = cached(("binmnist-fixed", int(seed)), paths_idx, build_fixed)
+        n = _subset((N_TRAIN, N_VALID, N_TEST), mini)
+        tensors = [tr[:n[0]][:, None], tr[N_TRAIN:N_TRAIN + n[1]][:, None], te[:n[2]][:, None]]
+        description = {
+            "name": "binmnist", "binarization": "fixed-seed-bernoulli", "binarization_seed": int(seed),
+            "note": "the Larochelle .amat files were not found in the data root: this is a "
+                    "fixed-seed Bernoulli binarisation of the MNIST intensities, NOT the "
+                    "Larochelle binarized MNIST",
+            **info,
+        }
+    splits = [TensorImageDataset(t, scale=1.0) for t in tensors]
+    description.update({
+        "x_shape": [1, 28, 28], "mini": bool(mini),
+        "sizes": {"train": len(splits[0]), "valid": len(splits[1]), "test": len(splits[2])},
+    })
+    return DataSplits(name="binmnist", train=splits[0], valid=splits[1], test=splits[2],
+                      x_shape=torch.Size([1, 28, 28]), train_mean=splits[0].mean(),
+                      description=description)

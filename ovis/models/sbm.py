@@ -1,0 +1,121 @@
+r"""Sigmoid belief networks (Neal 1992), as in the VIMCO / TVO / OVIS papers.
+
+``depth = L`` stochastic layers of ``N`` Bernoulli units ``z_l in {0, 1}^N`` (float tensors):
+
+* generative model: ``p(z_L) = Bernoulli(sigmoid(b))`` with learned logits ``b`` (the top-layer
+  prior), ``p(z_{l-1} | z_l) = Bernoulli(sigmoid(f_l(2 z_l - 1)))`` and
+  ``p(x | z_1) = Bernoulli(sigmoid(f_0(2 z_1 - 1)))``;
+* inference network: ``q(z_1 | x) q(z_2 | z_1) ... q(z_L | z_{L-1})``, each
+  ``Bernoulli(sigmoid(g_l(2 h - 1)))``;
+
+each ``f``, ``g`` is linear (``nlayers = 0``) or an MLP of ``nlayers`` hidden layers of ``hdim``
+tanh units.  Inputs of every map are fed as ``2 v - 1`` (in ``{-1, 1}``).  The bias of ``p(x|z_1)``
+is initialised at the logit of the training mean (Mnih & Gregor 2014; Masrani et al. 2019).
+
+Lists of the model output are ordered by layer: ``z = [z_1, ..., z_L]``,
+``qz = [q(z_1|x), q(z_2|z_1), ...]``, ``pz = [p(z_1|z_2), ..., p(z_{L-1}|z_L), p(z_L)]``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Independent
+
+from ovis.models.base import TemplateModel
+from ovis.models.vae import init_output_bias, mlp
+
+__all__ = ["SigmoidBeliefNetwork"]
+
+
+class SigmoidBeliefNetwork(TemplateModel):
+    r"""A ``depth``-layer sigmoid belief network (see the module docstring).
+
+    Args:
+        x_shape: shape of one binary observation (flattened to ``D``).
+        N: Bernoulli units per stochastic layer.
+        depth: number of stochastic layers ``L >= 1``.
+        nlayers: hidden layers of each deterministic map (``0``: linear).
+        hdim: hidden units of those maps.
+        x_mean: training mean of ``x`` (``x_shape``) to initialise the output bias at its logit.
+
+    Parameters: ``inference_network.layers.{l}`` (``q``), ``generative_model.layers.{l}``
+    (``p(z_{l}|z_{l+1})`` for ``l >= 1``, ``layers.0`` is ``p(x|z_1)``) and
+    ``generative_model.prior_logits`` (``[N]``).
+    """
+
+    def __init__(self, x_shape: Sequence[int], N: int = 200, depth: int = 1, nlayers: int = 0,
+                 hdim: int = 200, x_mean: Optional[Tensor] = None) -> None:
+        super().__init__()
+        if N < 1 or depth < 1 or nlayers < 0 or hdim < 1:
+            raise ValueError(f"invalid SBN N={N}, depth={depth}, nlayers={nlayers}, hdim={hdim}")
+        self._x_shape = torch.Size(x_shape)
+        self.D = int(math.prod(self._x_shape))
+        self.N, self.depth = N, depth
+        self.inference_network = nn.Module()
+        self.inference_network.layers = nn.ModuleList(
+            [mlp(self.D if l == 0 else N, N, hdim, nlayers) for l in range(depth)])
+        self.generative_model = nn.Module()
+        # layers[0]: z_1 -> x ; layers[l]: z_{l+1} -> z_l
+        self.generative_model.layers = nn.ModuleList(
+            [mlp(N, self.D if l == 0 else N, hdim, nlayers) for l in range(depth)])
+        self.generative_model.prior_logits = nn.Parameter(torch.zeros(N))
+        if x_mean is not None:
+            init_output_bias(self.generative_model.layers[0], x_mean)
+
+    @property
+    def x_shape(self) -> torch.Size:
+        return self._x_shape
+
+    @staticmethod
+    def _bernoulli(logits: Tensor) -> Distribution:
+        return Independent(Bernoulli(logits=logits), 1)
+
+    def prior(self, n: int) -> Distribution:
+        r"""``p(z_L)``, batch ``[n]``, event ``[N]``."""
+        return self._bernoulli(self.generative_model.prior_logits.expand(n, self.N))
+
+    def observation_model(self, z1: Tensor) -> Distribution:
+        r"""``p(x | z_1)``, batch ``[n]``, event ``x_shape``."""
+        logits = self.generative_model.layers[0](2 * z1 - 1).view(-1, *self._x_shape)
+        return Independent(Bernoulli(logits=logits), len(self._x_shape))
+
+    def _q(self, l: int, h: Tensor) -> Distribution:
+        return self._bernoulli(self.inference_network.layers[l](2 * h - 1))
+
+    def _p(self, l: int, z_above: Tensor) -> Distribution:
+        r"""``p(z_l | z_{l+1})`` for ``l = 1..L-1`` (1-based layer index)."""
+        return self._bernoulli(self.generative_model.layers[l](2 * z_above - 1))
+
+    def _generative(self, z: List[Tensor]) -> List[Distribution]:
+        n = z[0].shape[0]
+        return [self._p(l + 1, z[l + 1]) for l in range(self.depth - 1)] + [self.prior(n)]
+
+    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
+        r"""Sample ``z ~ q(z|x)`` layer by layer (Bernoulli latents have no ``rsample``: with
+        ``zgrads=True`` the samples carry no gradient and the estimators report it)."""
+        h = x.reshape(x.shape[0], -1)
+        qz: List[Distribution] = []
+        z: List[Tensor] = []
+        for l in range(self.depth):
+            q = self._q(l, h)
+            h = q.sample()
+            qz.append(q)
+            z.append(h)
+        return {"px": self.observation_model(z[0]), "z": z, "qz": qz, "pz": self._generative(z)}
+
+    def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
+        r"""``[q(z_1|x), q(z_2|z_1), ...]`` evaluated along the given ``z`` (wake-sleep)."""
+        if len(z) != self.depth:
+            raise ValueError(f"infer() needs {self.depth} latent layers, got {len(z)}")
+        inputs = [x.reshape(x.shape[0], -1)] + list(z[:-1])
+        return [self._q(l, h) for l, h in enumerate(inputs)]
+
+    def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
+        zl = self.prior(bs).sample()
+        z = [zl]
+        for l in range(self.depth - 1, 0, -1):
+            z.insert(0, self._p(l, z[0]).sample())
+        return {"px": self.observation_model(z[0]), "z": z, "pz": self._generative(z)}
