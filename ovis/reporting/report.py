@@ -1,0 +1,421 @@
+r"""``report.py``: the figures and tables of one experiment, from its run directories.
+
+``python report.py --exp EXP [--root runs/] [--output reports/] [--keys dataset,estimator,iw]
+[--metrics test:loss/L_k,train:grads/snr] [--detailed_metrics ...]
+[--pivot_metrics max:test:loss/L_k,last:train:loss/ess] [--include PAT,...] [--exclude PAT,...]
+[--ylims metric:lo:hi,...] [--downsample N]``
+
+* learning curves: for each ``split:metric`` of ``--metrics``, one line per configuration (the
+  values of ``--keys``), the mean across the configuration's runs (seeds) at each step, with a
+  band of +- one standard deviation (``curves-*.csv`` hold the plotted numbers);
+* detailed curves: one line per run for each ``--detailed_metrics`` entry;
+* pivots: for ``agg:split:metric`` (``agg`` in max, min, last, mean), the run's aggregate over its
+  steps, then mean, std and count across seeds per configuration (keys without ``iw``) and ``iw``;
+  tables in CSV / Markdown / LaTeX and a figure against ``iw`` (log scale);
+* the run table (status of every run directory: success, failed, running, aborted, unfinished,
+  corrupt) and ``index.html`` showing everything, in ``<output>/<exp>[-inc=...][-exc=...]/``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from ovis.reporting.outputs import (
+    FigureItem,
+    Section,
+    TableItem,
+    TextItem,
+    render_index,
+    safe_name,
+    save_figure,
+    write_table,
+)
+from ovis.reporting.runs import ExperimentData, NoRunsError, read_experiment
+
+__all__ = [
+    "ReportArgumentError",
+    "MetricSpec",
+    "PivotSpec",
+    "parse_report_args",
+    "parse_metric_spec",
+    "parse_pivot_spec",
+    "parse_ylims",
+    "run_labels",
+    "curve_table",
+    "pivot_table",
+    "report_experiment",
+    "output_folder",
+    "main",
+]
+
+AGGREGATES = ("max", "min", "last", "mean")
+
+
+class ReportArgumentError(ValueError):
+    r"""An invalid ``report.py`` argument (names the flag and the expected format)."""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    split: str
+    metric: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}:{self.metric}"
+
+
+@dataclass(frozen=True)
+class PivotSpec:
+    agg: str
+    split: str
+    metric: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.agg}:{self.split}:{self.metric}"
+
+
+def _csv(value: Optional[str]) -> List[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def parse_metric_spec(text: str, flag: str = "--metrics") -> MetricSpec:
+    r"""``split:metric`` (e.g. ``test:loss/L_k``)."""
+    if text.count(":") != 1:
+        raise ReportArgumentError(f"{flag}: {text!r} is not of the form split:metric (e.g. test:loss/L_k)")
+    split, metric = text.split(":")
+    if not split or not metric:
+        raise ReportArgumentError(f"{flag}: {text!r} is not of the form split:metric (e.g. test:loss/L_k)")
+    return MetricSpec(split, metric)
+
+
+def parse_pivot_spec(text: str) -> PivotSpec:
+    r"""``agg:split:metric`` with ``agg`` in max, min, last, mean."""
+    parts = text.split(":")
+    if len(parts) != 3 or not all(parts):
+        raise ReportArgumentError(f"--pivot_metrics: {text!r} is not of the form agg:split:metric "
+                                  f"(e.g. max:test:loss/L_k)")
+    if parts[0] not in AGGREGATES:
+        raise ReportArgumentError(f"--pivot_metrics: {text!r}: aggregate {parts[0]!r} is not one of {AGGREGATES}")
+    return PivotSpec(*parts)
+
+
+def parse_ylims(text: Optional[str]) -> Dict[str, Tuple[float, float]]:
+    r"""``metric:lo:hi,...`` where ``metric`` is ``split:metric`` or a bare metric name (all splits)."""
+    out: Dict[str, Tuple[float, float]] = {}
+    for item in _csv(text):
+        parts = item.rsplit(":", 2)
+        if len(parts) != 3 or not parts[0]:
+            raise ReportArgumentError(f"--ylims: {item!r} is not of the form metric:lo:hi (e.g. loss/L_k:-100:-85)")
+        try:
+            lo, hi = float(parts[1]), float(parts[2])
+        except ValueError:
+            raise ReportArgumentError(f"--ylims: {item!r}: lo and hi must be numbers") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ReportArgumentError(f"--ylims: {item!r}: need finite lo < hi")
+        out[parts[0]] = (lo, hi)
+    return out
+
+
+def build_report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp", required=True, help="experiment name (folder <root>/<exp>)")
+    p.add_argument("--root", default="runs/", help="root of the run directories (default runs/)")
+    p.add_argument("--output", default="reports/", help="where the report folder goes (default reports/)")
+    p.add_argument("--keys", default="dataset,estimator,iw",
+                   help="configuration keys that define a curve (comma-separated)")
+    p.add_argument("--metrics", default="", help="split:metric,... learning curves (default: test:loss/L_k "
+                   "when logged, else every logged split:metric)")
+    p.add_argument("--detailed_metrics", default="", help="split:metric,... per-run curves (default: --metrics)")
+    p.add_argument("--pivot_metrics", default="", help="agg:split:metric,... with agg in max,min,last,mean "
+                   "(default: max:test:loss/L_k when logged)")
+    p.add_argument("--include", default="", help="keep runs matching any of these patterns (PAT,...)")
+    p.add_argument("--exclude", default="", help="drop runs matching any of these patterns (PAT,...)")
+    p.add_argument("--ylims", default="", help="metric:lo:hi,... y-axis limits")
+    p.add_argument("--downsample", type=int, default=0, help="at most N points per curve (0: all)")
+    return p
+
+
+class _Parser(argparse.ArgumentParser):
+    pass
+
+
+def parse_report_args(argv: Sequence[str]) -> argparse.Namespace:
+    r"""Parse and validate; raises :class:`ReportArgumentError` on bad input."""
+    parser = build_report_parser()
+    try:
+        args, unknown = parser.parse_known_args(list(argv))
+    except SystemExit as e:  # argparse already printed the usage
+        raise ReportArgumentError(f"invalid report.py arguments: {' '.join(argv)}") from e
+    if unknown:
+        raise ReportArgumentError(f"unknown report.py arguments: {unknown}")
+    if args.downsample < 0:
+        raise ReportArgumentError(f"--downsample must be >= 0, got {args.downsample}")
+    args.keys = _csv(args.keys)
+    args.metrics = [parse_metric_spec(m) for m in _csv(args.metrics)]
+    args.detailed_metrics = [parse_metric_spec(m, "--detailed_metrics") for m in _csv(args.detailed_metrics)]
+    args.pivot_metrics = [parse_pivot_spec(m) for m in _csv(args.pivot_metrics)]
+    args.include = _csv(args.include)
+    args.exclude = _csv(args.exclude)
+    args.ylims = parse_ylims(args.ylims)
+    return args
+
+
+def output_folder(output: str, exp: str, include: Sequence[str], exclude: Sequence[str]) -> Path:
+    name = exp
+    if include:
+        name += "-inc=" + "+".join(include)
+    if exclude:
+        name += "-exc=" + "+".join(exclude)
+    return Path(output) / safe_name(name)
+
+
+# ----------------------------------------------------------------------------- tables
+def run_labels(data: ExperimentData, keys: Sequence[str]) -> pd.Series:
+    r"""The configuration label of each run (``key=value, ...``), indexed by run id."""
+    runs = data.runs.set_index("run_id")
+    if not keys:
+        return pd.Series({r: "all" for r in runs.index})
+    return runs.apply(lambda row: ", ".join(f"{k}={_val(row.get(k))}" for k in keys), axis=1)
+
+
+def _val(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return str(v)
+
+
+def _select(data: ExperimentData, split: str, metric: str) -> pd.DataFrame:
+    m = data.metrics
+    return m[(m["split"] == split) & (m["metric"] == metric)]
+
+
+def _downsample(df: pd.DataFrame, n: int) -> pd.DataFrame:
+    if n <= 0:
+        return df
+    steps = np.sort(df["step"].unique())
+    if len(steps) <= n:
+        return df
+    keep = steps[np.unique(np.linspace(0, len(steps) - 1, n).round().astype(int))]
+    return df[df["step"].isin(keep)]
+
+
+def curve_table(data: ExperimentData, spec: MetricSpec, keys: Sequence[str], downsample: int = 0) -> pd.DataFrame:
+    r"""Mean, std (ddof 1; 0 for a single run) and count of ``spec`` across the runs of each
+    configuration at each step: columns ``label, step, mean, std, n``."""
+    df = _select(data, spec.split, spec.metric)
+    if df.empty:
+        return pd.DataFrame(columns=["label", "step", "mean", "std", "n"])
+    labels = run_labels(data, keys)
+    df = df.assign(label=df["run_id"].map(labels))
+    # one value per run and step (the last logged, should a step be logged twice)
+    df = df.groupby(["label", "run_id", "step"], sort=True)["value"].last().reset_index()
+    df = pd.concat([_downsample(g, downsample) for _, g in df.groupby("run_id")]) if downsample else df
+    g = df.groupby(["label", "step"])["value"]
+    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.count()}).reset_index()
+    return out
+
+
+def per_run_aggregate(data: ExperimentData, spec: PivotSpec) -> pd.Series:
+    r"""``agg`` (max, min, last, mean) of ``split:metric`` over the steps of each run."""
+    df = _select(data, spec.split, spec.metric)
+    if df.empty:
+        return pd.Series(dtype=float)
+    df = df.groupby(["run_id", "step"], sort=True)["value"].last().reset_index()
+    g = df.sort_values("step").groupby("run_id")["value"]
+    return {"max": g.max, "min": g.min, "last": g.last, "mean": g.mean}[spec.agg]()
+
+
+def pivot_table(data: ExperimentData, spec: PivotSpec, keys: Sequence[str]) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    r"""Returns ``(long, wide)``: ``long`` has columns ``label, iw, mean, std, n`` (mean/std/count
+    across runs of the per-run aggregate), ``wide`` one row per label and one ``mean ± std (n)``
+    column per ``iw``.  Without an ``iw`` configuration key the ``iw`` column is ``-``."""
+    per_run = per_run_aggregate(data, spec)
+    if per_run.empty:
+        return pd.DataFrame(columns=["label", "iw", "mean", "std", "n"]), pd.DataFrame()
+    other = [k for k in keys if k != "iw"]
+    labels = run_labels(data, other)
+    runs = data.runs.set_index("run_id")
+    iw = runs["iw"].map(_val) if "iw" in runs.columns else pd.Series("-", index=runs.index)
+    df = pd.DataFrame({"value": per_run, "label": labels.reindex(per_run.index),
+                       "iw": iw.reindex(per_run.index)})
+    g = df.groupby(["label", "iw"])["value"]
+    long = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.count()}).reset_index()
+    long["iw"] = long["iw"].map(_val)
+    cell = long.apply(lambda r: f"{r['mean']:.4g} ± {r['std']:.2g} ({int(r['n'])})", axis=1)
+    wide = long.assign(cell=cell).pivot(index="label", columns="iw", values="cell")
+    try:
+        order = sorted(wide.columns, key=lambda c: float(c))
+    except ValueError:
+        order = list(wide.columns)
+    wide = wide[order].reset_index()
+    wide.columns = ["configuration"] + [f"iw={c}" for c in order]
+    return long, wide.fillna("")
+
+
+# ----------------------------------------------------------------------------- figures
+def _ylim(ax: Any, ylims: Dict[str, Tuple[float, float]], split: str, metric: str) -> None:
+    lim = ylims.get(f"{split}:{metric}", ylims.get(metric))
+    if lim is not None:
+        ax.set_ylim(*lim)
+
+
+def _palette(n: int) -> List[Any]:
+    import seaborn as sns
+
+    return sns.color_palette("tab10" if n <= 10 else "husl", n)
+
+
+def plot_curves(table: pd.DataFrame, title: str, ylabel: str, ylims: Dict[str, Tuple[float, float]],
+                split: str, metric: str) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels = list(dict.fromkeys(table["label"]))
+    for color, label in zip(_palette(len(labels)), labels):
+        t = table[table["label"] == label].sort_values("step")
+        ax.plot(t["step"], t["mean"], color=color, label=label, marker="." if len(t) < 30 else None)
+        ax.fill_between(t["step"], t["mean"] - t["std"], t["mean"] + t["std"], color=color, alpha=0.2, linewidth=0)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    _ylim(ax, ylims, split, metric)
+    if labels:
+        ax.legend(fontsize=6, loc="best")
+    return fig
+
+
+def report_experiment(args: argparse.Namespace) -> Path:
+    r"""Build the whole report for parsed ``args``; returns the output folder."""
+    import matplotlib.pyplot as plt
+
+    data = read_experiment(args.root, args.exp, args.include, args.exclude)
+    outdir = output_folder(args.output, args.exp, args.include, args.exclude)
+    outdir.mkdir(parents=True, exist_ok=True)
+    missing_keys = [k for k in args.keys if k not in data.config_columns]
+    keys = [k for k in args.keys if k in data.config_columns]
+    logged = sorted(set(zip(data.metrics["split"], data.metrics["metric"])))
+    metrics = list(args.metrics)
+    if not metrics:
+        metrics = ([MetricSpec("test", "loss/L_k")] if ("test", "loss/L_k") in logged
+                   else [MetricSpec(s, m) for s, m in logged[:12]])
+    detailed = list(args.detailed_metrics) or metrics
+    pivots = list(args.pivot_metrics)
+    if not pivots and ("test", "loss/L_k") in logged:
+        pivots = [PivotSpec("max", "test", "loss/L_k")]
+    notes: List[str] = []
+    if missing_keys:
+        notes.append(f"keys not in any run's configuration (ignored): {missing_keys}")
+
+    # runs and their status
+    runs = data.runs.copy()
+    status_cols = ["run_id", "status", *keys, *(["seed"] if "seed" in runs.columns and "seed" not in keys else []),
+                   "lines", "last_step", "problems"]
+    status_cols = [c for c in status_cols if c in runs.columns]
+    sections = [Section("Runs", [TextItem(_status_summary(runs)),
+                                 write_table(runs, outdir, "runs", "Every run directory and its status.",
+                                             display=runs[status_cols])])]
+    if notes:
+        sections[0].items.insert(0, TextItem("\n".join(notes)))
+
+    curves = Section("Learning curves (mean +- std across runs of a configuration)")
+    for spec in metrics:
+        table = curve_table(data, spec, keys, args.downsample)
+        if table.empty:
+            curves.items.append(TextItem(f"{spec.name}: not logged by any run"))
+            continue
+        name = f"curves-{spec.split}-{spec.metric}"
+        write_table(table, outdir, name, f"Learning curve data of {spec.name}")
+        curves.items.append(save_figure(plot_curves(table, f"{args.exp}: {spec.name}", spec.metric, args.ylims,
+                                                    spec.split, spec.metric), outdir, name,
+                                        f"{spec.name} vs step, grouped by {', '.join(keys) or 'nothing'}"))
+    detail = Section("Detailed curves (one line per run)")
+    labels = run_labels(data, [*keys, *(["seed"] if "seed" in data.config_columns and "seed" not in keys else [])])
+    for spec in detailed:
+        df = _select(data, spec.split, spec.metric)
+        if df.empty:
+            detail.items.append(TextItem(f"{spec.name}: not logged by any run"))
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        run_ids = list(dict.fromkeys(df["run_id"]))
+        for color, rid in zip(_palette(len(run_ids)), run_ids):
+            t = df[df["run_id"] == rid].groupby("step")["value"].last().reset_index()
+            t = _downsample(t, args.downsample)
+            ax.plot(t["step"], t["value"], color=color, label=f"{labels.get(rid, rid)} [{rid[:10]}]", linewidth=1)
+        ax.set_xlabel("step")
+        ax.set_ylabel(spec.metric)
+        ax.set_title(f"{args.exp}: {spec.name} per run", fontsize=9)
+        ax.grid(alpha=0.3)
+        _ylim(ax, args.ylims, spec.split, spec.metric)
+        ax.legend(fontsize=5, loc="best")
+        detail.items.append(save_figure(fig, outdir, f"detailed-{spec.split}-{spec.metric}",
+                                        f"{spec.name} of every run"))
+    pivot_sec = Section("Pivot summaries (per-run aggregate; mean ± std (n) across runs)")
+    for spec in pivots:
+        long, wide = pivot_table(data, spec, keys)
+        if long.empty:
+            pivot_sec.items.append(TextItem(f"{spec.name}: not logged by any run"))
+            continue
+        name = f"pivot-{spec.agg}-{spec.split}-{spec.metric}"
+        pivot_sec.items.append(write_table(long, outdir, name, f"{spec.name} per configuration and iw", display=wide))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        labs = list(dict.fromkeys(long["label"]))
+        numeric = pd.to_numeric(long["iw"], errors="coerce")
+        for color, lab in zip(_palette(len(labs)), labs):
+            t = long[long["label"] == lab].assign(x=numeric).sort_values("x")
+            x = t["x"] if t["x"].notna().all() else np.arange(len(t))
+            ax.errorbar(x, t["mean"], yerr=t["std"], color=color, label=lab, marker="o", capsize=3)
+        if numeric.notna().all() and (numeric > 0).all():
+            ax.set_xscale("log")
+            ticks = sorted(numeric.unique())
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([_val(float(t)) for t in ticks])
+            ax.minorticks_off()
+        ax.set_xlabel("iw (K)")
+        ax.set_ylabel(f"{spec.agg} {spec.split} {spec.metric}")
+        ax.set_title(f"{args.exp}: {spec.name}", fontsize=9)
+        ax.grid(alpha=0.3)
+        _ylim(ax, args.ylims, spec.split, spec.metric)
+        ax.legend(fontsize=6)
+        pivot_sec.items.append(save_figure(fig, outdir, name, f"{spec.name} vs iw"))
+    sections += [curves, detail, pivot_sec]
+    render_index(outdir, f"Report: {args.exp}", sections)
+    return outdir
+
+
+def _status_summary(runs: pd.DataFrame) -> str:
+    counts = runs["status"].value_counts().to_dict()
+    lines = [f"{len(runs)} run(s): " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))]
+    for _, r in runs.iterrows():
+        if r["status"] != "success" or r["problems"]:
+            lines.append(f"  {r['run_id']}: {r['status']}" + (f" ({r['problems']})" if r["problems"] else ""))
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""``report.py``'s entry point; returns the exit code (2: bad arguments, 1: no runs)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parse_report_args(argv)
+    except ReportArgumentError as e:
+        print(f"report.py: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        outdir = report_experiment(args)
+    except NoRunsError as e:
+        print(f"report.py: error: {e}", file=sys.stderr)
+        return 1
+    print(f"report written to {outdir / 'index.html'}")
+    return 0
