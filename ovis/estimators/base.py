@@ -173,14 +173,17 @@ class GradientEstimator(nn.Module):
         zgrads = self.reparameterised if zgrads is None else zgrads
         x_exp = self.expand(x, M, K)
         kwargs = {} if params.tau is None else {"tau": params.tau}
-        output = model(x_exp, zgrads=zgrads, **kwargs)
+        hint = (f"{self.family} needs reparameterised latents (rsample), but the model's q(z|x) "
+                "has none: use a score-function estimator (e.g. reinforce, vimco-arithmetic, ovis-gamma1)")
+        try:
+            output = model(x_exp, zgrads=zgrads, **kwargs)
+        except NotImplementedError as e:
+            if zgrads:
+                raise TypeError(hint) from e
+            raise
         check_model_output(output)
         if zgrads and any(not q.has_rsample for q in output["qz"]):
-            raise TypeError(
-                f"{self.family} needs reparameterised latents (rsample), but the model's "
-                f"q(z|x) ({[type(q).__name__ for q in output['qz']]}) has no rsample: use a "
-                "score-function estimator (e.g. reinforce, vimco-arithmetic, ovis-gamma1)"
-            )
+            raise TypeError(f"{hint} ({[type(q).__name__ for q in output['qz']]})")
         qz = output["qz"]
         if detach_qz_params:
             qz = [detach_distribution(q) for q in qz]

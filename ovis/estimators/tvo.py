@@ -68,6 +68,7 @@ class ThermodynamicVO(GradientEstimator):
 
     family = "tvo"
     supports_alpha = False
+    min_iw = 2  # the covariance estimator needs two particles
 
     def __init__(self, mc: int = 1, iw: int = 1, partitions: int = 2, log_beta_min: float = 10.0,
                  schedule: str = "log", integration: str = "left") -> None:
@@ -109,7 +110,7 @@ class ThermodynamicVO(GradientEstimator):
             omega = torch.softmax(betas * f, dim=2)  # [B, M, K, P]
             f_bar = (omega * f).sum(2, keepdim=True)  # [B, M, 1, P]
             centred = f - f_bar
-        correction = K / (K - 1) if K > 1 else 0.0
+        correction = K / (K - 1)
         g = log_q[..., None] + betas * f  # log pi~_beta as a function of the parameters
         expectation = (omega * f).sum(2)  # [B, M, P]: E_pi[grad f]
         covariance = correction * (omega * centred * g).sum(2)  # [B, M, P]

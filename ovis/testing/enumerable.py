@@ -247,3 +247,36 @@ def exact_gradients(objective: Tensor, params: Sequence[nn.Parameter]) -> Tensor
     return torch.cat([
         (g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)
     ])
+
+
+def exact_weighted_score(model: EnumerableModel, x: Tensor, K: int, alpha: float = 0.0) -> Tensor:
+    r"""A scalar whose gradient is :math:`E[\sum_k v_k \nabla\log q(z_k|x)]` (batch-averaged).
+
+    This is the exact bias of ``ovis-gamma{g}`` divided by ``g`` (``v_k`` tempered by
+    ``1 - alpha``), computed by enumeration over the ``C^K`` tuples.
+    """
+    log_q, log_joint = model.enumerate_log_densities(x)
+    B, C = log_q.shape
+    tuples = torch.tensor(list(itertools.product(range(C), repeat=K)), dtype=torch.long)
+    log_w = (log_joint - log_q).detach()
+    prob = log_q.detach()[:, tuples].sum(-1).exp()  # [B, T]
+    v = torch.softmax((1 - alpha) * log_w[:, tuples], dim=-1)  # [B, T, K]
+    return (prob * (v * log_q[:, tuples]).sum(-1)).sum(-1).mean()
+
+
+def exact_tvo_integral(model: EnumerableModel, x: Tensor, betas: Tensor, coefs: Tensor) -> Tensor:
+    r""":math:`\sum_j c_j E_{\pi_{\beta_j}}[\log w]` with :math:`\pi_\beta \propto q^{1-\beta} p^\beta`,
+    by enumeration (batch-averaged)."""
+    log_q, log_joint = model.enumerate_log_densities(x)
+    log_w = log_joint - log_q
+    total = torch.zeros((), dtype=log_w.dtype)
+    for b, c in zip(betas.tolist(), coefs.tolist()):
+        pi = torch.softmax(log_q + b * log_w, dim=-1)
+        total = total + c * (pi * log_w).sum(-1).mean()
+    return total
+
+
+def exact_elbo(model: EnumerableModel, x: Tensor) -> Tensor:
+    r"""The ELBO :math:`E_q[\log w]` by enumeration (batch-averaged)."""
+    log_q, log_joint = model.enumerate_log_densities(x)
+    return (log_q.exp() * (log_joint - log_q)).sum(-1).mean()
