@@ -65,7 +65,7 @@ def load_dataset(name: str, data_root: str | os.PathLike = "data/", mini: bool =
     elif name == "omniglot":
         from ovis.datasets.omniglot import load_omniglot
 
-        data = load_omniglot(data_root, mini=mini, seed=seed)
+        data = load_omniglot(data_root, mini=mini, seed=seed, verify_shapes=verify_checksums)
     elif name == "shapes":
         from ovis.datasets.synthetic import load_shapes
 
