@@ -1,0 +1,426 @@
+r"""Workers: claim a job, run its script in a subprocess, heartbeat, record the outcome.
+
+The *job contract* (``experiments.md``): from the snapshot folder, run
+``python SCRIPT <global> <arg> <parameters> --exp EXP --root ABS_ROOT --data_root ABS_DATA_ROOT``
+with ``OVIS_JOB_ID`` set to the job id and ``CUDA_VISIBLE_DEVICES`` to its device.  The outcome is
+judged from the exit code and the run's own ``status.json`` (the run directory is the one under
+``<root>/<exp>/`` whose ``status.json`` carries this ``job_id``).
+
+Everything a backend needs is here and backend-neutral:
+
+* :func:`run_claimed_job` runs one *already claimed* job to completion (the local backend's
+  workers call it in a loop; a Dask task would call :meth:`JobQueue.claim` with ``job_id=`` or
+  :meth:`JobQueue.verify_claim` first, then this);
+* :func:`worker_loop` is the local worker: claim, run, repeat until nothing is queued;
+* :class:`Backend` is the interface the manager drives; :class:`LocalBackend` starts worker
+  processes (``python -m ovis.experiments.worker_cli``), one per slot (device).
+
+Process hygiene: a job runs in its own session / process group (so it can be killed with all its
+children) and receives ``SIGKILL`` if its worker dies (Linux ``PR_SET_PDEATHSIG``); a local worker
+receives ``SIGTERM`` if its manager dies, and then aborts its job cleanly.  A job is therefore
+never left running without a worker that heartbeats for it.
+"""
+from __future__ import annotations
+
+import abc
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from ovis.experiments.queue import JobQueue, QueueError, kill_group
+
+__all__ = [
+    "WorkerConfig",
+    "JobOutcome",
+    "run_claimed_job",
+    "worker_loop",
+    "find_run_status",
+    "discover_gpus",
+    "Backend",
+    "LocalBackend",
+    "DaskBackend",
+    "BackendNotAvailable",
+    "make_backend",
+    "die_with_parent",
+]
+
+log = logging.getLogger("ovis.experiments")
+
+
+# ----------------------------------------------------------------------------------------------
+# process helpers
+
+
+def die_with_parent(sig: int = signal.SIGKILL, new_session: bool = False) -> Optional[Callable[[], None]]:
+    r"""A ``preexec_fn`` that makes the child receive ``sig`` when its parent dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+    def _pre() -> None:
+        libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl
+            os.kill(os.getpid(), sig)
+
+    return _pre
+
+
+def _tail(path: Path, nbytes: int = 3000, nlines: int = 30) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - nbytes))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-nlines:])
+
+
+def find_run_status(exp_dir: Path, job_id: str) -> Tuple[Optional[Path], Optional[Dict[str, Any]]]:
+    r"""The run directory of ``job_id`` under ``exp_dir`` and its ``status.json`` (or ``None``)."""
+    best: Tuple[float, Optional[Path], Optional[Dict[str, Any]]] = (-1.0, None, None)
+    for st in Path(exp_dir).glob("*/status.json"):
+        try:
+            data = json.loads(st.read_text())
+            mtime = st.stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("job_id") == job_id and mtime > best[0]:
+            best = (mtime, st.parent, data)
+    return best[1], best[2]
+
+
+# ----------------------------------------------------------------------------------------------
+# running one job
+
+
+@dataclass
+class WorkerConfig:
+    r"""Where a worker runs jobs from and how it reports."""
+
+    exp: str
+    exp_dir: Path  # <root>/<exp> (absolute)
+    root: Path  # absolute
+    data_root: Path  # absolute
+    snapshot: Path  # <root>/<exp>/.lib_snapshot
+    device: str = "cpu"  # "cpu" or a GPU index
+    worker: str = "w0"
+    manager: Optional[str] = None
+    heartbeat: float = 10.0  # seconds between heartbeats
+    poll: float = 0.1  # seconds between checks of the job process
+    term_timeout: float = 10.0  # SIGTERM -> SIGKILL delay when aborting
+    python: str = sys.executable
+
+
+@dataclass
+class JobOutcome:
+    status: str  # success | failed | aborted | "" (claim lost: nothing recorded)
+    exit_code: Optional[int]
+    error: Optional[str]
+    run_dir: Optional[str]
+
+
+def build_command(rec: Dict[str, Any], cfg: WorkerConfig) -> List[str]:
+    r"""The job's command line (the job contract)."""
+    argv = list(rec["argv"]) + ["--exp", cfg.exp, "--root", str(cfg.root), "--data_root", str(cfg.data_root)]
+    if rec.get("fresh") and Path(rec["script"]).name == "run.py":
+        argv.append("--rf")  # a requeued success starts over
+    return [cfg.python, str(cfg.snapshot / rec["script"])] + argv
+
+
+def job_env(rec: Dict[str, Any], cfg: WorkerConfig) -> Dict[str, str]:
+    env = dict(os.environ)
+    env["OVIS_JOB_ID"] = rec["job_id"]
+    env["CUDA_VISIBLE_DEVICES"] = "" if cfg.device == "cpu" else str(cfg.device)
+    env["PYTHONPATH"] = str(cfg.snapshot) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_claimed_job(queue: JobQueue, rec: Dict[str, Any], cfg: WorkerConfig,
+                    should_stop: Callable[[], bool] = lambda: False) -> JobOutcome:
+    r"""Run the claimed job ``rec`` to its end and record the outcome in ``queue``.
+
+    ``should_stop()`` is polled: when it turns true the job's process group gets ``SIGTERM``
+    (``SIGKILL`` after ``cfg.term_timeout``) and the job is recorded ``aborted``.  If the claim
+    token stops being the job's (requeued by force, marked lost), the job is killed and nothing
+    is recorded.
+    """
+    job_id, token = rec["job_id"], rec["claim_token"]
+    logs = cfg.exp_dir / ".logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{job_id}.{rec['attempts']}.log"
+    cmd = build_command(rec, cfg)
+    with open(log_path, "ab") as logf:
+        logf.write(("$ " + " ".join(cmd) + "\n").encode())
+        logf.flush()
+        try:
+            proc = subprocess.Popen(cmd, cwd=str(cfg.snapshot), env=job_env(rec, cfg), stdout=logf,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, preexec_fn=die_with_parent(signal.SIGKILL))
+        except OSError as e:
+            queue.finish(job_id, token, "failed", None, f"cannot start {cmd[1]}: {e}", None)
+            return JobOutcome("failed", None, str(e), None)
+    if not _safe(lambda: queue.set_pid(job_id, token, proc.pid), True):
+        _kill(proc, 0.0)
+        return JobOutcome("", None, "claim lost", None)
+    aborted = False
+    last_hb = time.monotonic()
+    while True:
+        rc = proc.poll()
+        if rc is not None:
+            break
+        if should_stop():
+            aborted = True
+            rc = _kill(proc, cfg.term_timeout)
+            break
+        if time.monotonic() - last_hb >= cfg.heartbeat:
+            last_hb = time.monotonic()
+            if not _safe(lambda: queue.heartbeat(job_id, token), True):
+                _kill(proc, 0.0)
+                log.warning("job %s: claim lost (requeued or marked lost elsewhere); killed", job_id)
+                return JobOutcome("", proc.returncode, "claim lost", None)
+        time.sleep(cfg.poll)
+    kill_group(proc.pid, signal.SIGKILL)  # children the script left behind
+    out = judge(cfg.exp_dir, job_id, rc, aborted, log_path)
+    if not _safe(lambda: queue.finish(job_id, token, out.status, out.exit_code, out.error, out.run_dir), False):
+        log.warning("job %s finished (%s) but its claim was no longer ours: not recorded", job_id, out.status)
+    return out
+
+
+def _safe(fn: Callable[[], bool], default: bool) -> bool:
+    r"""Call a queue operation; on a lock timeout keep going with ``default``."""
+    try:
+        return fn()
+    except QueueError as e:
+        log.warning("%s", e)
+        return default
+
+
+def _kill(proc: subprocess.Popen, timeout: float) -> int:
+    r"""SIGTERM the job's group, SIGKILL it after ``timeout`` s; return the exit code."""
+    if timeout > 0:
+        kill_group(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    kill_group(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+def judge(exp_dir: Path, job_id: str, rc: int, aborted: bool, log_path: Path) -> JobOutcome:
+    r"""The outcome from the exit code, the run's ``status.json`` and the log tail."""
+    run_dir, st = find_run_status(exp_dir, job_id)
+    run_status = st.get("status") if st else None
+    rd = str(run_dir) if run_dir else None
+    if aborted:
+        return JobOutcome("aborted", rc, "aborted by the manager (SIGTERM / Ctrl-C)", rd)
+    if rc == 0:
+        if run_status in (None, "success"):
+            return JobOutcome("success", 0, None, rd)
+        return JobOutcome("failed", 0, f"exit code 0 but status.json says {run_status!r}: "
+                          f"{st.get('error') if st else ''}\n{_tail(log_path)}", rd)
+    if run_status == "aborted":
+        return JobOutcome("aborted", rc, f"the run reports aborted (exit {rc})\n{_tail(log_path)}", rd)
+    why = f"killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
+    err = (st or {}).get("error")
+    return JobOutcome("failed", rc, f"{why}" + (f"; status.json error: {err}" if err else "")
+                      + "\n" + _tail(log_path), rd)
+
+
+def worker_loop(cfg: WorkerConfig, queue: Optional[JobQueue] = None,
+                should_stop: Callable[[], bool] = lambda: False, max_jobs: Optional[int] = None) -> int:
+    r"""Claim and run jobs until none is queued (or ``should_stop``); return the number run."""
+    queue = queue or JobQueue(cfg.exp_dir)
+    n = 0
+    while not should_stop() and (max_jobs is None or n < max_jobs):
+        rec = queue.claim(cfg.worker, cfg.device, os.getpid(), manager=cfg.manager)
+        if rec is None:
+            break
+        log.info("worker %s (pid %d, device %s): job %s attempt %d: %s", cfg.worker, os.getpid(),
+                 cfg.device, rec["job_id"], rec["attempts"], " ".join(rec["argv"]))
+        out = run_claimed_job(queue, rec, cfg, should_stop)
+        log.info("worker %s: job %s -> %s", cfg.worker, rec["job_id"], out.status or "claim lost")
+        n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------------------------
+# devices
+
+
+def discover_gpus(max_gpus: Optional[int] = None, max_load: float = 0.5, max_memory: float = 0.5) -> List[str]:
+    r"""Indices of the GPUs whose load and memory use are below the limits (at most ``max_gpus``).
+
+    Uses ``nvidia-smi``, else ``pynvml``, else ``torch.cuda`` (memory only); ``[]`` without GPU.
+    ``CUDA_VISIBLE_DEVICES``, when set in the manager's environment, restricts the choice.
+    """
+    gpus: List[Tuple[str, float, float]] = []  # (index, load in [0,1], memory fraction)
+    exe = shutil.which("nvidia-smi")
+    if exe:
+        try:
+            out = subprocess.run([exe, "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                                 timeout=30, check=True).stdout
+            for line in out.strip().splitlines():
+                idx, util, used, total = [s.strip() for s in line.split(",")]
+                load = float(util) / 100 if util.replace(".", "").isdigit() else 0.0
+                gpus.append((idx, load, float(used) / max(float(total), 1.0)))
+        except (subprocess.SubprocessError, OSError, ValueError) as e:
+            log.warning("nvidia-smi failed (%s); trying other GPU discovery", e)
+            gpus = []
+    if not gpus:
+        try:
+            import pynvml  # type: ignore
+
+            pynvml.nvmlInit()
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                u = pynvml.nvmlDeviceGetUtilizationRates(h)
+                m = pynvml.nvmlDeviceGetMemoryInfo(h)
+                gpus.append((str(i), u.gpu / 100, m.used / max(m.total, 1)))
+        except Exception:  # noqa: BLE001 - pynvml absent or no driver
+            gpus = []
+    if not gpus and not exe and (not sys.platform.startswith("linux") or Path("/dev/nvidia0").exists()
+                                 or Path("/proc/driver/nvidia").exists()):
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                for i in range(torch.cuda.device_count()):
+                    free, total = torch.cuda.mem_get_info(i)
+                    gpus.append((str(i), 0.0, 1 - free / max(total, 1)))
+        except Exception:  # noqa: BLE001
+            gpus = []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() != "" and all(v.strip().isdigit() for v in visible.split(",")):
+        allowed = {v.strip() for v in visible.split(",")}
+        gpus = [g for g in gpus if g[0] in allowed]
+    elif visible is not None and visible.strip() == "":
+        gpus = []
+    ok = [g[0] for g in gpus if g[1] < max_load and g[2] < max_memory]
+    return ok[:max_gpus] if max_gpus is not None else ok
+
+
+# ----------------------------------------------------------------------------------------------
+# backends
+
+
+class BackendNotAvailable(RuntimeError):
+    r"""The requested backend cannot run here (not implemented, or its package is missing)."""
+
+
+class Backend(abc.ABC):
+    r"""How the manager gets queued jobs executed.
+
+    The queue is the record of truth for every backend: a backend only decides *where* claims
+    are made and jobs run.  ``start`` launches execution for the given slots (one device string
+    per concurrent job), ``running`` says whether any executor is still active, ``stop`` ends
+    them (their jobs end ``aborted``), ``executor_pids`` lists local executor pids (for the
+    manager's bookkeeping; empty for remote executors).
+    """
+
+    @abc.abstractmethod
+    def start(self, slots: Sequence[str]) -> None: ...
+
+    @abc.abstractmethod
+    def running(self) -> bool: ...
+
+    @abc.abstractmethod
+    def stop(self, timeout: float) -> None: ...
+
+    def executor_pids(self) -> List[int]:
+        return []
+
+
+@dataclass
+class LocalBackend(Backend):
+    r"""One worker process per slot on this machine (``python -m ovis.experiments.worker_cli``)."""
+
+    cfg: WorkerConfig
+    procs: List[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, slots: Sequence[str]) -> None:
+        pkg_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONUNBUFFERED"] = "1"
+        for i, dev in enumerate(slots):
+            c = self.cfg
+            cmd = [c.python, "-m", "ovis.experiments.worker_cli", "--exp", c.exp, "--exp_dir", str(c.exp_dir),
+                   "--root", str(c.root), "--data_root", str(c.data_root), "--snapshot", str(c.snapshot),
+                   "--device", dev, "--worker", f"w{i}@{dev}", "--heartbeat", str(c.heartbeat),
+                   "--poll", str(c.poll), "--term_timeout", str(c.term_timeout)]
+            if c.manager:
+                cmd += ["--manager", c.manager]
+            logf = open(c.exp_dir / ".logs" / f"worker-{i}.log", "ab")
+            try:
+                p = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(signal.SIGTERM))
+            finally:
+                logf.close()
+            self.procs.append(p)
+
+    def running(self) -> bool:
+        return any(p.poll() is None for p in self.procs)
+
+    def stop(self, timeout: float) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    p.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def executor_pids(self) -> List[int]:
+        return [p.pid for p in self.procs]
+
+
+class DaskBackend(Backend):
+    r"""Placeholder: sending jobs to a Dask cluster is not implemented yet (issue 7)."""
+
+    def __init__(self, *a: Any, **k: Any) -> None:
+        raise BackendNotAvailable("--backend dask is not available yet (planned: one Dask task per job, "
+                                  "the queue stays the record of truth); use --backend local")
+
+    def start(self, slots: Sequence[str]) -> None:  # pragma: no cover
+        raise BackendNotAvailable("dask")
+
+    def running(self) -> bool:  # pragma: no cover
+        return False
+
+    def stop(self, timeout: float) -> None:  # pragma: no cover
+        pass
+
+
+def make_backend(name: str, cfg: WorkerConfig, address: Optional[str] = None) -> Backend:
+    r"""The backend called ``name`` (``local``; ``dask`` raises :class:`BackendNotAvailable`)."""
+    if name == "local":
+        if address:
+            raise BackendNotAvailable("--address is only meaningful with --backend dask")
+        return LocalBackend(cfg)
+    if name == "dask":
+        return DaskBackend(cfg, address)
+    raise BackendNotAvailable(f"unknown backend {name!r} (valid: local, dask)")
