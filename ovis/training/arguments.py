@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from typing import Iterable, List, Optional, Sequence
 
 __all__ = [
@@ -87,6 +88,13 @@ def unit_interval(value: str) -> float:
     return f
 
 
+def unit_interval_open(value: str) -> float:
+    f = finite_float(value)
+    if not 0.0 < f <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value!r}")
+    return f
+
+
 DATASETS = ("binmnist", "mnist", "fashion", "omniglot", "shapes", "gmm", "gaussian-toy")
 MODELS = ("sbm", "vae", "gaussian-vae", "conv-vae", "gmm", "gaussian-toy", "discrete-vae")
 PRIORS = ("normal", "bernoulli", "categorical", "mog")
@@ -117,6 +125,16 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     g.add_argument("--no_flush_denormal", action="store_true",
                    help="keep denormal floats on the CPU (they are flushed by default)")
+    g.add_argument("--checkpoint_every", type=nonneg_float, default=60.0,
+                   help="save the last checkpoint every this many seconds (0: off; a checkpoint is "
+                        "always saved at every evaluation and at the end)")
+    g.add_argument("--checkpoint_steps", type=nonneg_int, default=0,
+                   help="also save the last checkpoint every this many steps (0: off)")
+    g.add_argument("--log_freq", type=pos_int, default=100,
+                   help="steps between training summaries in the log file / TensorBoard")
+    g.add_argument("--eval_chunk", type=pos_int, default=10000,
+                   help="max particles x data points per forward pass at evaluation (memory cap)")
+    g.add_argument("--no_tensorboard", action="store_true", help="write no TensorBoard events")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="binmnist", choices=DATASETS)
@@ -155,7 +173,11 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     g.add_argument("--lr", type=pos_float, default=1e-3)
     g.add_argument("--baseline_lr", type=pos_float, default=1e-3)
-    g.add_argument("--lr_reduce_steps", type=nonneg_int, default=0, help="number of LR reductions")
+    g.add_argument("--lr_reduce_steps", type=nonneg_int, default=0,
+                   help="number of LR reductions, at evenly spaced steps (lr * factor^i after the "
+                        "i-th of the steps nsteps*i/(n+1))")
+    g.add_argument("--lr_reduce_factor", type=unit_interval_open, default=0.5,
+                   help="factor of each LR reduction (0.5 as in the reference code)")
     g.add_argument("--bs", type=pos_int, default=32)
     g.add_argument("--valid_bs", type=pos_int, default=50)
     g.add_argument("--test_bs", type=pos_int, default=50)
@@ -185,18 +207,37 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     from ovis.estimators.config import parse_estimator_id
 
     try:
-        parse_estimator_id(args.estimator)
+        cls, _ = parse_estimator_id(args.estimator)
     except NotImplementedError as e:
         raise RunArgumentError(f"run.py: error: argument --estimator: {e}") from None
     except ValueError as e:
         raise RunArgumentError(f"run.py: error: argument --estimator: {e}") from None
+    if (args.alpha > 0 or args.alpha_init > 0) and not getattr(cls, "supports_alpha", True):
+        raise RunArgumentError(
+            f"run.py: error: estimator {args.estimator!r} does not support a Renyi alpha > 0 "
+            f"(got --alpha {args.alpha}, --alpha_init {args.alpha_init}); drop --alpha/--alpha_init"
+        )
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        raise RunArgumentError(
+            f"run.py: error: argument --device: expected auto, cpu, cuda or cuda:N, got {args.device!r}")
+    if args.grad_samples == 1:
+        raise RunArgumentError(
+            "run.py: error: argument --grad_samples: needs >= 2 draws to estimate a variance "
+            "(0 skips the gradient analysis)"
+        )
+    if args.mc_au_analysis > 0 and args.npoints_au_analysis == 1:
+        raise RunArgumentError(
+            "run.py: error: argument --npoints_au_analysis: needs >= 2 data points to estimate a "
+            "covariance (0 skips the active-unit analysis)"
+        )
     return args
 
 
 # Flags that never change what a run computes (where it is stored, how it is displayed):
 # they are left out of the run id.
 NON_IDENTITY_FLAGS = frozenset(
-    {"root", "data_root", "exp", "silent", "rf", "workers", "device", "deterministic"}
+    {"root", "data_root", "exp", "silent", "rf", "workers", "device", "deterministic",
+     "checkpoint_every", "checkpoint_steps", "log_freq", "eval_chunk", "no_tensorboard"}
 )
 # Defaults of the flags, used so that adding a new flag (with its default) does not change ids.
 RUN_IDENTITY_DEFAULTS = {a.dest: a.default for a in build_run_parser()._actions if a.dest != "help"}

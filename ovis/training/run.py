@@ -1,0 +1,630 @@
+r"""One training run (``run.py``): parse, train, evaluate, checkpoint, resume.
+
+``main(argv) -> exit code``:
+
+* ``2``: invalid command line (usage message on stderr; no run directory is written);
+* ``0``: the run finished (``status.json`` says ``success``);
+* ``1``: an exception (``failed``, with the error and its traceback in ``status.json``);
+* ``130`` / ``143``: Ctrl-C / SIGTERM: a checkpoint is saved and the status is ``aborted``;
+* ``3``: another process is running the same run directory (nothing is changed).
+
+**Run identity and resume.**  The run directory is ``<root>/<exp>/<run_id>/`` (see
+:mod:`ovis.training.rundir` for the id and the layout).  Starting a run whose directory holds a
+checkpoint resumes it: model, optimiser (including the estimator's own parameters, e.g. the
+``reinforce-baseline`` network), step, running training averages, best validation bound and every
+RNG state (torch, CUDA, numpy, python) are restored, the lines of ``metrics.jsonl`` beyond the
+checkpoint's step are dropped, and the run continues exactly as an uninterrupted run with the same
+seed would (same metrics).  ``--rf`` deletes the run directory first.
+
+**Determinism.**  The data order is a function of ``(seed, epoch)`` (one ``randperm`` per epoch
+from its own generator); batches are assembled in this process, so a dynamic binarisation draws
+from the checkpointed global RNG.  Evaluation, gradient analysis, active units and prior samples
+run under ``torch.random.fork_rng`` seeded by ``(seed, step)``: they never perturb training, and an
+evaluation redone after a resume draws the same particles.  Schedules (Renyi warm-up, learning-rate
+reductions) are pure functions of the step (:mod:`ovis.training.schedules`).
+
+**Evaluation** every ``eval_freq`` epochs and always at the last step (also when the run is shorter
+than one period), written to ``metrics.jsonl`` as three lines:
+
+* ``train``: running means of the training diagnostics since the previous evaluation
+  (``loss/L_k`` with the run's ``K``, ``loss/elbo``, ``loss/kl``, ``loss/kl_q_p`` (= ``L_k - elbo``),
+  ``loss/ess``, ``loss/log_px``, estimator entries ``<group>/<name>``), ``info/alpha``,
+  ``info/beta``, ``info/lr``, the gradient statistics ``grads/variance``, ``grads/snr``,
+  ``grads/dsnr``, ``grads/magnitude`` (``grad_samples`` draws on ``grad_bs`` training points,
+  parameters filtered by ``grad_key``), ``active_units/au`` (``mc_au_analysis`` draws on
+  ``npoints_au_analysis`` training points), and the evaluation of a fixed training subset
+  (``max_eval`` points, ``iw_test`` particles) as ``eval/L_k``, ``eval/elbo``, ``eval/kl``,
+  ``eval/kl_q_p``, ``eval/ess`` plus the model's ``extra_metrics`` (``gmm/...``);
+* ``valid``: ``loss/L_k`` with ``iw_valid`` particles, ``loss/elbo``, ``loss/kl``, ``loss/kl_q_p``,
+  ``loss/ess`` and the model's extra metrics, on at most ``max_eval`` validation points;
+* ``test``: the same with ``iw_test`` particles on at most ``max_eval`` test points.
+
+The evaluation subsets are fixed (one seeded permutation per split, independent of ``--seed``), so
+every run of a data set is evaluated on the same points.  The best checkpoint (``best.pt``) is
+chosen on the validation ``L_K``; the test set is reported, never used to choose.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import math
+import os
+import random
+import re
+import signal
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import ovis
+from ovis.training.arguments import RunArgumentError, build_run_parser, parse_run_args
+from ovis.training.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from ovis.training.evaluation import active_units, evaluate_bound, fetch_batch
+from ovis.training.rundir import RunDirectory, atomic_write_bytes, atomic_write_json, compute_run_id
+from ovis.training.schedules import alpha_at, lr_factor_at
+
+__all__ = ["main", "Trainer", "RunInterrupted", "EVAL_SUBSET_SEED", "resolve_device"]
+
+#: the seed of the fixed evaluation subsets (the same for every run of a data set)
+EVAL_SUBSET_SEED = 20200611
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+
+
+class RunInterrupted(Exception):
+    r"""SIGTERM / SIGINT received: save a checkpoint and stop (status ``aborted``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def resolve_device(spec: str) -> torch.device:
+    r"""``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", spec):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+    return torch.device(spec)
+
+
+def _subset(n: int, k: int, salt: int) -> Tensor:
+    g = torch.Generator().manual_seed(EVAL_SUBSET_SEED + salt)
+    return torch.randperm(n, generator=g)[: min(n, k)]
+
+
+def _epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2 ** 62))
+    return torch.randperm(n, generator=g)
+
+
+def _eval_seed(seed: int, step: int) -> int:
+    return (int(seed) * 7_919 + int(step) * 104_729 + 17) % (2 ** 62)
+
+
+def _optimizer(name: str, groups: List[Dict[str, Any]]) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(groups)
+    if name == "sgd":
+        return torch.optim.SGD(groups)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups)
+    if name == "adamax":
+        return torch.optim.Adamax(groups)
+    raise ValueError(f"unknown optimizer {name!r}; valid: adam, sgd, rmsprop, adamax")
+
+
+def _finite(v: float) -> Optional[float]:
+    return v if math.isfinite(v) else None
+
+
+class Trainer:
+    r"""The training run behind :func:`main` (one instance per run directory).
+
+    Args:
+        args: the parsed ``run.py`` namespace (:func:`ovis.training.arguments.parse_run_args`).
+        rundir: the run directory.
+        run_id: the run id.
+        argv: the command line (recorded in ``config.json``).
+    """
+
+    def __init__(self, args: argparse.Namespace, rundir: RunDirectory, run_id: str,
+                 argv: Sequence[str] = ()) -> None:
+        self.args = args
+        self.rundir = rundir
+        self.run_id = run_id
+        self.argv = list(argv)
+        self.job_id = os.environ.get("OVIS_JOB_ID") or None
+        self.step = 0
+        self.stop_signal: Optional[int] = None
+        self.writer: Any = None
+        self.log = self._make_logger()
+
+    # ------------------------------------------------------------------ infrastructure
+    def _make_logger(self) -> logging.Logger:
+        log = logging.getLogger(f"ovis.run.{self.run_id}.{id(self)}")
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        fh = logging.FileHandler(self.rundir.log_path, encoding="utf-8")
+        fh.setFormatter(fmt)
+        log.addHandler(fh)
+        sh = logging.StreamHandler(sys.stdout)
+        sh.setFormatter(fmt)
+        log.addHandler(sh)
+        return log
+
+    def _close_logger(self) -> None:
+        for h in list(self.log.handlers):
+            h.flush()
+            h.close()
+            self.log.removeHandler(h)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stop_signal is not None:  # second signal: stop now
+            raise RunInterrupted(signum)
+        self.stop_signal = signum
+
+    def check_stop(self) -> None:
+        r"""Raise :class:`RunInterrupted` when a signal was received (called between steps and
+        between evaluation batches)."""
+        if self.stop_signal is not None:
+            raise RunInterrupted(self.stop_signal)
+
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        for s in old:
+            signal.signal(s, self._on_signal)
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    @contextmanager
+    def _torch_settings(self) -> Iterator[None]:
+        args = self.args
+        det = torch.are_deterministic_algorithms_enabled()
+        det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+        cudnn_det, cudnn_bench = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+        flushed = False
+        try:
+            if args.deterministic:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+                torch.use_deterministic_algorithms(True, warn_only=True)
+                torch.backends.cudnn.deterministic = True
+                torch.backends.cudnn.benchmark = False
+            if self.device.type == "cpu" and not args.no_flush_denormal:
+                flushed = torch.set_flush_denormal(True)
+            yield
+        finally:
+            torch.use_deterministic_algorithms(det, warn_only=det_warn)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn_det, cudnn_bench
+            if flushed:
+                torch.set_flush_denormal(False)
+
+    @contextmanager
+    def _forked_rng(self, step: int) -> Iterator[None]:
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(_eval_seed(self.args.seed, step))
+            yield
+
+    # ------------------------------------------------------------------ config
+    def _write_config(self, data: Any = None) -> None:
+        args = self.args
+        cfg: Dict[str, Any] = dict(vars(args))
+        cfg["run"] = {
+            "run_id": self.run_id,
+            "version": ovis.__version__,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "job_id": self.job_id,
+            "argv": self.argv,
+            "device": str(getattr(self, "device", "")),
+        }
+        cfg["version"] = ovis.__version__
+        cfg["job_id"] = self.job_id
+        if data is not None:
+            cfg["run"].update({"nsteps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
+                               "eval_period_steps": self.eval_period,
+                               "parameters": sum(p.numel() for p in self.model.parameters())})
+            cfg["data"] = {"name": data.name, "x_shape": list(data.x_shape),
+                           "sizes": {s: len(getattr(data, s)) for s in ("train", "valid", "test")},
+                           "description": data.description}
+        atomic_write_json(self.rundir.config_path, cfg)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        r"""Load the data, build the model, estimator and optimiser; restore a checkpoint."""
+        import ovis.datasets as datasets
+        import ovis.estimators as estimators
+        import ovis.models as models
+
+        args = self.args
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed % (2 ** 32))
+        random.seed(args.seed)
+        self.data = datasets.load_dataset(args.dataset, args.data_root, mini=args.mini)
+        data = self.data
+        if len(data.train) < 1 or len(data.valid) < 1 or len(data.test) < 1:
+            raise ValueError(f"data set {args.dataset!r} has an empty split "
+                             f"(train {len(data.train)}, valid {len(data.valid)}, test {len(data.test)})")
+        self.model = models.build_model(args, data).to(self.device)
+        cls, _ = estimators.parse_estimator_id(args.estimator)
+        extra: Dict[str, Any] = {}
+        if "x_shape" in inspect.signature(cls.__init__).parameters:
+            extra["x_shape"] = tuple(data.x_shape)
+        self.estimator = estimators.build_estimator(args.estimator, mc=args.mc, iw=args.iw, **extra)
+        self.estimator.to(self.device)
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad],
+                   "lr": args.lr, "name": "model"}]
+        est_params = [p for p in self.estimator.parameters() if p.requires_grad]
+        if est_params:
+            groups.append({"params": est_params, "lr": args.baseline_lr, "name": "estimator"})
+        if not groups[0]["params"]:
+            raise ValueError(f"model {type(self.model).__name__} has no trainable parameter")
+        self.base_lrs = [g["lr"] for g in groups]
+        self.optimizer = _optimizer(args.optimizer, groups)
+
+        n = len(data.train)
+        self.batch_size = min(args.bs, n)
+        self.steps_per_epoch = max(1, n // self.batch_size)
+        self.total_steps = args.epochs * self.steps_per_epoch if args.epochs > 0 else args.nsteps
+        self.eval_period = args.eval_freq * self.steps_per_epoch
+        self.idx_train_eval = _subset(n, args.max_eval, 0)
+        self.idx_valid = _subset(len(data.valid), args.max_eval, 1)
+        self.idx_test = _subset(len(data.test), args.max_eval, 2)
+        self.idx_grad = _subset(n, args.grad_bs, 3)
+        self.idx_au = _subset(n, args.npoints_au_analysis, 4)
+        self._perm_epoch = -1
+        self._perm: Optional[Tensor] = None
+
+        self.last_eval_step = -1
+        self.best: Dict[str, Any] = {"value": None, "step": None}
+        self.elapsed = 0.0
+        self.sums: Dict[str, Tensor] = {}
+        self.count = 0
+        self.log_sums: Dict[str, Tensor] = {}
+        self.log_count = 0
+        self.resumed = False
+        if self.rundir.last_path.exists():
+            self._restore(load_checkpoint(self.rundir.last_path, map_location="cpu"))
+            self.resumed = True
+        dropped = self.rundir.truncate_metrics(self.step if self.resumed else -1)
+        if dropped:
+            self.log.info(f"metrics.jsonl: dropped {dropped} line(s) beyond the checkpoint (step {self.step})")
+
+    def _state(self) -> Dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "estimator": self.estimator.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": int(self.step),
+            "last_eval_step": int(self.last_eval_step),
+            "best": dict(self.best),
+            "elapsed": float(self.elapsed_now()),
+            "sums": {k: v.detach().cpu() for k, v in self.sums.items()},
+            "count": int(self.count),
+            "log_sums": {k: v.detach().cpu() for k, v in self.log_sums.items()},
+            "log_count": int(self.log_count),
+            "rng": get_rng_state(),
+            "run_id": self.run_id,
+        }
+
+    def _restore(self, ckpt: Mapping[str, Any]) -> None:
+        if ckpt.get("run_id") != self.run_id:
+            raise ValueError(f"{self.rundir.last_path} belongs to run {ckpt.get('run_id')!r}, not "
+                             f"{self.run_id!r}; delete the run with --rf")
+        self.model.load_state_dict(ckpt["model"])
+        self.estimator.load_state_dict(ckpt["estimator"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        self.last_eval_step = int(ckpt["last_eval_step"])
+        self.best = dict(ckpt["best"])
+        self.elapsed = float(ckpt["elapsed"])
+        self.sums = {k: v.to(self.device) for k, v in ckpt["sums"].items()}
+        self.count = int(ckpt["count"])
+        self.log_sums = {k: v.to(self.device) for k, v in ckpt["log_sums"].items()}
+        self.log_count = int(ckpt["log_count"])
+        set_rng_state(ckpt["rng"])
+        self.log.info(f"resumed from {self.rundir.last_path} at step {self.step}")
+
+    def save_last(self) -> None:
+        save_checkpoint(self.rundir.last_path, self._state())
+        self._last_ckpt_time = time.monotonic()
+        self.rundir.write_status("running", self.step)
+
+    def elapsed_now(self) -> float:
+        return self.elapsed + (time.monotonic() - self._t0)
+
+    # ------------------------------------------------------------------ training
+    def _batch_indices(self, step: int) -> Tensor:
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        if epoch != self._perm_epoch:
+            self._perm = _epoch_permutation(len(self.data.train), self.args.seed, epoch)
+            self._perm_epoch = epoch
+        bs = self.batch_size
+        return self._perm[pos * bs:(pos + 1) * bs]  # type: ignore[index]
+
+    def runtime(self, step: int) -> Dict[str, Any]:
+        a = self.args
+        return {"alpha": alpha_at(step, a.alpha, a.warmup, a.alpha_init, a.warmup_mode, a.warmup_offset),
+                "beta": a.beta, "freebits": a.freebits, "tau": a.tau}
+
+    def train_step(self) -> None:
+        r"""One optimisation step on the batch of the current step."""
+        step = self.step
+        factor = lr_factor_at(step, self.total_steps, self.args.lr_reduce_steps, self.args.lr_reduce_factor)
+        for g, lr in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = lr * factor
+        x = fetch_batch(self.data.train, self._batch_indices(step)).to(self.device)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, diagnostics, _ = self.estimator(self.model, x, backward=True, **self.runtime(step))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite surrogate loss ({loss.item()}) at step {step}: lower --lr, or check the "
+                "estimator / model settings")
+        self.optimizer.step()
+        self.step += 1
+        with torch.no_grad():
+            values: Dict[str, Tensor] = {}
+            for group, d in diagnostics.items():
+                for k, v in d.items():
+                    if isinstance(v, Tensor):
+                        values[f"{group}/{k}"] = v.detach().to(torch.float64).mean()
+            if "loss/L_k" in values and "loss/elbo" in values:
+                values["loss/kl_q_p"] = values["loss/L_k"] - values["loss/elbo"]
+            for sums in (self.sums, self.log_sums):
+                for k, v in values.items():
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+            self.count += 1
+            self.log_count += 1
+
+    def _means(self, sums: Dict[str, Tensor], count: int) -> Dict[str, float]:
+        return {k: float(v.item()) / count for k, v in sums.items()} if count else {}
+
+    def _tb(self, split: str, metrics: Mapping[str, float], step: int) -> None:
+        if self.writer is None:
+            return
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.writer.add_scalar(f"{split}/{k}", v, step)
+
+    def _log_training(self) -> None:
+        means = self._means(self.log_sums, self.log_count)
+        self.log_sums, self.log_count = {}, 0
+        rate = self._steps_since_log / max(time.monotonic() - self._t_log, 1e-9)
+        self._steps_since_log, self._t_log = 0, time.monotonic()
+        self._tb("running", {**means, "info/steps_per_sec": rate,
+                             "info/alpha": self.runtime(self.step)["alpha"]}, self.step)
+        if self.pbar is not None and "loss/L_k" in means:
+            self.pbar.set_postfix({"L_k": f"{means['loss/L_k']:.3f}", "it/s": f"{rate:.1f}"}, refresh=False)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> List[Dict[str, Any]]:
+        r"""The three metric lines of an evaluation at the current step (see the module docstring)."""
+        a, step = self.args, self.step
+        epoch = step / self.steps_per_epoch
+        t = self.elapsed_now()
+        train = self._means(self.sums, self.count)
+        rt = self.runtime(step)
+        train.update({"info/alpha": rt["alpha"], "info/beta": a.beta,
+                      "info/lr": self.optimizer.param_groups[0]["lr"]})
+        self.model.eval()
+        with self._forked_rng(step):
+            if a.grad_samples > 0:
+                from ovis.analysis.gradients import get_gradients_statistics
+
+                x = fetch_batch(self.data.train, self.idx_grad).to(self.device)
+                stats, _ = get_gradients_statistics(self.estimator, self.model, x, mc_samples=a.grad_samples,
+                                                    key_filter=a.grad_key, epsilon=a.grad_epsilon, **rt)
+                train.update({f"grads/{k}": float(v) for k, v in stats.items()})
+                self.check_stop()
+            if a.mc_au_analysis > 0 and a.npoints_au_analysis > 0:
+                train.update(active_units(self.model, self.data.train, self.idx_au, a.mc_au_analysis,
+                                          a.eval_chunk, self.device, tau=a.tau, stop_check=self.check_stop))
+            sub = evaluate_bound(self.model, self.data.train, self.idx_train_eval, a.test_bs, a.iw_test,
+                                 a.eval_chunk, self.device, tau=a.tau, stop_check=self.check_stop)
+            for k, v in sub.items():
+                train[k.replace("loss/", "eval/", 1) if k.startswith("loss/") else k] = v
+            valid = evaluate_bound(self.model, self.data.valid, self.idx_valid, a.valid_bs, a.iw_valid,
+                                   a.eval_chunk, self.device, tau=a.tau, stop_check=self.check_stop)
+            test = evaluate_bound(self.model, self.data.test, self.idx_test, a.test_bs, a.iw_test,
+                                  a.eval_chunk, self.device, tau=a.tau, stop_check=self.check_stop)
+            self._save_samples(step)
+        lines = [{"split": s, "step": int(step), "epoch": epoch, "time": t, "metrics": m}
+                 for s, m in (("train", train), ("valid", valid), ("test", test))]
+        return lines
+
+    def _save_samples(self, step: int) -> None:
+        shape = tuple(self.data.x_shape)
+        if len(shape) == 3 and shape[0] == 1:
+            shape = shape[1:]
+        if len(shape) != 2 or not hasattr(self.model, "sample_from_prior"):
+            return
+        with torch.inference_mode():
+            out = self.model.sample_from_prior(64)
+            px = out["px"]
+            try:
+                img = px.mean
+            except NotImplementedError:
+                img = px.sample()
+        img = img.detach().float().cpu().reshape(-1, *shape).clamp(0, 1)
+        n = img.shape[0]
+        cols = 8
+        rows = (n + cols - 1) // cols
+        H, W = shape
+        grid = torch.ones(rows * (H + 1) + 1, cols * (W + 1) + 1)
+        for i in range(n):
+            r, c = divmod(i, cols)
+            grid[1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = img[i]
+        import io
+
+        from matplotlib import image as mpimg
+
+        buf = io.BytesIO()
+        mpimg.imsave(buf, grid.numpy(), cmap="gray", vmin=0.0, vmax=1.0, format="png")
+        atomic_write_bytes(self.rundir.samples_path / f"prior-step{step:09d}.png", buf.getvalue())
+
+    def _record_evaluation(self, lines: List[Dict[str, Any]]) -> None:
+        self.rundir.append_metrics(lines)
+        for ln in lines:
+            self._tb(ln["split"], ln["metrics"], ln["step"])
+        valid = lines[1]["metrics"]["loss/L_k"]
+        test = lines[2]["metrics"]["loss/L_k"]
+        self.log.info(
+            f"eval step {self.step}/{self.total_steps} epoch {lines[0]['epoch']:.2f}: "
+            f"train L_{self.args.iw} {lines[0]['metrics'].get('loss/L_k', float('nan')):.4f} | "
+            f"valid L_{self.args.iw_valid} {valid:.4f} | test L_{self.args.iw_test} {test:.4f}")
+        if math.isfinite(valid) and (self.best["value"] is None or valid > self.best["value"]):
+            self.best = {"value": float(valid), "step": int(self.step), "test": _finite(float(test))}
+            save_checkpoint(self.rundir.best_path, {
+                "model": self.model.state_dict(), "step": int(self.step), "run_id": self.run_id,
+                "valid": {k: float(v) for k, v in lines[1]["metrics"].items()},
+                "test": {k: float(v) for k, v in lines[2]["metrics"].items()}})
+        self.sums, self.count = {}, 0
+        self.last_eval_step = self.step
+        self.save_last()
+
+    def should_evaluate(self, step: int) -> bool:
+        return step == self.total_steps or (step > 0 and step % self.eval_period == 0)
+
+    # ------------------------------------------------------------------ main loop
+    def loop(self) -> None:
+        a = self.args
+        self._last_ckpt_time = time.monotonic()
+        self._t_log, self._steps_since_log = time.monotonic(), 0
+        from tqdm import tqdm
+
+        self.pbar = None if a.silent else tqdm(total=self.total_steps, initial=self.step, file=sys.stderr,
+                                               desc=self.run_id[:40], dynamic_ncols=True, mininterval=1.0)
+        try:
+            while True:
+                if self.should_evaluate(self.step) and self.last_eval_step < self.step:
+                    self._record_evaluation(self.evaluate())
+                if self.step >= self.total_steps:
+                    break
+                self.check_stop()
+                self.train_step()
+                self._steps_since_log += 1
+                if self.pbar is not None:
+                    self.pbar.update(1)
+                if self.step % a.log_freq == 0:
+                    self._log_training()
+                if (a.checkpoint_steps and self.step % a.checkpoint_steps == 0) or (
+                        a.checkpoint_every > 0 and time.monotonic() - self._last_ckpt_time >= a.checkpoint_every):
+                    if not self.should_evaluate(self.step):  # an evaluation saves one anyway
+                        self.save_last()
+        finally:
+            if self.pbar is not None:
+                self.pbar.close()
+
+    def run(self) -> int:
+        r"""Set up, train, evaluate; write the status; return the exit code."""
+        a = self.args
+        self._t0 = time.monotonic()
+        self.rundir.start_status(self.job_id, 0)
+        self._write_config()
+        self.log.info(f"run {self.run_id} in {self.rundir.path} (ovis {ovis.__version__}, torch "
+                      f"{torch.__version__}, job {self.job_id})")
+        code = EXIT_OK
+        try:
+            with self._signals():
+                try:
+                    self.device = resolve_device(a.device)
+                    with self._torch_settings():
+                        self.setup()
+                        self._write_config(self.data)
+                        self._t0 = time.monotonic()
+                        self.rundir.write_status("running", self.step)
+                        self.log.info(
+                            f"data {a.dataset} (train {len(self.data.train)}, valid {len(self.data.valid)}, "
+                            f"test {len(self.data.test)}), model {type(self.model).__name__} "
+                            f"({sum(p.numel() for p in self.model.parameters())} parameters), estimator "
+                            f"{a.estimator} K={a.iw}, {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
+                            f"evaluation every {self.eval_period} steps, device {self.device}")
+                        self._open_tensorboard()
+                        try:
+                            self.loop()
+                        finally:
+                            if self.writer is not None:
+                                self.writer.close()
+                    self.rundir.write_status("success", self.step, best=self.best)
+                    self.log.info(f"success at step {self.step}; best valid L_K {self.best.get('value')} "
+                                  f"at step {self.best.get('step')}")
+                except (RunInterrupted, KeyboardInterrupt) as e:
+                    signum = e.signum if isinstance(e, RunInterrupted) else signal.SIGINT
+                    code = 128 + int(signum)
+                    if hasattr(self, "optimizer") and hasattr(self, "_t0"):
+                        save_checkpoint(self.rundir.last_path, self._state())
+                    self.rundir.write_status("aborted", self.step, error=str(e) or "KeyboardInterrupt")
+                    self.log.info(f"aborted at step {self.step} ({e or 'KeyboardInterrupt'}); checkpoint saved")
+                except Exception as e:  # noqa: BLE001 - every failure is recorded
+                    code = EXIT_FAILED
+                    tb = traceback.format_exc()
+                    self.rundir.write_status("failed", self.step, error=f"{type(e).__name__}: {e}", traceback=tb)
+                    self.log.error(f"failed at step {self.step}: {type(e).__name__}: {e}\n{tb}")
+        finally:
+            self._close_logger()
+        return code
+
+    def _open_tensorboard(self) -> None:
+        if self.args.no_tensorboard:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # noqa: BLE001 - optional: skip quietly
+            return
+        self.writer = SummaryWriter(str(self.rundir.tensorboard_path),
+                                    purge_step=self.step if self.resumed else None)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""Run ``run.py`` with the command line ``argv`` (default ``sys.argv[1:]``); return the exit
+    code (see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_run_args(argv)
+    except RunArgumentError as e:
+        sys.stderr.write(build_run_parser().format_usage())
+        sys.stderr.write(f"{e}\n")
+        return EXIT_USAGE
+    except SystemExit as e:  # --help
+        return int(e.code) if isinstance(e.code, int) else 0
+    run_id = compute_run_id(args)
+    exp_dir = Path(args.root) / args.exp
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(exp_dir / f".{run_id}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        sys.stderr.write(f"run.py: run {run_id} is already running in another process "
+                         f"({exp_dir / run_id}); nothing done\n")
+        return EXIT_BUSY
+    try:
+        rundir = RunDirectory(exp_dir / run_id)
+        if args.rf:
+            rundir.delete()
+        rundir.create()
+        return Trainer(args, rundir, run_id, argv).run()
+    finally:
+        lock.release()
