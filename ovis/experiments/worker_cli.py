@@ -30,6 +30,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--poll", type=float, default=0.1)
     p.add_argument("--term_timeout", type=float, default=10.0)
     p.add_argument("--max_jobs", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="OMP/MKL threads of CPU jobs")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     stop = {"flag": False}
@@ -42,7 +43,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = WorkerConfig(exp=a.exp, exp_dir=Path(a.exp_dir).resolve(), root=Path(a.root).resolve(),
                        data_root=Path(a.data_root).resolve(), snapshot=Path(a.snapshot).resolve(),
                        device=a.device, worker=a.worker, manager=a.manager, heartbeat=a.heartbeat,
-                       poll=a.poll, term_timeout=a.term_timeout)
+                       poll=a.poll, term_timeout=a.term_timeout, threads=a.threads)
     worker_loop(cfg, JobQueue(cfg.exp_dir), should_stop=lambda: stop["flag"], max_jobs=a.max_jobs)
     return 0
 

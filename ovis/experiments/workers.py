@@ -124,6 +124,7 @@ class WorkerConfig:
     poll: float = 0.1  # seconds between checks of the job process
     term_timeout: float = 10.0  # SIGTERM -> SIGKILL delay when aborting
     python: str = sys.executable
+    threads: Optional[int] = None  # OMP/MKL threads of a CPU job (unless set in the environment)
 
 
 @dataclass
@@ -148,6 +149,9 @@ def job_env(rec: Dict[str, Any], cfg: WorkerConfig) -> Dict[str, str]:
     env["CUDA_VISIBLE_DEVICES"] = "" if cfg.device == "cpu" else str(cfg.device)
     env["PYTHONPATH"] = str(cfg.snapshot) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
+    if cfg.device == "cpu" and cfg.threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, str(cfg.threads))
     return env
 
 
@@ -366,6 +370,8 @@ class LocalBackend(Backend):
                    "--root", str(c.root), "--data_root", str(c.data_root), "--snapshot", str(c.snapshot),
                    "--device", dev, "--worker", f"w{i}@{dev}", "--heartbeat", str(c.heartbeat),
                    "--poll", str(c.poll), "--term_timeout", str(c.term_timeout)]
+            if dev == "cpu":  # CPU jobs share the cores
+                cmd += ["--threads", str(c.threads or max(1, (os.cpu_count() or 1) // len(slots)))]
             if c.manager:
                 cmd += ["--manager", c.manager]
             logf = open(c.exp_dir / ".logs" / f"worker-{i}.log", "ab")

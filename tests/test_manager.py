@@ -1,0 +1,255 @@
+"""manager.py / workers / dbutils.py with real processes and a fake job script (no run.py needed).
+
+Fault injection: SIGKILL of a worker mid-job, SIGKILL of the manager, SIGTERM of the manager,
+two managers on one experiment.  The fake job counts its starts and records a violation if a
+second process of the same job is alive when it starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ovis.experiments.grid import load_and_expand
+from ovis.experiments.manager import make_snapshot
+from ovis.experiments.queue import JobQueue, pid_alive
+from test_experiments_helpers import (PY, REPO, env_with_counts, kill9, make_src, manager_cmd, starts,
+                                      violations, wait_for)
+
+
+def _run(cmd, env, timeout=60):
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _dbutils(root: Path, name: str, *extra: str, env=None):
+    return _run([PY, str(REPO / "dbutils.py"), "--exp", name, "--root", str(root), *extra], env)
+
+
+def test_grid_with_a_failing_job_and_check_output(tmp_path: Path) -> None:
+    src = make_src(tmp_path, "g", {"args": ["--name ok", "--name bad --code 3"],
+                                   "parameters": {"sleep": [0.2], "flag": [True, False]}})
+    env = env_with_counts(tmp_path / "c")
+    root = tmp_path / "runs"
+    r = _run(manager_cmd(src, "g", root, "--processes", "2"), env)
+    assert r.returncode == 1, r.stderr  # not every job succeeded
+    s = starts(tmp_path / "c")
+    assert len(s) == 4 and not violations(tmp_path / "c")
+    assert "job " in r.stderr and "runs on" in r.stderr  # the log says which job runs where
+    q = JobQueue(root / "g")
+    c = q.counts()
+    assert (c["success"], c["failed"]) == (2, 2)
+    for d in q.all_jobs():
+        assert d["run_dir"] == str(root / "g" / d["job_id"])  # found through the job id
+        assert d["host"] and d["pid"] and d["device"] == "cpu" and d["attempts"] == 1
+    chk = _dbutils(root, "g", "--check", "--error_messages")
+    assert chk.returncode == 0, chk.stderr
+    rows = dict(line.split() for line in chk.stdout.splitlines()[1:8] if len(line.split()) == 2)
+    assert rows["failed"] == "2" and rows["success"] == "2" and rows["total"] == "4"
+    assert chk.stdout.count("boom error in job bad: something broke") == 2
+    assert "exit code 3" in chk.stdout
+    plain = _dbutils(root, "g", "--check")
+    assert "boom error" not in plain.stdout
+    # requeue failed (level 2) and rerun with --resume: the jobs run again
+    r2 = _dbutils(root, "g", "--requeue", "--requeue_level", "2")
+    assert r2.stdout.count("-> requeued") == 2
+    assert JobQueue(root / "g").counts()["queued"] == 2
+
+
+@pytest.mark.slow
+def test_sigkill_worker_mid_job_lost_requeued_rerun(tmp_path: Path) -> None:
+    src = make_src(tmp_path, "k", {"args": ["--name slow"], "parameters": {"sleep": [1.0]}})
+    env = env_with_counts(tmp_path / "c")
+    root = (tmp_path / "runs").resolve()
+    exp, jobs, _ = load_and_expand(src / "experiments" / "k.json")
+    exp_dir = root / "k"
+    (exp_dir / ".logs").mkdir(parents=True)
+    snap = make_snapshot(src, exp_dir, src / "experiments" / "k.json", exp.script, False, False)
+    q = JobQueue(exp_dir)
+    q.add_jobs(jobs)
+    wcmd = [PY, "-m", "ovis.experiments.worker_cli", "--exp", "k", "--exp_dir", str(exp_dir), "--root", str(root),
+            "--data_root", str(tmp_path / "data"), "--snapshot", str(snap), "--heartbeat", "0.2"]
+    w = subprocess.Popen(wcmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: len(starts(tmp_path / "c")) == 1, 20)
+    job_pid = int(starts(tmp_path / "c")[0][1])
+    kill9(w)
+    # the job's process dies with its worker (it must never run unsupervised)
+    assert wait_for(lambda: not pid_alive(job_pid), 5), "job process survived its worker"
+    assert q.get(jobs[0].job_id)["status"] == "running"  # nobody has noticed yet
+    assert q.mark_lost(grace=60) == [jobs[0].job_id]
+    d = q.get(jobs[0].job_id)
+    assert d["status"] == "lost" and "dead" in d["error"]
+    r = _dbutils(root, "k", "--requeue", "--requeue_level", "1")
+    assert r.returncode == 0 and "requeued" in r.stdout
+    assert q.get(jobs[0].job_id)["status"] == "queued"
+    r = _run(wcmd, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    d = q.get(jobs[0].job_id)
+    assert d["status"] == "success" and d["attempts"] == 2
+    assert len(starts(tmp_path / "c")) == 2 and not violations(tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_sigkill_manager_then_resume_finishes_the_grid(tmp_path: Path) -> None:
+    src = make_src(tmp_path, "m", {"args": ["--name a", "--name b", "--name c"], "parameters": {"sleep": [0.6, 0.7]}})
+    env = env_with_counts(tmp_path / "c")
+    root = tmp_path / "runs"
+    m = subprocess.Popen(manager_cmd(src, "m", root, "--processes", "2"), env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: len(starts(tmp_path / "c")) >= 2, 30)
+    kill9(m)
+    q = JobQueue(root / "m")
+    # its workers notice (SIGTERM on parent death), abort their jobs and exit
+    worker_pids = {d["worker_pid"] for d in q.all_jobs() if d["worker_pid"]}
+    assert worker_pids
+    assert wait_for(lambda: not any(pid_alive(p) for p in worker_pids), 20), "orphaned workers still alive"
+    assert q.counts()["running"] == 0
+    assert q.counts()["aborted"] >= 1
+    # a second manager without --resume refuses to touch the directory
+    r = _run(manager_cmd(src, "m", root), env)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = _run(manager_cmd(src, "m", root, "--resume", "--processes", "2"), env)
+    assert r.returncode == 0, r.stderr
+    c = q.counts()
+    assert c["success"] == 6 and sum(c.values()) == 6
+    assert not violations(tmp_path / "c")
+    ids = {s[0] for s in starts(tmp_path / "c")}
+    assert len(ids) == 6
+    assert q.live_managers(grace=60) == []  # the manager record is removed on exit
+
+
+@pytest.mark.slow
+def test_two_managers_never_run_a_job_twice(tmp_path: Path) -> None:
+    src = make_src(tmp_path, "t", {"args": [f"--name n{i}" for i in range(5)], "parameters": {"sleep": [0.3, 0.4]}})
+    env = env_with_counts(tmp_path / "c")
+    root = tmp_path / "runs"
+    a = subprocess.Popen(manager_cmd(src, "t", root, "--processes", "2"), env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: len(starts(tmp_path / "c")) >= 1, 30)  # A has queued the grid and runs
+    b = subprocess.run(manager_cmd(src, "t", root, "--processes", "2", "--resume"), env=env,
+                       capture_output=True, text=True, timeout=60)
+    _, err_a = a.communicate(timeout=60)
+    assert a.returncode in (0, 1), err_a
+    assert b.returncode in (0, 1), b.stderr
+    q = JobQueue(root / "t")
+    assert q.counts()["success"] == 10
+    s = starts(tmp_path / "c")
+    assert sorted(x[0] for x in s) == sorted({x[0] for x in s}), "a job ran twice"
+    assert len(s) == 10 and not violations(tmp_path / "c")
+    managers = {d["manager"] for d in q.all_jobs()}
+    assert len(managers) == 2, "the second manager never got a job (the test proves nothing)"
+
+
+def test_sigterm_manager_aborts_running_jobs_cleanly(tmp_path: Path) -> None:
+    src = make_src(tmp_path, "s", {"args": ["--name a", "--name b"], "parameters": {"sleep": [30]}})
+    env = env_with_counts(tmp_path / "c")
+    root = tmp_path / "runs"
+    m = subprocess.Popen(manager_cmd(src, "s", root, "--processes", "2"), env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: len(starts(tmp_path / "c")) == 2, 30)
+    job_pids = [int(s[1]) for s in starts(tmp_path / "c")]
+    t0 = time.monotonic()
+    m.send_signal(signal.SIGTERM)
+    _, err = m.communicate(timeout=30)
+    assert m.returncode == 130, err
+    assert time.monotonic() - t0 < 15
+    assert not any(pid_alive(p) for p in job_pids)
+    q = JobQueue(root / "s")
+    assert q.counts()["aborted"] == 2 and q.counts()["running"] == 0
+    assert all("abort" in d["error"] for d in q.all_jobs())
+
+
+def test_rf_refused_while_another_manager_is_alive_and_max_jobs(tmp_path: Path) -> None:
+    src = make_src(tmp_path, "r", {"args": ["--name a"], "parameters": {"sleep": [0.1, 0.15, 0.2]}})
+    env = env_with_counts(tmp_path / "c")
+    root = tmp_path / "runs"
+    r = _run(manager_cmd(src, "r", root, "--max_jobs", "2"), env)
+    assert r.returncode == 1, r.stderr  # one job left queued
+    q = JobQueue(root / "r")
+    assert q.counts()["success"] == 2 and q.counts()["queued"] == 1
+    fake = q.register_manager()  # a live manager (this test process) holds the experiment
+    r = _run(manager_cmd(src, "r", root, "--rf"), env)
+    assert r.returncode == 2 and "--rf refused" in r.stderr
+    assert q.counts()["success"] == 2  # untouched
+    q.unregister_manager(fake)
+    r = _run(manager_cmd(src, "r", root, "--rf"), env)
+    assert r.returncode == 0, r.stderr
+    assert JobQueue(root / "r").counts()["success"] == 3
+    assert len(starts(tmp_path / "c")) == 5
+
+
+def test_snapshot_isolates_running_grid_and_update_flags(tmp_path: Path) -> None:
+    src = make_src(tmp_path, "u", {"args": ["--name a"], "parameters": {"sleep": [0.1]}})
+    env = env_with_counts(tmp_path / "c")
+    root = tmp_path / "runs"
+    assert _run(manager_cmd(src, "u", root), env).returncode == 0
+    snap = root / "u" / ".lib_snapshot"
+    assert (snap / "fake_job.py").exists() and (snap / "experiments" / "u.json").exists()
+    # edit the grid: without --update_exp the frozen copy is used, nothing new is queued
+    g = json.loads((src / "experiments" / "u.json").read_text())
+    g["parameters"]["sleep"] = [0.1, 0.12]
+    (src / "experiments" / "u.json").write_text(json.dumps(g))
+    (src / "fake_job.py").write_text((src / "fake_job.py").read_text().replace("fake job", "NEWLIB job"))
+    assert _run(manager_cmd(src, "u", root, "--resume"), env).returncode == 0
+    assert sum(JobQueue(root / "u").counts().values()) == 1
+    assert _run(manager_cmd(src, "u", root, "--resume", "--update_exp"), env).returncode == 0
+    assert JobQueue(root / "u").counts()["success"] == 2
+    logs = "".join(p.read_text() for p in (root / "u" / ".logs").glob("*.*.log"))
+    assert "NEWLIB" not in logs  # the library was not refreshed
+    assert "NEWLIB" in (src / "fake_job.py").read_text()
+    assert _run(manager_cmd(src, "u", root, "--resume", "--update_lib", "--requeue_level", "10000"), env).returncode == 0
+    logs = "".join(p.read_text() for p in (root / "u" / ".logs").glob("*.*.log"))
+    assert "NEWLIB" in logs
+
+
+def test_invalid_file_nothing_queued_and_dask_backend_message(tmp_path: Path) -> None:
+    env = env_with_counts(tmp_path / "c")
+    root = tmp_path / "runs"
+    src = make_src(tmp_path, "bad", {"args": ["--name a"], "parameters": {"sleep": [0.1]}, "oops": 1})
+    r = _run(manager_cmd(src, "bad", root), env)
+    assert r.returncode == 2
+    assert str(src / "experiments" / "bad.json") in r.stderr and "'oops'" in r.stderr and "unknown key" in r.stderr
+    assert not (root / "bad").exists()
+    (src / "experiments" / "bad.json").write_text('{"args": ["--iw 3"], ')
+    r = _run(manager_cmd(src, "bad", root), env)
+    assert r.returncode == 2 and "bad JSON" in r.stderr and not (root / "bad").exists()
+    # a run.py job that run.py's parser rejects
+    (src / "experiments" / "bad.json").write_text(json.dumps(
+        {"description": "", "args": ["--estimator ovis-gamma1"], "global": "", "parameters": {"iw": [5, -3]}}))
+    r = _run(manager_cmd(src, "bad", root), env)
+    assert r.returncode == 2 and "'parameters.iw'" in r.stderr and not (root / "bad").exists()
+    src2 = make_src(tmp_path, "d", {"args": ["--name a"]})
+    r = _run(manager_cmd(src2, "d", root, "--backend", "dask"), env)
+    assert r.returncode == 2 and "not available yet" in r.stderr and not (root / "d").exists()
+
+
+def test_dbutils_find_update_delete(tmp_path: Path) -> None:
+    src = make_src(tmp_path, "f", {"args": ["--name a", "--name b"], "parameters": {"sleep": [0.1]}})
+    env = env_with_counts(tmp_path / "c")
+    root = tmp_path / "runs"
+    q = JobQueue(root / "f")
+    exp, jobs, _ = load_and_expand(src / "experiments" / "f.json")
+    q.add_jobs(jobs)
+    r = _dbutils(root, "f", "--find", "--name b")
+    assert "1 job(s) match" in r.stdout and "--name b" in r.stdout
+    r = _dbutils(root, "f", "--find", "status=queued")
+    assert "2 job(s) match" in r.stdout
+    r = _dbutils(root, "f", "--find", "__import__('os').system('touch PWNED')")
+    assert "0 job(s) match" in r.stdout and not Path("PWNED").exists()
+    r = _dbutils(root, "f", "--find", "--name a", "--update", "sleep:0.1:0.3")
+    assert "updated 1 job(s)" in r.stdout, r.stdout + r.stderr
+    argvs = sorted(" ".join(d["argv"]) for d in q.all_jobs())
+    assert argvs == ["--name a --sleep 0.3", "--name b --sleep 0.1"]
+    from ovis.experiments.grid import job_id_of
+
+    assert all(d["job_id"] == job_id_of(d["script"], d["argv"]) for d in q.all_jobs())
+    r = _dbutils(root, "f", "--delete", "--name b")
+    assert "delete" in r.stdout and "deleted 1 job(s)" in r.stdout
+    assert [d["argv"][1] for d in q.all_jobs()] == ["a"]
+    r = _dbutils(root, "f", "--show_all")
+    assert "--name a --sleep 0.3" in r.stdout
+    assert _dbutils(root, "nope", "--check").returncode == 2
