@@ -179,6 +179,8 @@ def test_build_model_rejects_mismatches() -> None:
         build_model(args_of("--model", "vae", "--depth", "2"), FakeData())
     with pytest.raises(ValueError, match="fixed N\\(0, I\\) prior"):
         build_model(args_of("--model", "gaussian-vae", "--learn_prior"), FakeData())
+    with pytest.raises(NotImplementedError, match="--relaxation igr-i"):
+        build_model(args_of("--prior", "categorical", "--relaxation", "igr-i"), FakeData())
     with pytest.raises(ValueError, match="Bernoulli latents"):
         build_model(args_of("--model", "sbm", "--prior", "categorical"), FakeData())
     # the default model follows the data set

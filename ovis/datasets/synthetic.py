@@ -46,7 +46,7 @@ TOY_POINTS = {False: 1024, True: 128}
 SHAPE_NAMES = ("square", "disc", "triangle", "cross")
 
 
-def _splits(name: str, tensors: Tuple[Tensor, Tensor, Tensor], **kw) -> Dict[str, TensorImageDataset]:
+def _splits(tensors: Tuple[Tensor, ...]) -> Dict[str, TensorImageDataset]:
     return {k: TensorImageDataset(t) for k, t in zip(("train", "valid", "test"), tensors)}
 
 
@@ -79,7 +79,7 @@ def load_gmm(mini: bool = False, seed: int = 1, C: int = 20) -> DataSplits:
         return tuple(sample_gmm(n, g, C)[0] for n in sizes)
 
     tensors = cached(("gmm", bool(mini), int(seed), C), [], build)
-    s = _splits("gmm", tensors)
+    s = _splits(tensors)
     return DataSplits(
         name="gmm", train=s["train"], valid=s["valid"], test=s["test"], x_shape=torch.Size([1]),
         train_mean=tensors[0].mean(0), ground_truth=gmm_true_parameters(C),
@@ -151,7 +151,7 @@ def load_shapes(mini: bool = False, seed: int = 1) -> DataSplits:
         return tuple(render_shapes(k, g)[0] for k in sizes)
 
     tensors = cached(("shapes", bool(mini), int(seed)), [], build)
-    s = _splits("shapes", tensors)
+    s = _splits(tensors)
     return DataSplits(
         name="shapes", train=s["train"], valid=s["valid"], test=s["test"],
         x_shape=torch.Size([1, 28, 28]), train_mean=s["train"].mean(),

@@ -84,6 +84,14 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
     depth, learn_prior = int(_get(args, "depth", 1)), bool(_get(args, "learn_prior", False))
     prior, tau = str(_get(args, "prior", "normal")), float(_get(args, "tau", 0.5))
     x_mean = getattr(data, "train_mean", None)
+    relaxation = _get(args, "relaxation", "gs")
+    discrete = name == "discrete-vae" or (name in ("vae", "conv-vae") and prior in ("bernoulli", "categorical"))
+    if discrete and relaxation not in (None, "gs"):
+        raise NotImplementedError(
+            f"--relaxation {relaxation} (IGR, Potapczynski et al. 2020) is not implemented for "
+            f"model {name!r}; the discrete latents are relaxed with the Gumbel-softmax / concrete "
+            "distribution: use --relaxation gs"
+        )
     if name != "sbm" and depth != 1:
         raise ValueError(f"model {name!r} has one stochastic layer; --depth {depth} is only "
                          "supported by --model sbm")
