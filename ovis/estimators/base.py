@@ -14,10 +14,11 @@ Every estimator is called as::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple
+from typing import Any, ClassVar, Dict, Iterator, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -26,9 +27,33 @@ from ovis.distributions.utils import detach_distribution
 from ovis.estimators.importance import effective_sample_size, iw_bound, log_weights
 from ovis.models.base import batch_reduce, check_model_output
 
-__all__ = ["RuntimeParams", "Particles", "GradientEstimator", "Diagnostics"]
+__all__ = ["RuntimeParams", "Particles", "GradientEstimator", "Diagnostics", "set_distribution_validation",
+           "distribution_validation"]
 
 Diagnostics = Dict[str, Dict[str, Tensor]]
+
+# Argument validation of torch.distributions (support checks of every ``log_prob`` value, parameter
+# constraints) costs a third of a score-function step on small models.  The estimators switch it
+# off around the model's evaluation by default (the values they pass are the model's own samples);
+# ``set_distribution_validation(True)`` keeps torch's default (validation on) for debugging a model.
+_VALIDATE_DISTRIBUTIONS = False
+
+
+def set_distribution_validation(enabled: bool) -> None:
+    r"""Validate distribution arguments inside the estimators (default: off, for speed)."""
+    global _VALIDATE_DISTRIBUTIONS
+    _VALIDATE_DISTRIBUTIONS = bool(enabled)
+
+
+@contextlib.contextmanager
+def distribution_validation(enabled: bool) -> Iterator[None]:
+    r"""Temporarily set torch.distributions' default ``validate_args`` (restored on exit)."""
+    old = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(enabled)
+    try:
+        yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(old)
 
 
 @dataclass(frozen=True)
@@ -135,7 +160,8 @@ class GradientEstimator(nn.Module):
             raise ValueError(f"{self.family} does not support alpha != 0 (got alpha={params.alpha})")
         if not isinstance(x, Tensor) or x.dim() < 2:
             raise ValueError(f"x must be a batch tensor [B, *x_shape], got {getattr(x, 'shape', x)!r}")
-        loss, diagnostics, output = self.compute(model, x, params)
+        with distribution_validation(_VALIDATE_DISTRIBUTIONS):
+            loss, diagnostics, output = self.compute(model, x, params)
         if loss.dim() != 0:
             raise RuntimeError(f"{self.family}: the surrogate loss must be a scalar")
         if backward:
