@@ -253,3 +253,40 @@ def test_dbutils_find_update_delete(tmp_path: Path) -> None:
     r = _dbutils(root, "f", "--show_all")
     assert "--name a --sleep 0.3" in r.stdout
     assert _dbutils(root, "nope", "--check").returncode == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_end_to_end_with_run_py_on_a_tiny_gmm_grid(tmp_path: Path) -> None:
+    """The real job script: manager.py drives run.py on the GMM, outcome from status.json."""
+    grid = {"description": "tiny gmm", "args": ["--estimator reinforce", "--estimator ovis-gamma1"],
+            "global": "--silent --deterministic --nsteps 30",
+            "parameters": {"dataset": ["gmm"], "iw": [5], "bs": [50], "valid_bs": [100], "test_bs": [100],
+                           "iw_test": [10], "iw_valid": [10], "max_eval": [100], "eval_freq": [100]}}
+    exp_file = tmp_path / "tinygmm.json"
+    exp_file.write_text(json.dumps(grid))
+    root = tmp_path / "runs"
+    env = env_with_counts(tmp_path / "c")
+    cmd = manager_cmd(REPO, str(exp_file), root, "--processes", "2")
+    cmd[cmd.index("--data_root") + 1] = str(REPO.parent / "shared" / "data")
+    r = _run(cmd, env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    q = JobQueue(root / "tinygmm")
+    jobs = q.all_jobs()
+    assert [d["status"] for d in jobs] == ["success", "success"]
+    for d in jobs:
+        run_dir = Path(d["run_dir"])
+        assert run_dir.parent == root / "tinygmm"
+        st = json.loads((run_dir / "status.json").read_text())
+        assert st["status"] == "success" and st["job_id"] == d["job_id"]
+        assert (run_dir / "metrics.jsonl").exists()
+    assert (root / "tinygmm" / ".lib_snapshot" / "ovis" / "experiments" / "queue.py").exists()
+    # requeue everything: the finished runs start over (run.py gets --rf)
+    r = _dbutils(root, "tinygmm", "--requeue", "--requeue_level", "10000", env=env)
+    assert r.stdout.count("-> requeued") == 2
+    r = _run(cmd + ["--resume"], env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = q.all_jobs()
+    assert all(d["status"] == "success" and d["attempts"] == 2 and not d["fresh"] for d in jobs)
+    logs = [p.read_text() for p in (root / "tinygmm" / ".logs").glob("*.2.log")]
+    assert len(logs) == 2 and all(" --rf" in text.splitlines()[0] for text in logs)
