@@ -1,0 +1,199 @@
+r"""Figure 1 of the OVIS paper, from the runs of ``asymptotic_variance.py``.
+
+``python report_asymptotic_variance.py --exp asymptotic-variance [--root runs/] [--output reports/]``
+
+* ``figure1``: four log-log panels (gradient variance, SNR, DSNR and ``|E[g]|`` vs K), one line
+  per estimator, with dashed reference slopes ``K^{+1/2}`` and ``K^{-1/2}``;
+* ``distributions``: the distributions of the saved gradient coordinates (one panel per
+  estimator, one histogram per K);
+* ``slopes``: the least-squares log-log slope of every statistic vs K per estimator (CSV,
+  Markdown, LaTeX), and ``statistics`` (every estimator x K row);
+* the runs and their status (failed / running / unfinished runs are listed), and ``index.html``.
+Several experiments can be combined: ``--exp asymptotic-variance,asymptotic-variance-extended``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from ovis.analysis.asymptotic import STATISTICS, fit_slope
+from ovis.reporting.outputs import Section, TextItem, render_index, safe_name, save_figure, write_table
+from ovis.reporting.runs import NoRunsError, read_experiment
+
+__all__ = ["load_statistics", "slopes_table", "report_asymptotic", "main"]
+
+LABELS = {"variance": "gradient variance", "snr": "SNR", "dsnr": "DSNR", "magnitude": "|E[g]|"}
+
+
+def load_statistics(root: str, exps: Sequence[str]) -> Tuple[pd.DataFrame, pd.DataFrame, Dict[Tuple[str, int], Path]]:
+    r"""Rows ``(exp, run_id, estimator, iw, variance, snr, dsnr, magnitude, ...)`` of every run's
+    ``statistics.json``, the runs table (status of every run directory) and the paths of the saved
+    samples keyed by ``(estimator, iw)``."""
+    rows: List[Dict[str, Any]] = []
+    runs: List[pd.DataFrame] = []
+    samples: Dict[Tuple[str, int], Path] = {}
+    for exp in exps:
+        data = read_experiment(root, exp)
+        r = data.runs.copy()
+        r = r.drop(columns=["exp"], errors="ignore")
+        r.insert(0, "exp", exp)
+        notes = []
+        for rec in data.records:
+            path = rec.path / "statistics.json"
+            if not path.exists():
+                notes.append("no statistics.json")
+                continue
+            try:
+                stats = json.loads(path.read_text())
+                ok_rows = [x for x in stats["rows"] if all(k in x for k in ("estimator", "iw", *STATISTICS))]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                notes.append(f"statistics.json unreadable: {e}")
+                continue
+            notes.append("")
+            for x in ok_rows:
+                rows.append({"exp": exp, "run_id": rec.run_id, **{k: x[k] for k in ("estimator", "iw", *STATISTICS)},
+                             "mc_samples": x.get("mc_samples")})
+                f = rec.path / "samples" / f"{x['estimator']}-K{x['iw']}.npy"
+                if f.exists():
+                    samples[(x["estimator"], int(x["iw"]))] = f
+        r["statistics"] = notes
+        runs.append(r)
+    stats = pd.DataFrame(rows, columns=["exp", "run_id", "estimator", "iw", *STATISTICS, "mc_samples"])
+    # one row per (estimator, iw): the last run read wins should two runs hold the same pair
+    stats = stats.drop_duplicates(["estimator", "iw"], keep="last").sort_values(["estimator", "iw"])
+    return stats.reset_index(drop=True), pd.concat(runs, ignore_index=True), samples
+
+
+def slopes_table(stats: pd.DataFrame) -> pd.DataFrame:
+    r"""The log-log slope of each statistic vs K, per estimator (``ovis.analysis.asymptotic.fit_slope``)."""
+    out = []
+    for est, g in stats.groupby("estimator", sort=False):
+        row: Dict[str, Any] = {"estimator": est, "K_values": " ".join(str(int(k)) for k in g["iw"])}
+        for s in STATISTICS:
+            row[f"slope_{s}"] = fit_slope(list(g["iw"]), list(g[s]))
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _figure1(stats: pd.DataFrame) -> Any:
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    ests = list(dict.fromkeys(stats["estimator"]))
+    colors = dict(zip(ests, sns.color_palette("tab10" if len(ests) <= 10 else "husl", len(ests))))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
+    for ax, s in zip(axes, STATISTICS):
+        for est in ests:
+            g = stats[stats["estimator"] == est].sort_values("iw")
+            ax.plot(g["iw"], g[s], marker="o", color=colors[est], label=est)
+        vals = stats[s][stats[s] > 0]
+        if len(vals):
+            K0, K1 = stats["iw"].min(), stats["iw"].max()
+            anchor = float(np.exp(np.log(vals).median()))
+            ks = np.array([K0, K1], dtype=float)
+            ax.plot(ks, anchor * (ks / K0) ** 0.5, "k--", linewidth=1, label="slope +1/2")
+            ax.plot(ks, anchor * (ks / K0) ** -0.5, "k:", linewidth=1, label="slope -1/2")
+        if s == "snr" and stats["mc_samples"].notna().any():
+            # E|mean_hat| / std for a zero-mean gradient: the Monte Carlo floor of the SNR estimate
+            floor = math.sqrt(2.0 / (math.pi * float(stats["mc_samples"].min())))
+            ax.axhline(floor, color="grey", linewidth=0.8, alpha=0.7, label="MC floor sqrt(2/(pi N))")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("K (particles)")
+        ax.set_title(LABELS[s])
+        ax.grid(alpha=0.3, which="both")
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def _distributions(stats: pd.DataFrame, samples: Dict[Tuple[str, int], Path], coord: int = 0) -> Optional[Any]:
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    ests = [e for e in dict.fromkeys(stats["estimator"]) if any(k[0] == e for k in samples)]
+    if not ests:
+        return None
+    fig, axes = plt.subplots(1, len(ests), figsize=(3.6 * len(ests), 3.4), squeeze=False)
+    for ax, est in zip(axes[0], ests):
+        Ks = sorted(k for e, k in samples if e == est)
+        colors = sns.color_palette("viridis", len(Ks))
+        for color, K in zip(colors, Ks):
+            arr = np.load(samples[(est, K)], allow_pickle=False)
+            if arr.ndim != 2 or arr.shape[1] <= coord:
+                continue
+            v = arr[:, coord].astype(np.float64)
+            sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+            if not sd > 0:
+                continue
+            ax.hist(v / sd, bins=40, density=True, histtype="step", color=color,
+                    label=f"K={K} (std {sd:.2g}, mean/std {v.mean() / sd:+.2f})")
+        ax.axvline(0.0, color="k", linewidth=0.6)
+        ax.set_title(est, fontsize=9)
+        ax.set_xlabel("draw of dL/dA[0,0] / its std at this K")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def report_asymptotic(root: str, exps: Sequence[str], output: str) -> Path:
+    stats, runs, samples = load_statistics(root, exps)
+    outdir = Path(output) / safe_name("+".join(exps))
+    outdir.mkdir(parents=True, exist_ok=True)
+    statuses = runs["status"].value_counts().to_dict()
+    summary = [f"{len(runs)} run(s): " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))]
+    for _, r in runs.iterrows():
+        if r["status"] != "success" or r["statistics"]:
+            summary.append(f"  {r['exp']}/{r['run_id']}: {r['status']} {r['statistics']} {r['problems']}".rstrip())
+    cols = [c for c in ("exp", "run_id", "status", "estimators", "mc_samples", "npoints", "D", "seed", "statistics",
+                        "problems") if c in runs.columns]
+    sections = [Section("Runs", [TextItem("\n".join(summary)),
+                                 write_table(runs, outdir, "runs", "Run directories", display=runs[cols])])]
+    if stats.empty:
+        sections.append(Section("Figure 1", [TextItem("no statistics yet: no run has finished")]))
+        render_index(outdir, "Figure 1: asymptotic variance", sections)
+        return outdir
+    slopes = slopes_table(stats)
+    disp = slopes.copy()
+    for c in disp.columns:
+        if c.startswith("slope_"):
+            disp[c] = disp[c].map(lambda v: f"{v:+.3f}" if math.isfinite(v) else "n/a")
+    fig1 = Section("Figure 1: gradient statistics vs K (log-log; reference slopes +-1/2)", [
+        save_figure(_figure1(stats), outdir, "figure1", "Variance, SNR, DSNR and |E[g]| of the gradient w.r.t. "
+                    "the inference parameters (A, b) vs K, per estimator"),
+        write_table(slopes, outdir, "slopes", "Least-squares log-log slopes vs K", display=disp),
+        write_table(stats, outdir, "statistics", "Every estimator and K"),
+    ])
+    sections.append(fig1)
+    dist = _distributions(stats, samples)
+    if dist is not None:
+        sections.append(Section("Distributions of gradient samples",
+                                [save_figure(dist, outdir, "distributions",
+                                             ("Histograms of the draws of one gradient coordinate (dL/dA[0,0]) for each K, divided by "
+                                              "their standard deviation: the shift away from 0 is the coordinate SNR"))]))
+    render_index(outdir, "Figure 1: asymptotic variance", sections)
+    return outdir
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="report_asymptotic_variance.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--exp", default="asymptotic-variance", help="experiment(s), comma-separated")
+    p.add_argument("--root", default="runs/")
+    p.add_argument("--output", default="reports/")
+    args = p.parse_args(sys.argv[1:] if argv is None else list(argv))
+    exps = [e.strip() for e in args.exp.split(",") if e.strip()]
+    try:
+        outdir = report_asymptotic(args.root, exps, args.output)
+    except NoRunsError as e:
+        print(f"report_asymptotic_variance.py: error: {e}", file=sys.stderr)
+        return 1
+    print(f"report written to {outdir / 'index.html'}")
+    return 0
