@@ -202,7 +202,8 @@ class GradientEstimator(nn.Module):
         hint = (f"{self.family} needs reparameterised latents (rsample), but the model's q(z|x) "
                 "has none: use a score-function estimator (e.g. reinforce, vimco-arithmetic, ovis-gamma1)")
         try:
-            output = model(x_exp, zgrads=zgrads, **kwargs)
+            with distribution_validation(_VALIDATE_DISTRIBUTIONS):
+                output = model(x_exp, zgrads=zgrads, **kwargs)
         except NotImplementedError as e:
             if zgrads:
                 raise TypeError(hint) from e
@@ -213,6 +214,7 @@ class GradientEstimator(nn.Module):
         qz = output["qz"]
         if detach_qz_params:
             qz = [detach_distribution(q) for q in qz]
+        # (a distribution captures the validation setting when it is built, inside the model call)
         log_px = batch_reduce(output["px"].log_prob(x_exp)).view(B, M, K)
         log_qz = torch.stack(
             [batch_reduce(q.log_prob(z)) for q, z in zip(qz, output["z"])], dim=-1
