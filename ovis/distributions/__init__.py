@@ -1,4 +1,23 @@
-r"""Distributions and distribution helpers."""
+r"""Distributions and distribution helpers.
+
+* :func:`detach_distribution` (``ovis.distributions.utils``);
+* the IGR family (Potapczynski et al. 2020) :class:`IGRI`, :class:`IGRPlanar`, :class:`IGRSB`
+  with closed-form KLs registered with :mod:`torch.distributions.kl` (``ovis.distributions.igr``);
+* the Gumbel-Softmax baseline :class:`GumbelSoftmax` and its Monte Carlo KL
+  :func:`gumbel_softmax_kl` (``ovis.distributions.gumbel``).
+"""
+from ovis.distributions.gumbel import GumbelSoftmax, gumbel_softmax_kl
+from ovis.distributions.igr import IGRI, IGRSB, IGRBase, IGRPlanar, softmax_pp, softmax_pp_inverse
 from ovis.distributions.utils import detach_distribution
 
-__all__ = ["detach_distribution"]
+__all__ = [
+    "detach_distribution",
+    "IGRBase",
+    "IGRI",
+    "IGRPlanar",
+    "IGRSB",
+    "softmax_pp",
+    "softmax_pp_inverse",
+    "GumbelSoftmax",
+    "gumbel_softmax_kl",
+]
