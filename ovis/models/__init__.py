@@ -56,7 +56,9 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
       ``bernoulli`` (the default ``normal`` is accepted and ignored, the SBN's latents being
       Bernoulli by definition).
     * ``vae``: :class:`VAE` with ``--prior`` normal | bernoulli | categorical | mog.
-    * ``discrete-vae``: :class:`VAE` with categorical latents (``N`` variables of ``K`` classes).
+    * ``discrete-vae``: :class:`ovis.models.discrete_vae.DiscreteVAE` (``N`` variables of ``K``
+      categories, dense), relaxed by ``--relaxation`` gs | igr-i | igr-planar | igr-sb (IGR-SB:
+      ``--threshold``, at most ``K`` categories), temperature ``--tau``.
     * ``gaussian-vae``: the TVO / OVIS Gaussian VAE: normal latents, fixed ``N(0, I)`` prior,
       tanh MLPs (the paper's setting: ``--N 200 --hdim 200 --nlayers 2``).
     * ``conv-vae``: :class:`VAE` with :func:`conv_encoder` / :func:`conv_decoder` (28x28 images).
@@ -85,12 +87,12 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
     prior, tau = str(_get(args, "prior", "normal")), float(_get(args, "tau", 0.5))
     x_mean = getattr(data, "train_mean", None)
     relaxation = _get(args, "relaxation", "gs")
-    discrete = name == "discrete-vae" or (name in ("vae", "conv-vae") and prior in ("bernoulli", "categorical"))
+    discrete = name in ("vae", "conv-vae") and prior in ("bernoulli", "categorical")
     if discrete and relaxation not in (None, "gs"):
         raise NotImplementedError(
             f"--relaxation {relaxation} (IGR, Potapczynski et al. 2020) is not implemented for "
             f"model {name!r}; the discrete latents are relaxed with the Gumbel-softmax / concrete "
-            "distribution: use --relaxation gs"
+            "distribution: use --relaxation gs, or --model discrete-vae for the IGR family"
         )
     if name != "sbm" and depth != 1:
         raise ValueError(f"model {name!r} has one stochastic layer; --depth {depth} is only "
@@ -103,8 +105,15 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
         return VAE(x_shape, prior=prior, N=N, K=K, hdim=hdim, nlayers=nlayers,
                    learn_prior=learn_prior, x_mean=x_mean, tau=tau)
     if name == "discrete-vae":
-        return VAE(x_shape, prior="categorical", N=N, K=K, hdim=hdim, nlayers=nlayers,
-                   learn_prior=learn_prior, x_mean=x_mean, tau=tau)
+        from ovis.models.discrete_vae import DiscreteVAE
+
+        if learn_prior:
+            raise ValueError("discrete-vae has a fixed prior (uniform GS / N(0, I) noise for IGR): "
+                             "drop --learn_prior")
+        return DiscreteVAE(x_shape, num_of_discrete_var=N, n_required=K,
+                           relaxation=str(relaxation or "gs"), tau=tau,
+                           threshold=float(_get(args, "threshold", 0.99)), hdim=hdim,
+                           nlayers=nlayers, x_mean=x_mean)
     if name == "gaussian-vae":
         if learn_prior:
             raise ValueError("gaussian-vae has a fixed N(0, I) prior: drop --learn_prior "

@@ -1,0 +1,237 @@
+r"""The discrete VAE of the IGR paper (Potapczynski et al., NeurIPS 2020): GS vs the IGR family.
+
+``num_of_discrete_var`` (``N``) relaxed categorical latents with ``n_required`` (``K``) categories,
+a Bernoulli decoder, a dense (tanh MLPs) or convolutional (:func:`ovis.models.vae.conv_encoder` /
+:func:`ovis.models.vae.conv_decoder`, 28x28 images) architecture, and one of the relaxations
+
+* ``gs``: Gumbel-Softmax. ``q(z|x) = GS(logits(x), tau)``, ``p(z) = GS(0, tau)`` (uniform
+  categorical relaxed), ``z`` of shape ``[n, N, K]`` on the simplex.  ``forward(x, zgrads=False)``
+  draws hard one-hot samples from the exact ``OneHotCategorical`` distributions (as
+  :class:`ovis.models.vae.VAE` does), for score-function estimators and evaluation.
+* ``igr-i``, ``igr-planar``, ``igr-sb``: Gaussian noise ``y`` of ``d = K-1`` coordinates per variable,
+  ``q(y|x) = N(mu(x), sigma(x)^2)``, ``p(y) = N(0, I)``, relaxed sample ``z = g_tau(y)`` through
+  the IGR map (:mod:`ovis.distributions.igr`; IGR-SB with ``max_categories = K`` and the given
+  ``threshold``; IGR-Planar with ``num_flows`` planar flows whose parameters are shared by ``q``
+  and ``p`` and live in ``generative_model.flow_*``).
+
+**What the IGR models return (the choice, for the estimators).**  ``output['z'] = [y]`` (the
+Gaussian noise, ``[n, N, K-1]``), ``output['qz'] = [q(y|x)]`` and ``output['pz'] = [p(y)]``
+(``Independent(Normal)``, event ``[N, K-1]``), and ``output['px'] = p(x | g_tau(y))``; the relaxed
+sample itself is ``output['z_relaxed'] = [z]`` (``[n, N, K]``).  Reason: the density of the simplex
+sample is :math:`q_y(g^{-1}(z))\,|\det \partial g^{-1}/\partial z|`, and the Jacobian factor is the
+*same* for ``q`` and ``p`` (same map), so :math:`\log q(z) - \log p(z) = \log q(y) - \log p(y)`
+and every importance weight :math:`p(x, z)/q(z|x)` is computed exactly and stably in ``y``-space
+(no numerical inverse of a simplex point whose coordinates underflowed, and IGR-SB's truncated
+map, which has no density on the simplex, is handled too).  Hence every pathwise estimator
+(``pathwise-vae``, ``pathwise-iwae``, ``stl``, ``dreg``: ``q`` is a plain Gaussian) and every
+score-function estimator (``zgrads=False`` draws ``y`` without gradient) applies unchanged.  For
+IGR-SB with truncation, the weights are those of the model ``p(x|g(y)) p(y)`` over ``y`` (the
+truncated map is a deterministic part of the decoder).
+
+**ELBO with the closed-form / estimated KL.**  :meth:`DiscreteVAE.elbo` returns
+:math:`E_q[\log p(x|z)] - KL(q\|p)` with one reparameterised sample for the first term and the KL
+registered with :func:`torch.distributions.kl_divergence` for IGR (the Gaussian KL, exact for
+IGR-I / IGR-Planar, an upper bound with IGR-SB's truncation) or the Monte Carlo estimate
+:func:`ovis.distributions.gumbel_softmax_kl` for GS.  :meth:`extra_metrics` logs it at
+evaluation as ``discrete-vae/elbo_kl`` (and ``discrete-vae/kl``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical
+from torch.distributions import kl_divergence
+
+from ovis.distributions.gumbel import GumbelSoftmax, gumbel_softmax_kl
+from ovis.distributions.igr import IGRI, IGRSB, IGRBase, IGRPlanar
+from ovis.models.base import TemplateModel
+from ovis.models.vae import conv_decoder, conv_encoder, init_output_bias, mlp
+
+__all__ = ["DiscreteVAE", "RELAXATIONS", "ARCHITECTURES"]
+
+#: ``--relaxation`` values
+RELAXATIONS = ("gs", "igr-i", "igr-planar", "igr-sb")
+ARCHITECTURES = ("dense", "conv")
+
+
+class DiscreteVAE(TemplateModel):
+    r"""Discrete VAE relaxed with Gumbel-Softmax or IGR (see the module docstring).
+
+    Args:
+        x_shape: shape of one observation (``[C, 28, 28]`` for ``conv``).
+        num_of_discrete_var: ``N`` categorical latent variables.
+        n_required: ``K >= 2`` categories per variable.
+        relaxation: one of :data:`RELAXATIONS`.
+        tau: default temperature (``forward(..., tau=)`` overrides it, for schedules).
+        threshold: IGR-SB precision in ``(0, 1]``.
+        num_flows: planar flows (``igr-planar``).
+        delta: the ``softmax++`` constant.
+        architecture: ``dense`` (tanh MLPs, ``nlayers`` x ``hdim``) or ``conv``.
+        x_mean: training mean (``x_shape``) to initialise the output bias at its logit.
+
+    Parameters: ``inference_network.*`` (encoder) and ``generative_model.{decoder, flow_*}``.
+    """
+
+    def __init__(self, x_shape: Sequence[int], num_of_discrete_var: int = 20, n_required: int = 10,
+                 relaxation: str = "igr-i", tau: float = 0.5, threshold: float = 0.99,
+                 num_flows: int = 2, delta: float = 1.0, architecture: str = "dense",
+                 hdim: int = 200, nlayers: int = 2, x_mean: Tensor | None = None) -> None:
+        super().__init__()
+        if relaxation not in RELAXATIONS:
+            raise ValueError(f"unknown relaxation {relaxation!r}; valid: {list(RELAXATIONS)}")
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {architecture!r}; valid: {list(ARCHITECTURES)}")
+        N, K = int(num_of_discrete_var), int(n_required)
+        if N < 1 or K < 2:
+            raise ValueError(f"need num_of_discrete_var >= 1 and n_required >= 2, got N={N}, K={K}")
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold (IGR-SB precision) must be in (0, 1], got {threshold}")
+        if relaxation == "igr-planar" and num_flows < 1:
+            raise ValueError(f"igr-planar needs num_flows >= 1, got {num_flows}")
+        if not delta > 0:
+            raise ValueError(f"delta must be > 0, got {delta}")
+        self._x_shape = torch.Size(x_shape)
+        self.N, self.K, self.relaxation, self.tau = N, K, relaxation, float(tau)
+        self.threshold, self.delta, self.architecture = float(threshold), float(delta), architecture
+        self.noise_dim = K - 1
+        q_dim = N * K if relaxation == "gs" else 2 * N * self.noise_dim
+        z_dim = N * K
+        D = int(math.prod(self._x_shape))
+        if architecture == "conv":
+            self.inference_network = conv_encoder(self._x_shape, q_dim, hdim)
+            decoder = conv_decoder(z_dim, self._x_shape, hdim)
+        else:
+            self.inference_network = mlp(D, q_dim, hdim, nlayers)
+            decoder = mlp(z_dim, D, hdim, nlayers)
+        g = nn.Module()
+        g.decoder = decoder
+        if relaxation == "igr-planar":
+            g.flow_u = nn.Parameter(0.01 * torch.randn(num_flows, self.noise_dim))
+            g.flow_w = nn.Parameter(0.01 * torch.randn(num_flows, self.noise_dim))
+            g.flow_b = nn.Parameter(torch.zeros(num_flows))
+        self.generative_model = g
+        if x_mean is not None:
+            init_output_bias(g.decoder, x_mean)
+
+    @property
+    def x_shape(self) -> torch.Size:
+        return self._x_shape
+
+    @property
+    def is_igr(self) -> bool:
+        return self.relaxation != "gs"
+
+    def _tau(self, kwargs: Dict[str, Any]) -> float:
+        tau = kwargs.get("tau")
+        tau = self.tau if tau is None else float(tau)
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        return tau
+
+    # ------------------------------------------------------------------ distributions
+    def _encode(self, x: Tensor) -> Tensor:
+        inp = x if self.architecture == "conv" else x.reshape(x.shape[0], -1)
+        return self.inference_network(inp)
+
+    def relaxed(self, loc: Tensor, scale: Tensor, tau: float) -> IGRBase:
+        r"""The IGR distribution of this model's kind for noise ``N(loc, scale)`` (``[n, N, K-1]``)."""
+        if self.relaxation == "igr-i":
+            return IGRI(loc, scale, tau, self.delta, validate_args=False)
+        if self.relaxation == "igr-sb":
+            return IGRSB(loc, scale, tau, self.threshold, self.delta, validate_args=False)
+        g = self.generative_model
+        return IGRPlanar(loc, scale, tau, g.flow_u, g.flow_w, g.flow_b, self.delta, validate_args=False)
+
+    def posterior_params(self, x: Tensor) -> Any:
+        h = self._encode(x)
+        if not self.is_igr:
+            return h.reshape(h.shape[0], self.N, self.K)
+        loc, log_scale = h.reshape(h.shape[0], self.N, 2 * self.noise_dim).chunk(2, dim=-1)
+        return loc, log_scale.exp()
+
+    def prior_params(self, n: int, like: Tensor) -> Any:
+        if not self.is_igr:
+            return torch.zeros(n, self.N, self.K, dtype=like.dtype, device=like.device)
+        loc = torch.zeros(n, self.N, self.noise_dim, dtype=like.dtype, device=like.device)
+        return loc, torch.ones_like(loc)
+
+    def observation_model(self, z: Tensor) -> Distribution:
+        r"""``p(x|z) = Bernoulli(logits(z))`` for a relaxed (or one-hot) ``z`` of shape ``[n, N, K]``."""
+        logits = self.generative_model.decoder(z.reshape(z.shape[0], -1)).reshape(-1, *self._x_shape)
+        return Independent(Bernoulli(logits=logits), len(self._x_shape))
+
+    # ------------------------------------------------------------------ protocol
+    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
+        tau = self._tau(kwargs)
+        n = x.shape[0]
+        if not self.is_igr:
+            logits, prior_logits = self.posterior_params(x), self.prior_params(n, x)
+            if zgrads:
+                qz = Independent(GumbelSoftmax(torch.tensor(tau, device=x.device), logits=logits), 1)
+                pz = Independent(GumbelSoftmax(torch.tensor(tau, device=x.device), logits=prior_logits), 1)
+                z = qz.rsample()
+            else:
+                qz = Independent(OneHotCategorical(logits=logits), 1)
+                pz = Independent(OneHotCategorical(logits=prior_logits), 1)
+                z = qz.sample()
+            return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [pz], "z_relaxed": [z]}
+        loc, scale = self.posterior_params(x)
+        qz = Independent(Normal(loc, scale), 2)
+        p_loc, p_scale = self.prior_params(n, x)
+        pz = Independent(Normal(p_loc, p_scale), 2)
+        y = qz.rsample() if zgrads else qz.sample()
+        z = self.relaxed(loc, scale, tau).transform(y)
+        return {"px": self.observation_model(z), "z": [y], "qz": [qz], "pz": [pz], "z_relaxed": [z]}
+
+    def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
+        r"""``[q(.|x)]``: the noise Gaussian (IGR) or the hard ``OneHotCategorical`` (GS)."""
+        if not self.is_igr:
+            return [Independent(OneHotCategorical(logits=self.posterior_params(x)), 1)]
+        loc, scale = self.posterior_params(x)
+        return [Independent(Normal(loc, scale), 2)]
+
+    def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
+        tau = self._tau(kwargs)
+        like = next(self.parameters())
+        if not self.is_igr:
+            pz = Independent(OneHotCategorical(logits=self.prior_params(bs, like)), 1)
+            z = pz.sample()
+            return {"px": self.observation_model(z), "z": [z], "pz": [pz], "z_relaxed": [z]}
+        loc, scale = self.prior_params(bs, like)
+        pz = Independent(Normal(loc, scale), 2)
+        y = pz.sample()
+        z = self.relaxed(loc, scale, tau).transform(y)
+        return {"px": self.observation_model(z), "z": [y], "pz": [pz], "z_relaxed": [z]}
+
+    # ------------------------------------------------------------------ ELBO with the KL
+    def kl(self, x: Tensor, tau: float | None = None, num_samples: int = 1) -> Tensor:
+        r"""``KL(q(z|x) || p(z))`` summed over the ``N`` variables, ``[n]``: registered closed form
+        (IGR) or Monte Carlo with ``num_samples`` draws (GS)."""
+        tau = self.tau if tau is None else float(tau)
+        n = x.shape[0]
+        if not self.is_igr:
+            t = torch.tensor(tau, device=x.device)
+            q = GumbelSoftmax(t, logits=self.posterior_params(x))
+            p = GumbelSoftmax(t, logits=self.prior_params(n, x))
+            return gumbel_softmax_kl(q, p, num_samples).sum(-1)
+        loc, scale = self.posterior_params(x)
+        p_loc, p_scale = self.prior_params(n, x)
+        return kl_divergence(self.relaxed(loc, scale, tau), self.relaxed(p_loc, p_scale, tau)).sum(-1)
+
+    def elbo(self, x: Tensor, tau: float | None = None, num_samples: int = 1) -> Tensor:
+        r"""``E_q[log p(x|z)] - KL(q || p)`` (one reparameterised sample; the KL of :meth:`kl`), ``[n]``."""
+        tau = self.tau if tau is None else float(tau)
+        out = self.forward(x, zgrads=True, tau=tau)
+        log_px = out["px"].log_prob(x)
+        return log_px - self.kl(x, tau=tau, num_samples=num_samples)
+
+    @torch.no_grad()
+    def extra_metrics(self, x: Tensor) -> Dict[str, float]:
+        r"""``discrete-vae/elbo_kl`` (:meth:`elbo`) and ``discrete-vae/kl``, batch means."""
+        return {"discrete-vae/elbo_kl": float(self.elbo(x).mean()),
+                "discrete-vae/kl": float(self.kl(x).mean())}
