@@ -14,6 +14,14 @@ is initialised at the logit of the training mean (Mnih & Gregor 2014; Masrani et
 
 Lists of the model output are ordered by layer: ``z = [z_1, ..., z_L]``,
 ``qz = [q(z_1|x), q(z_2|z_1), ...]``, ``pz = [p(z_1|z_2), ..., p(z_{L-1}|z_L), p(z_L)]``.
+
+Discrete-latent hooks (used by the REBAR-line estimators, :mod:`ovis.estimators.discrete`):
+``latent_depth`` (``L``), ``q_logits(l, h)`` (the logits of ``q(z_{l+1} | h)``, ``h = x`` for
+``l = 0``, else ``z_l``, possibly relaxed) and ``log_joint_at(x, z)`` (``log p(x|z_1)`` ``[n]`` and
+``log p(z_l|z_{l+1})`` ``[n, L]`` at given, possibly relaxed, ``z``: the Bernoulli log mass
+``z log sigmoid(eta) + (1 - z) log sigmoid(-eta)`` is evaluated at ``z`` in ``[0, 1]``; the maps
+receive ``2 z - 1`` as for hard samples).  The mean-field pass of MuProp is ``log_joint_at`` at
+the means.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent
 
@@ -112,6 +121,33 @@ class SigmoidBeliefNetwork(TemplateModel):
             raise ValueError(f"infer() needs {self.depth} latent layers, got {len(z)}")
         inputs = [x.reshape(x.shape[0], -1)] + list(z[:-1])
         return [self._q(l, h) for l, h in enumerate(inputs)]
+
+    # ------------------------------------------------------------------ discrete hooks
+    @property
+    def latent_depth(self) -> int:
+        r"""The number ``L`` of stochastic layers (discrete hook)."""
+        return self.depth
+
+    def q_logits(self, l: int, h: Tensor) -> Tensor:
+        r"""Logits ``[n, N]`` of ``q(z_{l+1} | h)`` (``l`` 0-based; ``h``: ``x`` ``[n, *x_shape]`` for
+        ``l = 0``, else the possibly relaxed ``z_l`` ``[n, N]``)."""
+        if not 0 <= l < self.depth:
+            raise ValueError(f"q_logits: layer index l must lie in [0, {self.depth}), got {l}")
+        return self.inference_network.layers[l](2 * h.reshape(h.shape[0], -1) - 1)
+
+    def log_joint_at(self, x: Tensor, z: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        r"""``(log p(x|z_1) [n], log p(z_l|z_{l+1}) [n, L])`` at given (possibly relaxed) ``z``."""
+        if len(z) != self.depth:
+            raise ValueError(f"log_joint_at needs {self.depth} latent layers, got {len(z)}")
+
+        def lp(logits: Tensor, v: Tensor) -> Tensor:
+            return -F.binary_cross_entropy_with_logits(logits, v, reduction="none").reshape(v.shape[0], -1).sum(-1)
+
+        n = z[0].shape[0]
+        log_px = lp(self.generative_model.layers[0](2 * z[0] - 1), x.reshape(n, -1))
+        log_pz = [lp(self.generative_model.layers[l + 1](2 * z[l + 1] - 1), z[l]) for l in range(self.depth - 1)]
+        log_pz.append(lp(self.generative_model.prior_logits.expand(n, self.N), z[-1]))
+        return log_px, torch.stack(log_pz, dim=-1)
 
     def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
         zl = self.prior(bs).sample()

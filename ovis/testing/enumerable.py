@@ -105,6 +105,23 @@ class BernoulliToyModel(EnumerableModel):
     def observation_model(self, z: Tensor) -> Distribution:
         return Independent(Bernoulli(logits=self.generative_model.decoder(z)), 1)
 
+    # discrete hooks (ovis.estimators.discrete): one layer; relaxed z in [0, 1] allowed
+    latent_depth = 1
+
+    def q_logits(self, l: int, h: Tensor) -> Tensor:
+        r"""Logits ``[n, Dz]`` of ``q(z|x)`` (``l`` must be 0)."""
+        if l != 0:
+            raise ValueError(f"BernoulliToyModel has one latent layer, got l={l}")
+        return self.inference_network(h)
+
+    def log_joint_at(self, x: Tensor, z: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        r"""``(log p(x|z) [n], log p(z) [n, 1])`` at given, possibly relaxed, ``z = [z_1]``."""
+        (z1,) = z
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        log_px = -bce(self.generative_model.decoder(z1), x, reduction="none").sum(-1)
+        prior = self.generative_model.prior_logits.expand_as(z1)
+        return log_px, -bce(prior, z1, reduction="none").sum(-1, keepdim=True)
+
 
 class CategoricalToyModel(EnumerableModel):
     r"""One categorical latent with ``C`` classes (one-hot): ``q(z|x) = Cat(softmax(W_q x + b_q))``,

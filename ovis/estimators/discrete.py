@@ -1,0 +1,300 @@
+r"""Score-function estimators for Bernoulli latents of the REBAR line: ``nvil``, ``muprop``,
+``simple-muprop``, ``arm``, ``disarm``; and the discrete-latent model protocol they share with
+:mod:`ovis.estimators.relaxed` and :mod:`ovis.estimators.rebar`.
+
+Model protocol (the *discrete hooks*; implemented by
+:class:`ovis.models.sbm.SigmoidBeliefNetwork` and :class:`ovis.testing.BernoulliToyModel`)
+-----------------------------------------------------------------------------------------
+
+* ``model.latent_depth -> int``: the number ``L`` of stochastic Bernoulli layers.
+* ``model.q_logits(l, h) -> Tensor [n, N_l]``: the Bernoulli logits of
+  :math:`q(z_{l+1} | h)` (``l`` 0-based), where ``h`` is the observation batch ``[n, *x_shape]``
+  for ``l = 0`` and the (possibly relaxed, continuous) sample ``z_l`` ``[n, N_{l-1}]`` otherwise.
+* ``model.log_joint_at(x, z) -> (log_px [n], log_pz [n, L])``: :math:`\log p(x|z_1)` and
+  :math:`\log p(z_l | z_{l+1})` (the prior for the top layer) at GIVEN ``z = [z_1..z_L]``, which
+  may be relaxed values in ``[0, 1]``: the Bernoulli log mass is extended continuously,
+  :math:`z \log\sigma(\eta) + (1-z)\log\sigma(-\eta)` (as REBAR's relaxed forward pass).
+
+:math:`\log q(z|x)` at given ``z`` is computed by the estimators from ``q_logits`` with the same
+extension (:func:`bernoulli_log_prob`).  A model without a hook raises a ``TypeError`` naming it.
+
+Objective
+---------
+All estimators here (and in ``relaxed``/``rebar``) target the importance-weighted bound
+:math:`\mathcal{L}_K = E_{b_{1..K} \sim q}[f(b)]`, :math:`f(b) = \log \frac{1}{K}\sum_k w(b_k)`
+(``alpha = 0`` only); with ``iw = 1`` (the papers' setting) this is the ELBO.  The gradient is split
+into the direct term :math:`E[\nabla f(b)]` (``theta``, and ``phi`` through the ``-log q`` inside
+``w``; computed by autograd at the sample) and the score part
+:math:`\nabla_a E_{b \sim \mathrm{Bern}(\sigma(a))}[\bar f(b)]` with respect to the logits ``a`` of
+``q`` (``\bar f``: ``f`` with its parameters held fixed), which each estimator estimates as a tensor
+``g_a`` ``[B*M*K, N]`` (the gradient for each particle's logits).  The surrogate loss is
+
+.. math::  -\frac{1}{BM}\sum \mathrm{sg}(g_a)\, a \;-\; \mathrm{mean}_{B,M}\, f(b)
+
+so that its gradient is minus the estimate.  The ARM-family estimators treat the ``K*N`` bits of
+one outer sample jointly (they are independent Bernoullis for a single-layer model).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
+from ovis.estimators.importance import log_mean_exp, log_weights
+from ovis.estimators.score_function import ReinforceBaseline
+from ovis.models.base import require_hook
+
+__all__ = ["bernoulli_log_prob", "check_discrete_model", "BernoulliEstimator", "ARM", "MuProp", "NVIL"]
+
+
+def bernoulli_log_prob(logits: Tensor, z: Tensor) -> Tensor:
+    r""":math:`\sum_i z_i \log\sigma(a_i) + (1-z_i)\log\sigma(-a_i)`, ``[n, N] -> [n]``; defined
+    (and differentiable) for relaxed ``z`` in ``[0, 1]`` too."""
+    return -F.binary_cross_entropy_with_logits(logits, z, reduction="none").reshape(z.shape[0], -1).sum(-1)
+
+
+def check_discrete_model(model: nn.Module, family: str, max_depth: Optional[int] = None) -> int:
+    r"""Check the discrete hooks (module docstring) and return the depth ``L``.
+
+    Raises:
+        TypeError: a hook is missing.
+        ValueError: ``L > max_depth``.
+    """
+    depth = getattr(model, "latent_depth", None)
+    if not isinstance(depth, int) or depth < 1:
+        raise TypeError(
+            f"estimator {family!r} needs Bernoulli latents and the model attribute latent_depth "
+            f"(and the methods q_logits(l, h), log_joint_at(x, z); see ovis.estimators.discrete); "
+            f"{type(model).__name__} has none"
+        )
+    require_hook(model, "q_logits", family)
+    require_hook(model, "log_joint_at", family)
+    if max_depth is not None and depth > max_depth:
+        raise ValueError(
+            f"{family} supports single-stochastic-layer models only (got latent_depth={depth}); "
+            "use nvil, concrete, straight-through or a score-function estimator (reinforce, vimco-*, "
+            "ovis-*) for deeper sigmoid belief networks"
+        )
+    return depth
+
+
+def _uniform(shape: Sequence[int], like: Tensor) -> Tensor:
+    eps = torch.finfo(like.dtype).eps
+    return torch.rand(*shape, dtype=like.dtype, device=like.device).clamp(eps, 1 - eps)
+
+
+class BernoulliEstimator(GradientEstimator):
+    r"""Base of the single-layer Bernoulli estimators (ARM, DisARM, MuProp, REBAR, RELAX).
+
+    Subclasses implement :meth:`score_gradient`.  Requires ``latent_depth == 1`` and ``alpha = 0``.
+    """
+
+    family = "bernoulli"
+    supports_alpha = False
+
+    def compute(
+        self, model: nn.Module, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        check_discrete_model(model, self.family, max_depth=1)
+        B, M, K = x.shape[0], self.mc, self.iw
+        x_exp = self.expand(x, M, K)
+        a = model.q_logits(0, x_exp)  # [n, N], attached to phi
+        if a.dim() != 2 or a.shape[0] != B * M * K:
+            raise ValueError(f"{type(model).__name__}.q_logits(0, x) must return [n, N], got {tuple(a.shape)}")
+        a_fixed = a.detach()
+
+        def f(z: Tensor, logits: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+            r"""``f(z)`` ``[B, M]`` at ``z`` ``[n, N]`` (and ``log_w``, ``kl``, ``log_px``, ``[B, M, K]``);
+            ``logits``: those of ``log q`` (default: fixed, no gradient to ``phi``)."""
+            lq = bernoulli_log_prob(a_fixed if logits is None else logits, z)
+            log_px, log_pz = model.log_joint_at(x_exp, [z])
+            log_w, kl = log_weights(log_px.view(B, M, K), lq.view(B, M, K, 1), log_pz.view(B, M, K, 1),
+                                    params.beta, params.freebits)
+            return log_mean_exp(log_w, -1), log_w, kl, log_px.view(B, M, K)
+
+        def fbar(z: Tensor) -> Tensor:
+            return f(z)[0]
+
+        g_a, samples, aux_loss, extra = self.score_gradient(fbar, a_fixed, (B, M, K), params)
+        # the direct term, averaged over the (marginally q-distributed) samples the estimator used
+        direct, first = 0.0, None
+        for b in samples:
+            out = f(b, logits=a)
+            direct = direct + out[0].mean() / len(samples)
+            first = out if first is None else first
+        loss = -(g_a.detach() * a).sum() / (B * M) - direct
+        if aux_loss is not None:
+            loss = loss + aux_loss
+        assert first is not None
+        _, log_w, kl, log_px = first
+        diagnostics = self.base_diagnostics(log_w.detach(), kl.detach(), log_px.detach())
+        with torch.no_grad():
+            diagnostics["estimator"] = {k: v.detach() for k, v in extra.items()}
+        return loss, diagnostics, {"z": [samples[0]], "q_logits": [a]}
+
+    @staticmethod
+    def per_bit(v: Tensor, shape: Tuple[int, int, int], N: int) -> Tensor:
+        r"""Broadcast a per-outer-sample value ``[B, M]`` to the bits ``[B*M*K, N]``."""
+        B, M, K = shape
+        return v[:, :, None, None].expand(B, M, K, N).reshape(B * M * K, N)
+
+    def score_gradient(
+        self, fbar: Callable[[Tensor], Tensor], a: Tensor, shape: Tuple[int, int, int], params: RuntimeParams
+    ) -> Tuple[Tensor, List[Tensor], Optional[Tensor], Dict[str, Tensor]]:
+        r"""Return ``(g_a [n, N], samples, aux_loss, extra_diagnostics)``: the estimate of
+        :math:`\nabla_a E_{b\sim\mathrm{Bern}(\sigma(a))}[\bar f(b)]`, the samples ``b`` (``[n, N]``)
+        at which the direct term is averaged, an auxiliary loss (or ``None``) and diagnostics."""
+        raise NotImplementedError
+
+
+class ARM(BernoulliEstimator):
+    r"""ARM (Yin & Zhou 2019) and DisARM (Dong et al. 2020) for one layer of Bernoulli latents.
+
+    With :math:`u \sim U(0,1)^{KN}`, :math:`b = 1[u < \sigma(a)]` and the antithetic
+    :math:`\tilde b = 1[u > \sigma(-a)]` (both :math:`\sim q`):
+
+    * ARM: :math:`g_a = (\bar f(\tilde b) - \bar f(b))(u - \tfrac12)`;
+    * DisARM: :math:`g_a = \tfrac12(\bar f(b) - \bar f(\tilde b))\,(-1)^{\tilde b}\,
+      1[b \neq \tilde b]\,\sigma(|a|)` (ARM Rao-Blackwellised over ``u`` given ``(b, b~)``).
+
+    Both are unbiased; the direct term is averaged over ``b`` and ``b~``.  With ``iw = 1`` the
+    objective is the ELBO, as in both papers; with ``iw = K`` the bits of the ``K`` particles
+    are treated jointly and the objective is :math:`\mathcal{L}_K`.
+
+    Args:
+        disarm: DisARM instead of ARM.
+    """
+
+    family = "arm"
+
+    def __init__(self, mc: int = 1, iw: int = 1, disarm: bool = False) -> None:
+        super().__init__(mc=mc, iw=iw)
+        self.disarm = bool(disarm)
+        if self.disarm:
+            self.family = "disarm"
+
+    def score_gradient(self, fbar, a, shape, params):  # type: ignore[no-untyped-def]
+        u = _uniform(a.shape, a)
+        b = (u < torch.sigmoid(a)).to(a.dtype)
+        bt = (u > torch.sigmoid(-a)).to(a.dtype)
+        with torch.no_grad():
+            fb, fbt = fbar(b), fbar(bt)
+        N = a.shape[1]
+        if self.disarm:
+            sign = 1.0 - 2.0 * bt
+            g = 0.5 * self.per_bit(fb - fbt, shape, N) * sign * (b != bt).to(a.dtype) * torch.sigmoid(a.abs())
+        else:
+            g = self.per_bit(fbt - fb, shape, N) * (u - 0.5)
+        return g, [b, bt], None, {"f_diff_abs": (fb - fbt).abs().mean(1)}
+
+
+class MuProp(BernoulliEstimator):
+    r"""MuProp (Gu et al. 2016) for one layer of Bernoulli latents.
+
+    With the mean-field point :math:`\bar\mu = \sigma(a)` (the deterministic mean-field forward
+    pass: the model evaluated at the means, through :meth:`log_joint_at`) and
+    :math:`\bar f'(\bar\mu)` its gradient:
+
+    .. math::
+
+        g_a = \big(\bar f(b) - \bar f(\bar\mu) - \bar f'(\bar\mu)^\top (b - \bar\mu)\big)(b - \sigma(a))
+              + \bar f'(\bar\mu) \odot \sigma(a)(1 - \sigma(a)),
+
+    unbiased (the first-order Taylor control variate's mean is added back analytically).
+    ``simple-muprop`` (as in the REBAR code): the mean-field value only, as a baseline:
+    :math:`g_a = (\bar f(b) - \bar f(\bar\mu))(b - \sigma(a))`.
+
+    Args:
+        simple: the simple variant.
+    """
+
+    family = "muprop"
+
+    def __init__(self, mc: int = 1, iw: int = 1, simple: bool = False) -> None:
+        super().__init__(mc=mc, iw=iw)
+        self.simple = bool(simple)
+        if self.simple:
+            self.family = "simple-muprop"
+
+    def score_gradient(self, fbar, a, shape, params):  # type: ignore[no-untyped-def]
+        theta = torch.sigmoid(a)
+        b = torch.bernoulli(theta)
+        N = a.shape[1]
+        with torch.no_grad():
+            fb = fbar(b)
+        if self.simple:
+            with torch.no_grad():
+                fm = fbar(theta)
+            g = self.per_bit(fb - fm, shape, N) * (b - theta)
+            return g, [b], None, {"signal_abs": (fb - fm).abs().mean(1)}
+        with torch.enable_grad():
+            mu = theta.clone().requires_grad_(True)
+            fm_t = fbar(mu)
+            (fprime,) = torch.autograd.grad(fm_t.sum(), mu)
+        fm = fm_t.detach()
+        B, M, K = shape
+        taylor = (fprime * (b - theta)).view(B, M, K * N).sum(-1)
+        signal = fb - fm - taylor
+        g = self.per_bit(signal, shape, N) * (b - theta) + fprime * theta * (1 - theta)
+        return g, [b], None, {"signal_abs": signal.abs().mean(1)}
+
+
+class NVIL(ReinforceBaseline):
+    r"""NVIL (Mnih & Gregor 2014): REINFORCE with an input-dependent baseline :math:`b_\psi(x)` and
+    running centring and scaling of the learning signal.
+
+    With the score-function learning signal :math:`d_k` of :math:`\mathcal{L}_K`
+    (:mod:`ovis.estimators.score_function`; ``iw = 1``: the ELBO's ``log w``), the centred signal
+    :math:`r = d_k - b_\psi(x) - \mu` and running estimates :math:`\mu` (mean of
+    :math:`d_k - b_\psi(x)`) and :math:`\sigma^2` (its variance), updated with momentum
+    ``momentum`` (0.8 in the paper) in training mode, the ``phi``-estimate is
+    :math:`\sum_k (r / s)\, h_k` with :math:`s = \max(1, \sigma)`.  It is therefore the unbiased
+    estimate divided by ``s`` (``theta``'s gradient is not scaled); with ``freeze = True`` (or in
+    ``eval()`` mode) the running statistics are not updated, so ``s * estimate`` is unbiased.
+    ``b_psi`` (an MLP as in ``reinforce-baseline``) is trained by MSE to :math:`d_k - \mu`.
+    Works for any depth and ``K``.
+
+    Args:
+        x_shape, hdim: as :class:`~ovis.estimators.score_function.ReinforceBaseline`.
+        momentum: of the running statistics, in ``[0, 1)``.
+        freeze: do not update the running statistics.
+    """
+
+    family = "nvil"
+
+    def __init__(self, mc: int = 1, iw: int = 1, x_shape: Optional[Sequence[int]] = None,
+                 hdim: int = 100, momentum: float = 0.8, freeze: bool = False) -> None:
+        super().__init__(mc=mc, iw=iw, x_shape=x_shape, hdim=hdim)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"nvil: momentum must lie in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.freeze = bool(freeze)
+        self.register_buffer("running_mean", torch.zeros(()))
+        self.register_buffer("running_var", torch.ones(()))
+
+    @property
+    def scale(self) -> float:
+        r"""The current scale :math:`s = \max(1, \sqrt{\mathrm{running\ var}})`."""
+        return max(1.0, float(self.running_var.sqrt()))
+
+    def control_variate(self, log_w, d, x, params):  # type: ignore[no-untyped-def]
+        flat = x.reshape(x.shape[0], -1)
+        if self.baseline is None:
+            self._build(flat.shape[1], like=flat)
+        b = self.baseline(flat).view(-1, 1, 1)  # [B, 1, 1]
+        with torch.no_grad():
+            centred = d - b
+            if self.training and not self.freeze:
+                m = self.momentum
+                self.running_mean.mul_(m).add_((1 - m) * centred.mean())
+                self.running_var.mul_(m).add_((1 - m) * centred.var(unbiased=False))
+            s = self.scale
+            signal = (centred - self.running_mean) / s
+        mse = ((d.detach() - self.running_mean - b) ** 2).mean()
+        c = d - signal  # so that d - c is the centred, scaled signal
+        return c, mse, {"baseline_mse": ((d - self.running_mean - b.detach()) ** 2).mean(dim=(1, 2)),
+                        "scale": torch.full((x.shape[0],), s, dtype=d.dtype, device=d.device)}

@@ -1,0 +1,107 @@
+r"""The REBAR-line estimators for Bernoulli latents against the exact gradient (enumeration).
+
+Comparisons use the draws' own standard error with a declared failure rate (1e-3 per test,
+Bonferroni over coordinates, ovis.testing.compare_with_exact) and assert their power
+(|stderr| <= 0.25 |exact|).  Each draw averages mc = MC outer samples; N_DRAWS draws.
+The objective of these estimators is L_K (iw = 1: the ELBO, as in the papers).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ovis.estimators import build_estimator
+from ovis.testing import (
+    BernoulliToyModel,
+    LinearGaussianModel,
+    compare_with_exact,
+    exact_bound,
+    exact_gradients,
+    gradient_draws,
+)
+
+pytestmark = pytest.mark.usefixtures("float64")
+N_DRAWS, MC = 30, 150
+
+
+def setup():
+    model = BernoulliToyModel()
+    x = torch.bernoulli(torch.full((3, 4), 0.5), generator=torch.Generator().manual_seed(5))
+    params = list(model.parameters())
+    is_phi = torch.cat([torch.full((p.numel(),), n.startswith("inference_network"))
+                        for n, p in model.named_parameters()])
+    return model, x, params, is_phi
+
+
+@pytest.mark.parametrize("K", [1, 2])
+@pytest.mark.parametrize("eid", ["arm", "disarm", "muprop", "simple-muprop"])
+def test_unbiased_single_layer_estimators(eid, K):
+    model, x, params, _ = setup()
+    exact = exact_gradients(exact_bound(model, x, K), params)
+    draws = gradient_draws(build_estimator(eid, mc=MC, iw=K), model, x, params, N_DRAWS)
+    compare_with_exact(draws, exact)
+
+
+def test_a_sign_error_in_arm_is_detected(monkeypatch):
+    """Power check of the harness: ARM with the sign of (u - 1/2) flipped must fail."""
+    from ovis.estimators import discrete
+
+    model, x, params, _ = setup()
+    exact = exact_gradients(exact_bound(model, x, 1), params)
+    est = build_estimator("arm", mc=MC, iw=1)
+    original = discrete.ARM.score_gradient
+
+    def flipped(self, fbar, a, shape, params):
+        g, s, aux, extra = original(self, fbar, a, shape, params)
+        return -g, s, aux, extra
+
+    monkeypatch.setattr(discrete.ARM, "score_gradient", flipped)
+    draws = gradient_draws(est, model, x, params, N_DRAWS)
+    with pytest.raises(AssertionError, match="disagrees"):
+        compare_with_exact(draws, exact)
+
+
+def test_nvil_with_frozen_scale_is_unbiased_after_multiplying_back():
+    model, x, params, is_phi = setup()
+    exact = exact_gradients(exact_bound(model, x, 1), params)
+    est = build_estimator("nvil", mc=MC, iw=1, x_shape=(4,))
+    # move the running statistics away from their initial values, then freeze them
+    for _ in range(5):
+        est(model, x)
+    est.running_var.fill_(9.0)  # s = 3
+    est.freeze = True
+    assert est.scale == pytest.approx(3.0)
+    draws = gradient_draws(est, model, x, params, N_DRAWS)
+    draws[:, is_phi] *= est.scale
+    compare_with_exact(draws, exact)
+    # and without multiplying back, phi's gradient is shrunk by s: detected
+    with pytest.raises(AssertionError):
+        compare_with_exact(gradient_draws(est, model, x, params, N_DRAWS), exact)
+
+
+def test_nvil_running_statistics_update_in_training_only():
+    model, x, _, _ = setup()
+    est = build_estimator("nvil", mc=4, iw=1, x_shape=(4,))
+    est(model, x)
+    m = float(est.running_mean)
+    assert m != 0.0
+    est.eval()
+    est(model, x)
+    assert float(est.running_mean) == m
+    assert est.scale >= 1.0
+
+
+@pytest.mark.parametrize("eid", ["arm", "disarm", "muprop", "simple-muprop", "rebar", "dynamic-rebar", "relax"])
+def test_single_layer_estimators_refuse_deep_models_and_models_without_hooks(eid):
+    from ovis.models.sbm import SigmoidBeliefNetwork
+
+    sbn = SigmoidBeliefNetwork((6,), N=3, depth=2)
+    x = torch.bernoulli(torch.full((2, 6), 0.5))
+    est = build_estimator(eid, mc=1, iw=1)
+    with pytest.raises(ValueError, match="single-stochastic-layer"):
+        est(sbn, x)
+    with pytest.raises(TypeError, match="latent_depth"):
+        est(LinearGaussianModel(D=3), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="alpha"):
+        est(BernoulliToyModel(), torch.ones(2, 4), alpha=0.5)
