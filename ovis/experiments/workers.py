@@ -405,13 +405,21 @@ class LocalBackend(Backend):
 
 
 class DaskBackend(Backend):
-    r"""Placeholder: sending jobs to a Dask cluster is not implemented yet (issue 7)."""
+    r"""One Dask task per job: :class:`ovis.experiments.dask_backend.DaskBackend` (issue 7).
 
-    def __init__(self, *a: Any, **k: Any) -> None:
-        raise BackendNotAvailable("--backend dask is not available yet (planned: one Dask task per job, "
-                                  "the queue stays the record of truth); use --backend local")
+    Imported lazily, so that ``distributed`` is needed only with ``--backend dask``; constructing
+    this class returns the implementation (``DaskBackend(cfg, address=None, security=None, ...)``).
+    """
 
-    def start(self, slots: Sequence[str]) -> None:  # pragma: no cover
+    def __new__(cls, *a: Any, **k: Any) -> "Backend":  # type: ignore[misc]
+        try:
+            from ovis.experiments.dask_backend import DaskBackend as _Impl
+        except ImportError as e:  # pragma: no cover - distributed missing
+            raise BackendNotAvailable(f"--backend dask needs the `distributed` package ({e}); "
+                                      "install it with `pip install .[dask]`") from None
+        return _Impl(*a, **k)
+
+    def start(self, slots: Sequence[str]) -> None:  # pragma: no cover - never instantiated
         raise BackendNotAvailable("dask")
 
     def running(self) -> bool:  # pragma: no cover
@@ -422,7 +430,7 @@ class DaskBackend(Backend):
 
 
 def make_backend(name: str, cfg: WorkerConfig, address: Optional[str] = None) -> Backend:
-    r"""The backend called ``name`` (``local``; ``dask`` raises :class:`BackendNotAvailable`)."""
+    r"""The backend called ``name`` (``local`` or ``dask``; :class:`BackendNotAvailable` otherwise)."""
     if name == "local":
         if address:
             raise BackendNotAvailable("--address is only meaningful with --backend dask")

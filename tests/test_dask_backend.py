@@ -1,0 +1,361 @@
+"""The Dask backend (issue 7) with real processes: LocalCluster, `dask scheduler` + `dask worker`
+CLI processes, TLS, and SIGKILL of a Dask worker mid-job.  Every listener is on 127.0.0.1.
+
+The fake job (written into tmp_path, like tests/test_experiments_helpers.py's) follows the job
+contract without run.py; it appends ``start``/``end`` lines with timestamps and its pid to
+``$FAKE_COUNT_DIR/times.log`` and writes an output file ``out.json`` (a function of its
+arguments) into its run directory, so that runs of the different backends can be compared and
+overlapping attempts of one job detected.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+from ovis.experiments.queue import JobQueue, pid_alive
+from test_experiments_helpers import PY, REPO, wait_for
+
+DASK = str(Path(sys.executable).with_name("dask"))
+
+FAKE = r'''
+import argparse, json, os, sys, time
+p = argparse.ArgumentParser()
+p.add_argument("--sleep", type=float, default=0.2)
+p.add_argument("--code", type=int, default=0)
+p.add_argument("--name", default="x")
+p.add_argument("--mult", type=int, default=1)
+p.add_argument("--exp", required=True)
+p.add_argument("--root", required=True)
+p.add_argument("--data_root", required=True)
+p.add_argument("--rf", action="store_true")
+a = p.parse_args()
+assert os.path.isabs(a.root) and os.path.isabs(a.data_root), "paths must be absolute"
+jid = os.environ["OVIS_JOB_ID"]
+cdir = os.environ["FAKE_COUNT_DIR"]
+def log(what):
+    with open(os.path.join(cdir, "times.log"), "a") as f:
+        f.write("%s %s %d %.6f %s\n" % (what, jid, os.getpid(), time.time(), os.environ.get("CUDA_VISIBLE_DEVICES")))
+        f.flush()
+        os.fsync(f.fileno())
+log("start")
+run = os.path.join(a.root, a.exp, jid)
+os.makedirs(run, exist_ok=True)
+def status(s, err=None):
+    tmp = os.path.join(run, "status.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"status": s, "job_id": jid, "error": err}, f)
+    os.replace(tmp, os.path.join(run, "status.json"))
+status("running")
+time.sleep(a.sleep)
+with open(os.path.join(run, "out.json"), "w") as f:
+    json.dump({"name": a.name, "value": len(a.name) * a.mult, "code": a.code}, f)
+if a.code:
+    print("boom in job %s" % a.name, file=sys.stderr, flush=True)
+    status("failed", "boom")
+else:
+    status("success")
+log("end")
+sys.exit(a.code)
+'''
+
+GRID6 = {"args": ["--name alpha", "--name be", "--name gam --code 3"], "parameters": {"mult": [2, 5], "sleep": [0.3]}}
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _src(tmp: Path, name: str, grid: Dict) -> Path:
+    src = tmp / "src"
+    (src / "experiments").mkdir(parents=True, exist_ok=True)
+    (src / "fake_job.py").write_text(FAKE)
+    g = dict(grid, description="dask test grid", script="fake_job.py")
+    g.setdefault("global", "")
+    (src / "experiments" / f"{name}.json").write_text(json.dumps(g))
+    return src
+
+
+def _env(count_dir: Path, with_repo: bool = True) -> Dict[str, str]:
+    env = dict(os.environ)
+    env["FAKE_COUNT_DIR"] = str(count_dir)
+    env.pop("PYTHONPATH", None)
+    if with_repo:
+        env["PYTHONPATH"] = str(REPO)
+    for k in [k for k in env if k.startswith("DASK_")]:
+        del env[k]
+    env["DASK_DISTRIBUTED__WORKER__DAEMON"] = "False"
+    count_dir.mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def _manager(src: Path, name: str, root: Path, *extra: str) -> List[str]:
+    return [PY, str(REPO / "manager.py"), "--exp", name, "--src", str(src), "--root", str(root),
+            "--data_root", str(root.parent / "data"), "--heartbeat", "0.5", "--grace", "20", "--poll", "0.2",
+            "--term_timeout", "2", "--no_progress", *extra]
+
+
+def _times(count_dir: Path) -> List[Tuple[str, str, int, float]]:
+    f = count_dir / "times.log"
+    if not f.exists():
+        return []
+    out = []
+    for line in f.read_text().splitlines():
+        w = line.split()
+        out.append((w[0], w[1], int(w[2]), float(w[3])))
+    return out
+
+
+def _results(root: Path, name: str) -> Dict[Tuple[str, ...], Tuple[str, Optional[dict]]]:
+    r"""Per job (keyed by its arguments): its status and its output file."""
+    out = {}
+    for d in JobQueue(root / name).all_jobs():
+        o = root / name / d["job_id"] / "out.json"
+        out[tuple(d["argv"])] = (d["status"], json.loads(o.read_text()) if o.exists() else None)
+    return out
+
+
+def _no_overlap(times: List[Tuple[str, str, int, float]], died: Dict[int, float]) -> None:
+    r"""No job has two attempts alive at once: each attempt ends (``end`` line, or its death time
+    from ``died``) before the next one of the same job starts."""
+    by_job: Dict[str, List[Tuple[float, float]]] = {}
+    ends = {(j, pid): t for (w, j, pid, t) in times if w == "end"}
+    for w, j, pid, t in times:
+        if w != "start":
+            continue
+        end = ends.get((j, pid), died.get(pid))
+        assert end is not None, f"attempt pid {pid} of job {j} never ended and was not killed"
+        by_job.setdefault(j, []).append((t, end))
+    for j, iv in by_job.items():
+        iv.sort()
+        for (s0, e0), (s1, _) in zip(iv, iv[1:]):
+            assert s1 >= e0, f"job {j}: an attempt started at {s1} while another ran until {e0}"
+
+
+def _run(cmd: List[str], env: Dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _local_baseline(tmp: Path, name: str, grid: Dict) -> Dict:
+    src = _src(tmp / "local", name, grid)
+    root = tmp / "local" / "runs"
+    r = _run(_manager(src, name, root, "--processes", "2"), _env(tmp / "local" / "c"))
+    assert r.returncode == 1, r.stderr  # the --code 3 jobs fail
+    return _results(root, name)
+
+
+def _loopback_only(text: str) -> None:
+    addrs = re.findall(r"(?:tcp|tls)://([0-9A-Za-z_.\-\[\]:]+?):\d+", text)
+    assert addrs, "no address in the log (the check proves nothing)"
+    assert set(addrs) == {"127.0.0.1"}, f"non-loopback address used: {set(addrs)}"
+
+
+class _CliCluster:
+    r"""`dask scheduler` + N `dask worker` processes on 127.0.0.1 (killed at exit)."""
+
+    def __init__(self, tmp: Path, env: Dict[str, str], n_workers: int = 2, tls: Optional[Dict[str, str]] = None,
+                 worker_cwd: Optional[Path] = None) -> None:
+        self.sfile = tmp / "scheduler.json"
+        self.procs: List[subprocess.Popen] = []
+        self.logs = tmp / "cluster-logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        sec: List[str] = []
+        if tls:
+            sec = ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]]
+        proto = ["--protocol", "tls"] if tls else []
+        self._start([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
+                     "127.0.0.1:0", "--scheduler-file", str(self.sfile), *proto, *sec], env, "scheduler")
+        assert wait_for(lambda: self.sfile.exists() and self.sfile.stat().st_size > 0, 60), self.log_text()
+        for i in range(n_workers):
+            self._start([DASK, "worker", "--scheduler-file", str(self.sfile), "--host", "127.0.0.1",
+                         "--nthreads", "1", "--no-dashboard", "--name", f"w{i}", "--memory-limit", "0", *sec],
+                        env, f"worker{i}", cwd=worker_cwd)
+        self.address = json.loads(self.sfile.read_text())["address"]
+
+    def _start(self, cmd: List[str], env: Dict[str, str], name: str, cwd: Optional[Path] = None) -> None:
+        f = open(self.logs / f"{name}.log", "wb")
+        self.procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
+                                           stdin=subprocess.DEVNULL, start_new_session=True))
+        f.close()
+
+    def log_text(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
+
+    def wait_workers(self, n: int, timeout: float = 60) -> None:
+        pat = re.compile(r"Registered to:")
+        assert wait_for(lambda: sum(bool(pat.search(p.read_text(errors="replace")))
+                                    for p in self.logs.glob("worker*.log")) >= n, timeout), self.log_text()
+
+    def close(self) -> None:
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def _openssl_credentials(d: Path) -> Dict[str, str]:
+    r"""A self-signed certificate (CN/SAN dask-internal, like ``Security.temporary()``) via openssl."""
+    d.mkdir(parents=True, exist_ok=True)
+    cert, key = d / "cert.pem", d / "key.pem"
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                        str(cert), "-days", "2", "-subj", "/CN=dask-internal", "-addext",
+                        "subjectAltName=DNS:dask-internal"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return {"ca": str(cert), "cert": str(cert), "key": str(key)}
+
+
+def _tls_credentials(d: Path) -> Dict[str, str]:
+    r"""Temporary credentials as PEM files: ``Security.temporary()`` when ``cryptography`` is
+    installed (written out so that CLI processes can read them), else ``openssl``."""
+    try:
+        from distributed.security import Security
+
+        sec = Security.temporary()
+    except ImportError:
+        return _openssl_credentials(d)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "cert.pem").write_text(sec.tls_client_cert)
+    (d / "key.pem").write_text(sec.tls_client_key)
+    return {"ca": str(d / "cert.pem"), "cert": str(d / "cert.pem"), "key": str(d / "key.pem")}
+
+
+def _tls_env(env: Dict[str, str], creds: Dict[str, str]) -> Dict[str, str]:
+    env = dict(env)
+    env.update({"DASK_DISTRIBUTED__COMM__TLS__CA_FILE": creds["ca"],
+                "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": creds["cert"],
+                "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": creds["key"],
+                "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__CERT": creds["cert"],
+                "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY": creds["key"],
+                "DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT": creds["cert"],
+                "DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY": creds["key"],
+                "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"})
+    return env
+
+
+# ----------------------------------------------------------------------------------------------
+# quick tests (no cluster)
+
+
+def _claimed(tmp: Path, name: str = "q") -> Tuple[JobQueue, Dict, Dict]:
+    from ovis.experiments.grid import load_and_expand
+    from ovis.experiments.manager import make_snapshot
+
+    src = _src(tmp, name, {"args": ["--name a"], "parameters": {"sleep": [0.05]}})
+    root = (tmp / "runs").resolve()
+    exp, jobs, _ = load_and_expand(src / "experiments" / f"{name}.json")
+    exp_dir = root / name
+    (exp_dir / ".logs").mkdir(parents=True)
+    snap = make_snapshot(src, exp_dir, src / "experiments" / f"{name}.json", exp.script, False, False)
+    q = JobQueue(exp_dir)
+    q.add_jobs(jobs)
+    rec = q.claim("dask", "dask", os.getpid())
+    payload = {"job_id": rec["job_id"], "token": rec["claim_token"], "exp": name, "exp_dir": str(exp_dir),
+               "root": str(root), "data_root": str(tmp / "data"), "snapshot": str(snap), "heartbeat": 0.2,
+               "poll": 0.05, "term_timeout": 1.0, "gpu": False, "threads": 1, "manager": None,
+               "stop_file": str(exp_dir / ".dask" / "stop-test")}
+    return q, rec, payload
+
+
+def test_task_checks_its_claim_first_and_runs_each_claim_once(tmp_path: Path, monkeypatch) -> None:
+    from ovis.experiments.dask_backend import ADOPTED, execute_job_task
+
+    cdir = tmp_path / "c"
+    cdir.mkdir()
+    monkeypatch.setenv("FAKE_COUNT_DIR", str(cdir))
+    q, rec, payload = _claimed(tmp_path)
+    # a stale token (the job was requeued / claimed again since): nothing runs
+    bad = dict(payload, token="0" * 32)
+    r = execute_job_task(bad)
+    assert r["ran"] is False and "no longer ours" in r["reason"] and _times(cdir) == []
+    assert q.get(rec["job_id"])["status"] == "running" and not q.get(rec["job_id"]).get(ADOPTED)
+    # the real execution: adopts the claim, runs the job once, records success
+    r = execute_job_task(payload)
+    assert r["ran"] is True and r["status"] == "success", r
+    d = q.get(rec["job_id"])
+    assert d["status"] == "success" and d["worker_pid"] == os.getpid() and d[ADOPTED] == rec["claim_token"]
+    assert [t[0] for t in _times(cdir)] == ["start", "end"]
+    # a Dask re-run of the same task (same token): refuses, the job is not run again
+    r = execute_job_task(payload)
+    assert r["ran"] is False and _times(cdir)[2:] == []
+    # requeued and claimed again: a re-run of the *old* task still refuses; the new claim runs once
+    assert q.requeue(10000) == [rec["job_id"]]
+    rec2 = q.claim("dask", "dask", os.getpid())
+    assert execute_job_task(payload)["ran"] is False
+    # a claim adopted by an execution that died (re-run after a worker death) is not run either
+    q.update_jobs([rec2["job_id"]], {ADOPTED: rec2["claim_token"], "worker_pid": 999999})
+    r = execute_job_task(dict(payload, token=rec2["claim_token"]))
+    assert r["ran"] is False and "already started" in r["reason"] and len(_times(cdir)) == 2
+
+
+def test_capacity_resources_and_local_specs() -> None:
+    from ovis.experiments.dask_backend import local_worker_specs, per_gpu_processes, task_capacity
+
+    workers = {"a": {"nthreads": 2, "resources": {"GPU": 1}}, "b": {"nthreads": 2, "resources": {"GPU": 1}},
+               "c": {"nthreads": 4, "resources": {}}}
+    assert task_capacity(workers, None) == 8
+    assert task_capacity(workers, 0.5) == 4  # 2 per GPU worker, CPU-only workers take no GPU task
+    assert task_capacity(workers, 1.0) == 2
+    assert task_capacity({"a": {"nthreads": 3, "resources": {"GPU": 1}}}, 1 / 3) == 3  # float shares
+    assert per_gpu_processes(["0", "0", "1", "1"]) == 2 and per_gpu_processes(["cpu"] * 3) == 3
+    specs = local_worker_specs(["0", "0", "3", "3"])
+    assert sorted(specs) == ["gpu-0", "gpu-3"]
+    o = specs["gpu-3"]["options"]
+    assert o["env"]["CUDA_VISIBLE_DEVICES"] == "3" and o["resources"] == {"GPU": 1} and o["nthreads"] == 2
+    assert o["host"] == "127.0.0.1" and o["dashboard_address"] is None
+    cpu = local_worker_specs(["cpu"] * 2, cpu_count=8)
+    assert len(cpu) == 2 and all(s["options"]["nthreads"] == 1 for s in cpu.values())
+    assert all(s["options"]["env"]["OMP_NUM_THREADS"] == "4" for s in cpu.values())
+    assert all(s["options"]["host"] == "127.0.0.1" for s in cpu.values())
+
+
+def test_make_backend_dask_is_lazy_and_validates_the_address(tmp_path: Path) -> None:
+    from ovis.experiments.dask_backend import DaskBackend
+    from ovis.experiments.workers import BackendNotAvailable, WorkerConfig, make_backend
+
+    cfg = WorkerConfig("e", tmp_path / "e", tmp_path, tmp_path / "data", tmp_path / "e" / ".lib_snapshot")
+    b = make_backend("dask", cfg, None)
+    assert isinstance(b, DaskBackend) and b.client is None and not (tmp_path / "e").exists()  # nothing started
+    assert isinstance(make_backend("dask", cfg, "tcp://127.0.0.1:1"), DaskBackend)
+    with pytest.raises(BackendNotAvailable, match="tcp://HOST:PORT"):
+        make_backend("dask", cfg, "http://127.0.0.1:1")
+    with pytest.raises(BackendNotAvailable, match="scheduler file"):
+        make_backend("dask", cfg, str(tmp_path / "missing.json"))
+
+
+# ----------------------------------------------------------------------------------------------
+# real clusters
+
+
+@pytest.mark.slow
+def test_local_cluster_grid_equals_local_backend(tmp_path: Path) -> None:
+    base = _local_baseline(tmp_path, "g", GRID6)
+    assert len(base) == 6 and sum(s == "success" for s, _ in base.values()) == 4
+    src = _src(tmp_path / "dask", "g", GRID6)
+    root = tmp_path / "dask" / "runs"
+    cdir = tmp_path / "dask" / "c"
+    r = _run(_manager(src, "g", root, "--processes", "2", "--backend", "dask"), _env(cdir))
+    assert r.returncode == 1, r.stderr
+    assert _results(root, "g") == base
+    _loopback_only(r.stderr)
+    assert "local cluster tls://" not in r.stderr and "local cluster tcp://127.0.0.1:" in r.stderr
+    for d in JobQueue(root / "g").all_jobs():
+        assert d["attempts"] == 1 and d["worker"].startswith("dask:tcp://127.0.0.1:") and d["device"] == "cpu"
+        assert d["worker_pid"] != r.args and d["pid"]
+    t = _times(cdir)
+    assert len([x for x in t if x[0] == "start"]) == 6
+    _no_overlap(t, {})
