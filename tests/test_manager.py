@@ -144,16 +144,20 @@ def test_two_managers_never_run_a_job_twice(tmp_path: Path) -> None:
     assert len(managers) == 2, "the second manager never got a job (the test proves nothing)"
 
 
-def test_sigterm_manager_aborts_running_jobs_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_sigterm_or_ctrl_c_aborts_running_jobs_cleanly(tmp_path: Path, how: str) -> None:
     src = make_src(tmp_path, "s", {"args": ["--name a", "--name b"], "parameters": {"sleep": [30]}})
     env = env_with_counts(tmp_path / "c")
     root = tmp_path / "runs"
-    m = subprocess.Popen(manager_cmd(src, "s", root, "--processes", "2"), env=env,
+    m = subprocess.Popen(manager_cmd(src, "s", root, "--processes", "2"), env=env, start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert wait_for(lambda: len(starts(tmp_path / "c")) == 2, 30)
     job_pids = [int(s[1]) for s in starts(tmp_path / "c")]
     t0 = time.monotonic()
-    m.send_signal(signal.SIGTERM)
+    if how == "sigterm":
+        m.send_signal(signal.SIGTERM)
+    else:  # a terminal's Ctrl-C: SIGINT to the whole foreground process group
+        os.killpg(m.pid, signal.SIGINT)
     _, err = m.communicate(timeout=30)
     assert m.returncode == 130, err
     assert time.monotonic() - t0 < 15
@@ -206,7 +210,7 @@ def test_snapshot_isolates_running_grid_and_update_flags(tmp_path: Path) -> None
     assert "NEWLIB" in logs
 
 
-def test_invalid_file_nothing_queued_and_dask_backend_message(tmp_path: Path) -> None:
+def test_invalid_file_nothing_queued_and_backend_usage_error(tmp_path: Path) -> None:
     env = env_with_counts(tmp_path / "c")
     root = tmp_path / "runs"
     src = make_src(tmp_path, "bad", {"args": ["--name a"], "parameters": {"sleep": [0.1]}, "oops": 1})
@@ -223,8 +227,9 @@ def test_invalid_file_nothing_queued_and_dask_backend_message(tmp_path: Path) ->
     r = _run(manager_cmd(src, "bad", root), env)
     assert r.returncode == 2 and "'parameters.iw'" in r.stderr and not (root / "bad").exists()
     src2 = make_src(tmp_path, "d", {"args": ["--name a"]})
-    r = _run(manager_cmd(src2, "d", root, "--backend", "dask"), env)
-    assert r.returncode == 2 and "not available yet" in r.stderr and not (root / "d").exists()
+    r = _run(manager_cmd(src2, "d", root, "--address", "tcp://127.0.0.1:1"), env)
+    assert r.returncode == 2 and "--address is only meaningful with --backend dask" in r.stderr
+    assert not (root / "d").exists()
 
 
 def test_dbutils_find_update_delete(tmp_path: Path) -> None:
@@ -290,3 +295,64 @@ def test_end_to_end_with_run_py_on_a_tiny_gmm_grid(tmp_path: Path) -> None:
     assert all(d["status"] == "success" and d["attempts"] == 2 and not d["fresh"] for d in jobs)
     logs = [p.read_text() for p in (root / "tinygmm" / ".logs").glob("*.2.log")]
     assert len(logs) == 2 and all(" --rf" in text.splitlines()[0] for text in logs)
+
+
+def _fake_nvidia_smi(tmp_path: Path, lines: str) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    exe = bin_dir / "nvidia-smi"
+    exe.write_text("#!/bin/sh\ncat <<'EOF'\n" + lines + "EOF\n")
+    exe.chmod(0o755)
+    return bin_dir
+
+
+def test_gpu_discovery_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ovis.experiments.workers import discover_gpus
+
+    # index, utilization %, memory used MiB, memory total MiB
+    bin_dir = _fake_nvidia_smi(tmp_path, "0, 10, 1000, 80000\n1, 90, 1000, 80000\n2, 5, 70000, 80000\n3, 0, 0, 80000\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert discover_gpus() == ["0", "3"]  # 1 is too loaded, 2 too full
+    assert discover_gpus(max_load=0.95, max_memory=0.95) == ["0", "1", "2", "3"]
+    assert discover_gpus(max_gpus=1) == ["0"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert discover_gpus() == ["3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert discover_gpus() == []
+
+
+def test_manager_runs_p_workers_per_gpu_with_cuda_visible_devices(tmp_path: Path) -> None:
+    src = make_src(tmp_path, "gpu", {"args": ["--name a", "--name b"], "parameters": {"sleep": [0.3, 0.4]}})
+    env = env_with_counts(tmp_path / "c")
+    bin_dir = _fake_nvidia_smi(tmp_path, "0, 0, 0, 80000\n1, 0, 0, 80000\n")
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    r = _run(manager_cmd(src, "gpu", tmp_path / "runs", "--processes", "2", "--max_gpus", "2"), env)
+    assert r.returncode == 0, r.stderr
+    assert "devices: 0, 1; 4 worker(s)" in r.stderr
+    s = starts(tmp_path / "c")
+    assert len(s) == 4 and {x[3] for x in s} <= {"0", "1"}  # each job saw its one GPU
+    q = JobQueue(tmp_path / "runs" / "gpu")
+    assert all(d["device"] == x for d in q.all_jobs() for y, _, _, x in s if y == d["job_id"])
+
+
+def test_outcome_from_exit_code_and_status_json(tmp_path: Path) -> None:
+    from ovis.experiments.workers import judge
+
+    log = tmp_path / "log"
+    log.write_text("line1\nTraceback: the error\n")
+    assert judge(tmp_path, "j", 0, False, log).status == "success"  # no status.json: the exit code decides
+    (tmp_path / "run").mkdir()
+    st = tmp_path / "run" / "status.json"
+    st.write_text(json.dumps({"status": "failed", "job_id": "j", "error": "nan loss"}))
+    o = judge(tmp_path, "j", 0, False, log)
+    assert o.status == "failed" and "nan loss" in o.error and o.run_dir == str(tmp_path / "run")
+    assert judge(tmp_path, "other", 0, False, log).run_dir is None  # found by job id only
+    o = judge(tmp_path, "j", 2, False, log)
+    assert o.status == "failed" and "exit code 2" in o.error and "the error" in o.error
+    o = judge(tmp_path, "j", -9, False, log)
+    assert o.status == "failed" and "SIGKILL" in o.error
+    assert judge(tmp_path, "j", -15, True, log).status == "aborted"
+    st.write_text(json.dumps({"status": "aborted", "job_id": "j"}))
+    assert judge(tmp_path, "j", 1, False, log).status == "aborted"

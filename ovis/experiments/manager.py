@@ -60,7 +60,7 @@ def build_manager_parser() -> argparse.ArgumentParser:
     p.add_argument("--src", default=str(REPO_ROOT), help="source tree to snapshot (ovis/, scripts, experiments/)")
     p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between job heartbeats")
     p.add_argument("--grace", type=float, default=60.0, help="a job without heartbeat for this long is lost")
-    p.add_argument("--poll", type=float, default=0.5, help="seconds between the manager's checks")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between the manager's checks of the queue")
     p.add_argument("--term_timeout", type=float, default=10.0, help="SIGTERM -> SIGKILL delay for jobs")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
