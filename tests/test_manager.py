@@ -124,7 +124,7 @@ def test_sigkill_manager_then_resume_finishes_the_grid(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_managers_never_run_a_job_twice(tmp_path: Path) -> None:
-    src = make_src(tmp_path, "t", {"args": [f"--name n{i}" for i in range(5)], "parameters": {"sleep": [0.3, 0.4]}})
+    src = make_src(tmp_path, "t", {"args": [f"--name n{i}" for i in range(6)], "parameters": {"sleep": [0.6, 0.8]}})
     env = env_with_counts(tmp_path / "c")
     root = tmp_path / "runs"
     a = subprocess.Popen(manager_cmd(src, "t", root, "--processes", "2"), env=env,
@@ -136,10 +136,10 @@ def test_two_managers_never_run_a_job_twice(tmp_path: Path) -> None:
     assert a.returncode in (0, 1), err_a
     assert b.returncode in (0, 1), b.stderr
     q = JobQueue(root / "t")
-    assert q.counts()["success"] == 10
+    assert q.counts()["success"] == 12
     s = starts(tmp_path / "c")
     assert sorted(x[0] for x in s) == sorted({x[0] for x in s}), "a job ran twice"
-    assert len(s) == 10 and not violations(tmp_path / "c")
+    assert len(s) == 12 and not violations(tmp_path / "c")
     managers = {d["manager"] for d in q.all_jobs()}
     assert len(managers) == 2, "the second manager never got a job (the test proves nothing)"
 
