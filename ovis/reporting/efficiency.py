@@ -1,0 +1,213 @@
+r"""``measure_efficiency.py``: memory use and time per training step of each estimator vs K.
+
+``python measure_efficiency.py [--model sbm|gaussian-vae] [--estimators a,b,c] [--iw 5,10,50]
+[--steps 5] [--bs 24] [--N 200] [--device auto|cpu|cuda] [--output reports/] [--tag NAME]``
+
+The model is the paper's 1-layer sigmoid belief network (``--model sbm``: 200 Bernoulli units,
+linear networks, batch 24) or the Gaussian VAE (``--model gaussian-vae``: 200 normal units, tanh
+MLPs with 200 hidden units); the data are a fixed random binary batch of shape ``[bs, 1, 28, 28]``
+(the cost of a step does not depend on the pixel values, so no data file is needed).
+
+A step is: the estimator's surrogate loss (``mc = 1``, ``iw = K``), ``backward``, an Adam step.
+Measured, per estimator and K:
+
+* ``time_per_step_s``: the median wall time of ``--steps`` steps after one warm-up step
+  (``torch.cuda.synchronize`` around each step on the GPU);
+* ``saved_MB``: the memory held by the autograd graph at ``backward`` -- the bytes of the distinct
+  tensor storages saved for backward (``torch.autograd.graph.saved_tensors_hooks``): on the CPU this
+  is the part of the step's memory that grows with K (it ignores short-lived temporaries);
+* ``cuda_peak_MB``: ``torch.cuda.max_memory_allocated`` during the steps (GPU only; empty on the CPU).
+
+Writes ``efficiency.csv|md|tex``, ``efficiency.png|pdf`` (log-log time and memory vs K, one line
+per estimator) and ``index.html`` into ``<output>/efficiency-<model>[-<tag>]/``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import pandas as pd
+import torch
+
+from ovis.reporting.outputs import Section, TextItem, render_index, save_figure, write_table
+
+__all__ = ["build_efficiency_model", "measure_step", "measure", "main"]
+
+DEFAULT_ESTIMATORS = {"sbm": "vimco-arithmetic,ovis-gamma1,ovis-S1-exclusive,ovis-S10-exclusive,reinforce",
+                      "gaussian-vae": "pathwise-iwae,stl,dreg,ovis-gamma1,vimco-arithmetic"}
+
+
+def build_efficiency_model(model: str, N: int, seed: int = 1) -> torch.nn.Module:
+    r"""The 1-layer SBN (``N`` units) or the Gaussian VAE through ``ovis.models.build_model``."""
+    from ovis.datasets.core import DataSplits
+    from ovis.models import build_model
+    from ovis.training.arguments import parse_run_args
+
+    torch.manual_seed(seed)
+    x_shape = torch.Size([1, 28, 28])
+    data = DataSplits(name="binmnist", train=[], valid=[], test=[], x_shape=x_shape,  # type: ignore[arg-type]
+                      train_mean=torch.full(x_shape, 0.2))
+    if model == "sbm":
+        flags = ["--model", "sbm", "--prior", "bernoulli", "--N", str(N), "--depth", "1", "--nlayers", "0"]
+    elif model == "gaussian-vae":
+        flags = ["--model", "gaussian-vae", "--N", str(N), "--hdim", "200", "--nlayers", "2"]
+    else:
+        raise ValueError(f"--model must be sbm or gaussian-vae, got {model!r}")
+    args = parse_run_args(flags + ["--dataset", "binmnist"])
+    return build_model(args, data)
+
+
+def _saved_bytes(fn: Any) -> int:
+    seen: Dict[Any, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        try:
+            key = (t.untyped_storage().data_ptr(), t.device)
+            seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
+        except (RuntimeError, NotImplementedError):  # e.g. tensors without storage
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def measure_step(model: torch.nn.Module, estimator_id: str, K: int, x: torch.Tensor, steps: int,
+                 device: torch.device) -> Dict[str, Any]:
+    from ovis.estimators import build_estimator
+
+    extra = {"x_shape": x.shape[1:]} if estimator_id == "reinforce-baseline" else {}
+    est = build_estimator(estimator_id, mc=1, iw=K, **extra).to(device)
+    params = list(model.parameters()) + list(est.parameters())
+    opt = torch.optim.Adam(params, lr=1e-4)
+    holder: Dict[str, Any] = {}
+
+    def forward() -> None:
+        holder["loss"] = est(model, x)[0]
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss, _, _ = est(model, x)
+        loss.backward()
+        opt.step()
+
+    cuda = device.type == "cuda"
+    step()  # warm-up
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda else None
+    opt.zero_grad(set_to_none=True)
+    saved = _saved_bytes(forward)
+    holder["loss"].backward()
+    opt.zero_grad(set_to_none=True)
+    return {"estimator": estimator_id, "iw": K, "time_per_step_s": statistics.median(times),
+            "saved_MB": saved / 2 ** 20, "cuda_peak_MB": peak, "steps": steps}
+
+
+def measure(model_name: str, estimators: Sequence[str], Ks: Sequence[int], steps: int, bs: int, N: int,
+            device: torch.device, log: Any = print) -> pd.DataFrame:
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(bs, 1, 28, 28, generator=g) < 0.2).float().to(device)
+    for est in estimators:
+        for K in Ks:
+            model = build_efficiency_model(model_name, N).to(device)
+            try:
+                r = measure_step(model, est, K, x, steps, device)
+            except (ValueError, TypeError, NotImplementedError) as e:
+                log(f"skip {est} K={K}: {e}")
+                continue
+            log(f"{est} K={K}: {r['time_per_step_s'] * 1e3:.1f} ms/step, saved {r['saved_MB']:.1f} MB"
+                + (f", cuda peak {r['cuda_peak_MB']:.1f} MB" if r["cuda_peak_MB"] is not None else ""))
+            rows.append(r)
+    return pd.DataFrame(rows, columns=["estimator", "iw", "time_per_step_s", "saved_MB", "cuda_peak_MB", "steps"])
+
+
+def _figure(df: pd.DataFrame, title: str) -> Any:
+    import matplotlib.pyplot as plt
+
+    from ovis.reporting.report import _palette
+
+    mem_cols = ["saved_MB"] + (["cuda_peak_MB"] if df["cuda_peak_MB"].notna().any() else [])
+    fig, axes = plt.subplots(1, 1 + len(mem_cols), figsize=(5 * (1 + len(mem_cols)), 4))
+    ests = list(dict.fromkeys(df["estimator"]))
+    for color, est in zip(_palette(len(ests)), ests):
+        t = df[df["estimator"] == est].sort_values("iw")
+        axes[0].plot(t["iw"], t["time_per_step_s"] * 1e3, marker="o", color=color, label=est)
+        for ax, c in zip(axes[1:], mem_cols):
+            ax.plot(t["iw"], t[c], marker="o", color=color, label=est)
+    axes[0].set_ylabel("time per step (ms)")
+    for ax, c in zip(axes[1:], mem_cols):
+        ax.set_ylabel({"saved_MB": "memory saved for backward (MB)", "cuda_peak_MB": "CUDA peak memory (MB)"}[c])
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("K (particles)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _ints(text: str) -> List[int]:
+    from ovis.training.arguments import int_arg
+
+    try:
+        out = [int_arg(v) for v in text.split(",") if v.strip()]
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"--iw: {e}") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"--iw needs integers >= 1, got {text!r}")
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="measure_efficiency.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="sbm", choices=["sbm", "gaussian-vae"])
+    p.add_argument("--estimators", default=None, help="comma-separated estimator ids")
+    p.add_argument("--iw", type=_ints, default=[5, 10, 50], help="values of K (comma-separated)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per configuration (after one warm-up)")
+    p.add_argument("--bs", type=int, default=24, help="batch size (the paper: 24)")
+    p.add_argument("--N", type=int, default=200, help="latent units (the paper: 200)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--output", default="reports/")
+    p.add_argument("--tag", default="", help="suffix of the output folder")
+    p.add_argument("--silent", action="store_true")
+    args = p.parse_args(sys.argv[1:] if argv is None else list(argv))
+    if args.steps < 1 or args.bs < 1 or args.N < 1:
+        p.error("--steps, --bs and --N must be >= 1")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    ests = [e.strip() for e in (args.estimators or DEFAULT_ESTIMATORS[args.model]).split(",") if e.strip()]
+    log = (lambda m: None) if args.silent else (lambda m: print(m, flush=True))
+    df = measure(args.model, ests, args.iw, args.steps, args.bs, args.N, device, log)
+    if df.empty:
+        print("measure_efficiency.py: error: no estimator could be measured", file=sys.stderr)
+        return 1
+    outdir = Path(args.output) / (f"efficiency-{args.model}" + (f"-{args.tag}" if args.tag else ""))
+    title = (f"{args.model} (N={args.N}, batch {args.bs}) on {device.type}"
+             f"{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}: median of {args.steps} steps")
+    disp = df.assign(ms_per_step=(df["time_per_step_s"] * 1e3).round(2), saved_MB=df["saved_MB"].round(2))
+    disp = disp[["estimator", "iw", "ms_per_step", "saved_MB", "cuda_peak_MB"]]
+    sections = [Section("Efficiency", [TextItem(title),
+                                       save_figure(_figure(df, title), outdir, "efficiency",
+                                                   "time per training step and memory vs K (log-log)"),
+                                       write_table(df, outdir, "efficiency", "time and memory per estimator and K",
+                                                   display=disp)])]
+    render_index(outdir, f"Efficiency: {args.model}", sections)
+    print(f"report written to {outdir / 'index.html'}")
+    return 0
