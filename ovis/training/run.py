@@ -81,9 +81,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 class RunInterrupted(Exception):
     r"""SIGTERM / SIGINT received: save a checkpoint and stop (status ``aborted``)."""
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by signal {signal.Signals(signum).name}")
+    def __init__(self, signum: int, forced: bool = False) -> None:
+        super().__init__(f"interrupted by signal {signal.Signals(signum).name}"
+                         + (" (second signal: stopped at once, no checkpoint)" if forced else ""))
         self.signum = signum
+        self.forced = forced
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -147,6 +149,7 @@ class Trainer:
         self.step = 0
         self.stop_signal: Optional[int] = None
         self.writer: Any = None
+        self._ready = False
         self.log = self._make_logger()
 
     # ------------------------------------------------------------------ infrastructure
@@ -170,8 +173,8 @@ class Trainer:
             self.log.removeHandler(h)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stop_signal is not None:  # second signal: stop now
-            raise RunInterrupted(signum)
+        if self.stop_signal is not None:  # second signal: stop now (the state may be mid-step)
+            raise RunInterrupted(signum, forced=True)
         self.stop_signal = signum
 
     def check_stop(self) -> None:
@@ -551,6 +554,7 @@ class Trainer:
                     self.device = resolve_device(a.device)
                     with self._torch_settings():
                         self.setup()
+                        self._ready = True
                         self._write_config(self.data)
                         self._t0 = time.monotonic()
                         self.rundir.write_status("running", self.step)
@@ -572,10 +576,11 @@ class Trainer:
                 except (RunInterrupted, KeyboardInterrupt) as e:
                     signum = e.signum if isinstance(e, RunInterrupted) else signal.SIGINT
                     code = 128 + int(signum)
-                    if hasattr(self, "optimizer") and hasattr(self, "_t0"):
+                    # a checkpoint only from a consistent state: between steps, after setup
+                    if isinstance(e, RunInterrupted) and not e.forced and self._ready:
                         save_checkpoint(self.rundir.last_path, self._state())
                     self.rundir.write_status("aborted", self.step, error=str(e) or "KeyboardInterrupt")
-                    self.log.info(f"aborted at step {self.step} ({e or 'KeyboardInterrupt'}); checkpoint saved")
+                    self.log.info(f"aborted at step {self.step} ({e or 'KeyboardInterrupt'})")
                 except Exception as e:  # noqa: BLE001 - every failure is recorded
                     code = EXIT_FAILED
                     tb = traceback.format_exc()
