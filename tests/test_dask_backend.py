@@ -159,6 +159,49 @@ def _loopback_only(text: str) -> None:
     assert set(addrs) == {"127.0.0.1"}, f"non-loopback address used: {set(addrs)}"
 
 
+def _listening_addresses(pids: List[int]) -> List[str]:
+    r"""Local addresses of the listening TCP sockets of ``pids`` and their descendants (Linux)."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            procs += [p] + p.children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+    inodes = set()
+    for p in procs:
+        try:
+            for fd in os.listdir(f"/proc/{p.pid}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{p.pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            pass
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                w = line.split()
+                if w[3] == "0A" and w[9] in inodes:  # LISTEN
+                    hexip = w[1].split(":")[0]
+                    if len(hexip) == 8:
+                        out.append(".".join(str(int(hexip[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+                    else:
+                        out.append("::1" if hexip == "0" * 24 + "01000000" else "ipv6:" + hexip)
+    return out
+
+
+def _listeners_on_loopback(pids: List[int]) -> None:
+    addrs = _listening_addresses(pids)
+    assert len(addrs) >= 3, f"too few listeners found ({addrs}): the check proves nothing"
+    assert set(addrs) == {"127.0.0.1"}, f"a listener is not on 127.0.0.1: {addrs}"
+
+
 class _CliCluster:
     r"""`dask scheduler` + N `dask worker` processes on 127.0.0.1 (killed at exit)."""
 
@@ -177,7 +220,10 @@ class _CliCluster:
         assert wait_for(lambda: self.sfile.exists() and self.sfile.stat().st_size > 0, 60), self.log_text()
         for i in range(n_workers):
             self._start([DASK, "worker", "--scheduler-file", str(self.sfile), "--host", "127.0.0.1",
-                         "--nthreads", "1", "--no-dashboard", "--name", f"w{i}", "--memory-limit", "0", *sec],
+                         "--nthreads", "1", "--no-dashboard", "--name", f"w{i}", "--memory-limit", "0",
+                         # the worker's HTTP server starts even with --no-dashboard, on 0.0.0.0
+                         # unless its address is given
+                         "--dashboard-address", "127.0.0.1:0", *sec],
                         env, f"worker{i}", cwd=worker_cwd)
         self.address = json.loads(self.sfile.read_text())["address"]
 
@@ -232,6 +278,28 @@ def _tls_credentials(d: Path) -> Dict[str, str]:
     (d / "cert.pem").write_text(sec.tls_client_cert)
     (d / "key.pem").write_text(sec.tls_client_key)
     return {"ca": str(d / "cert.pem"), "cert": str(d / "cert.pem"), "key": str(d / "key.pem")}
+
+
+def _raw_tls(host: str, port: int, ca: str, cert: Optional[str] = None, key: Optional[str] = None) -> str:
+    r"""Open TLS to ``host:port`` trusting ``ca`` (showing the client certificate ``cert`` if
+    given) and wait 3 s for the server: ``"refused"`` when it ends the connection (TLS alert or
+    EOF), ``"accepted"`` when it keeps it open waiting for the client to talk."""
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.check_hostname = False
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    with socket.create_connection((host, port), timeout=5) as raw:
+        try:
+            with ctx.wrap_socket(raw) as s:
+                s.settimeout(3)
+                return "refused" if s.recv(16) == b"" else "accepted"
+        except (ssl.SSLError, ConnectionError):
+            return "refused"
+        except socket.timeout:
+            return "accepted"
 
 
 def _tls_env(env: Dict[str, str], creds: Dict[str, str]) -> Dict[str, str]:
@@ -359,3 +427,187 @@ def test_local_cluster_grid_equals_local_backend(tmp_path: Path) -> None:
     t = _times(cdir)
     assert len([x for x in t if x[0] == "start"]) == 6
     _no_overlap(t, {})
+
+
+@pytest.mark.slow
+def test_cli_scheduler_and_workers_grid_equals_local_backend(tmp_path: Path) -> None:
+    base = _local_baseline(tmp_path, "g", GRID6)
+    src = _src(tmp_path / "dask", "g", GRID6)
+    root = tmp_path / "dask" / "runs"
+    cdir = tmp_path / "dask" / "c"
+    # the workers have no `ovis` on their path (cwd elsewhere, no PYTHONPATH): the task code
+    # reaches them by value and runs from the experiment's snapshot
+    wenv = _env(cdir, with_repo=False)
+    (tmp_path / "wcwd").mkdir()
+    cl = _CliCluster(tmp_path / "cl", wenv, n_workers=2, worker_cwd=tmp_path / "wcwd")
+    try:
+        cl.wait_workers(2)
+        _listeners_on_loopback([p.pid for p in cl.procs])
+        r = _run(_manager(src, "g", root, "--processes", "2", "--backend", "dask", "--address", cl.address),
+                 _env(cdir))
+        assert r.returncode == 1, r.stderr + cl.log_text()
+        assert _results(root, "g") == base
+        assert cl.address.startswith("tcp://127.0.0.1:")
+        _loopback_only(r.stderr + cl.log_text())
+        jobs = JobQueue(root / "g").all_jobs()
+        assert {d["worker"] for d in jobs} <= {f"dask:{a}" for a in re.findall(r"tcp://127\.0\.0\.1:\d+", cl.log_text())}
+        assert len({d["worker_pid"] for d in jobs}) == 2  # both workers got jobs
+        # the scheduler file works as --address too
+        r2 = _run(_manager(src, "g", root, "--backend", "dask", "--address", str(cl.sfile), "--resume",
+                           "--requeue_level", "2"), _env(cdir))
+        assert r2.returncode == 1, r2.stderr
+        assert all(d["attempts"] == (2 if "3" in d["argv"] else 1) for d in JobQueue(root / "g").all_jobs())
+    finally:
+        cl.close()
+    _no_overlap(_times(cdir), {})
+
+
+@pytest.mark.slow
+def test_sigkill_dask_worker_mid_job_lost_requeued_then_succeeds(tmp_path: Path) -> None:
+    grid = {"args": ["--name a", "--name b"], "parameters": {"sleep": [4]}}
+    src = _src(tmp_path, "k", grid)
+    root = tmp_path / "runs"
+    cdir = tmp_path / "c"
+    env = _env(cdir)
+    cl = _CliCluster(tmp_path / "cl", env, n_workers=2)
+    try:
+        cl.wait_workers(2)
+        m = subprocess.Popen(_manager(src, "k", root, "--processes", "2", "--backend", "dask", "--address",
+                                      cl.address), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+        assert wait_for(lambda: len(_times(cdir)) >= 2, 60), cl.log_text()
+        _, job, job_pid, _ = _times(cdir)[0]
+        with open(f"/proc/{job_pid}/stat") as f:
+            worker_pid = int(f.read().rsplit(")", 1)[1].split()[1])  # the job's parent: the Dask worker
+        d = JobQueue(root / "k").get(job)
+        assert d["worker_pid"] == worker_pid and d["pid"] == job_pid and d["status"] == "running"
+        os.kill(worker_pid, signal.SIGKILL)
+        t_kill = time.time()
+        # the job's process dies with its worker, within seconds
+        assert wait_for(lambda: not pid_alive(job_pid), 5), "the job survived its Dask worker"
+        died = {job_pid: time.time()}
+        _, err = m.communicate(timeout=120)
+        assert m.returncode == 0, err + cl.log_text()
+    finally:
+        cl.close()
+    assert re.search(rf"lost.*{job}|{job} lost", err), err  # the job became lost ...
+    assert f"job {job} requeued" in err  # ... was requeued ...
+    q = JobQueue(root / "k")
+    d = q.get(job)
+    assert d["status"] == "success" and d["attempts"] == 2  # ... and succeeded
+    other = [x for x in q.all_jobs() if x["job_id"] != job][0]
+    assert other["status"] == "success"
+    t = _times(cdir)
+    starts = [x for x in t if x[0] == "start"]
+    assert len([x for x in starts if x[1] == job]) == 2 and len(starts) == 3
+    assert min(x[3] for x in starts if x[1] == job and x[2] != job_pid) > t_kill
+    _no_overlap(t, died)
+
+
+@pytest.mark.slow
+def test_tls_local_cluster_runs_a_grid_and_refuses_clients_without_credentials(tmp_path: Path, monkeypatch) -> None:
+    import logging
+
+    from distributed import Client
+
+    from ovis.experiments.dask_backend import DaskBackend, security_from_files
+    from ovis.experiments.grid import load_and_expand
+    from ovis.experiments.manager import make_snapshot
+    from ovis.experiments.workers import WorkerConfig
+
+    creds = _tls_credentials(tmp_path / "tls")
+    sec = security_from_files(creds["ca"], creds["cert"], creds["key"])
+    grid = {"args": ["--name x", "--name yy"], "parameters": {"mult": [3], "sleep": [0.2]}}
+    src = _src(tmp_path, "t", grid)
+    cdir = tmp_path / "c"
+    monkeypatch.setenv("FAKE_COUNT_DIR", str(cdir))
+    cdir.mkdir()
+    root = (tmp_path / "runs").resolve()
+    exp, jobs, _ = load_and_expand(src / "experiments" / "t.json")
+    exp_dir = root / "t"
+    (exp_dir / ".logs").mkdir(parents=True)
+    snap = make_snapshot(src, exp_dir, src / "experiments" / "t.json", exp.script, False, False)
+    q = JobQueue(exp_dir)
+    q.add_jobs(jobs)
+    cfg = WorkerConfig("t", exp_dir, root, tmp_path / "data", snap, heartbeat=0.5, poll=0.05, term_timeout=2)
+    b = DaskBackend(cfg, None, security=sec, grace=20)
+    try:
+        b.start(["cpu", "cpu"])
+        addr = b.scheduler_address
+        assert addr.startswith("tls://127.0.0.1:"), addr
+        info = b.client.scheduler_info()
+        assert len(info["workers"]) == 2 and all(w.startswith("tls://127.0.0.1:") for w in info["workers"])
+        _listeners_on_loopback([os.getpid()])  # scheduler, nannies, workers, HTTP servers
+        end = time.monotonic() + 90
+        while b.running() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert q.counts()["success"] == 2, q.all_jobs()
+        assert {json.loads((exp_dir / d["job_id"] / "out.json").read_text())["value"] for d in q.all_jobs()} == {3, 6}
+        # clients without the cluster's credentials are refused, within a few seconds
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        t0 = time.monotonic()
+        with pytest.raises((OSError, TimeoutError)):  # plain TCP to the TLS port
+            Client(addr.replace("tls://", "tcp://"), timeout=3)
+        other = _openssl_credentials(tmp_path / "other")  # valid TLS, not signed by the cluster's CA
+        with pytest.raises((OSError, TimeoutError)):
+            Client(addr, security=security_from_files(other["ca"], other["cert"], other["key"]), timeout=3)
+        assert time.monotonic() - t0 < 20
+        host, port = addr[len("tls://"):].rsplit(":", 1)
+        assert _raw_tls(host, int(port), creds["ca"]) == "refused"  # TLS without a client certificate
+        assert _raw_tls(host, int(port), creds["ca"], creds["cert"], creds["key"]) == "accepted"  # control
+        # with the credentials the same address works
+        with Client(addr, security=sec, timeout=10) as c:
+            assert c.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+    finally:
+        b.stop(5)
+    assert b.client is None
+
+
+@pytest.mark.slow
+def test_tls_cli_cluster_through_manager_and_tls_needs_credentials(tmp_path: Path) -> None:
+    creds = _tls_credentials(tmp_path / "tls")
+    grid = {"args": ["--name x", "--name yy"], "parameters": {"mult": [3], "sleep": [0.2]}}
+    src = _src(tmp_path, "s", grid)
+    root = tmp_path / "runs"
+    cdir = tmp_path / "c"
+    env = _env(cdir)
+    cl = _CliCluster(tmp_path / "cl", env, n_workers=1, tls=creds)
+    try:
+        assert cl.address.startswith("tls://127.0.0.1:"), cl.address
+        cl.wait_workers(1)
+        _listeners_on_loopback([p.pid for p in cl.procs])
+        # without credentials the manager refuses to start (clear message, nothing queued)
+        r = _run(_manager(src, "s", root, "--backend", "dask", "--address", cl.address), env)
+        assert r.returncode == 2 and "TLS needs credentials" in r.stderr and not (root / "s").exists(), r.stderr
+        r = _run(_manager(src, "s", root, "--backend", "dask", "--address", cl.address), _tls_env(env, creds))
+        assert r.returncode == 0, r.stderr + cl.log_text()
+    finally:
+        cl.close()
+    q = JobQueue(root / "s")
+    assert q.counts()["success"] == 2
+    assert all(d["worker"].startswith("dask:tls://127.0.0.1:") for d in q.all_jobs())
+    _loopback_only(r.stderr)
+
+
+@pytest.mark.slow
+def test_sigterm_manager_aborts_dask_jobs_cleanly(tmp_path: Path) -> None:
+    src = _src(tmp_path, "a", {"args": ["--name a", "--name b"], "parameters": {"sleep": [60]}})
+    root = tmp_path / "runs"
+    cdir = tmp_path / "c"
+    m = subprocess.Popen(_manager(src, "a", root, "--processes", "2", "--backend", "dask"), env=_env(cdir),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert wait_for(lambda: len(_times(cdir)) == 2, 60)
+        job_pids = [x[2] for x in _times(cdir)]
+        t0 = time.monotonic()
+        m.send_signal(signal.SIGTERM)
+        _, err = m.communicate(timeout=60)
+    finally:
+        if m.poll() is None:
+            os.killpg(m.pid, signal.SIGKILL)
+    assert m.returncode == 130, err
+    assert time.monotonic() - t0 < 30
+    assert not any(pid_alive(p) for p in job_pids)
+    q = JobQueue(root / "a")
+    assert q.counts()["aborted"] == 2 and q.counts()["running"] == 0, q.all_jobs()
+    assert all("abort" in d["error"] for d in q.all_jobs())

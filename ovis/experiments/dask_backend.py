@@ -32,8 +32,8 @@ workers need Dask, PyTorch and the job's dependencies, not an installed ``ovis``
 snapshot's code like the local backend.  All paths are absolute, so every machine must mount the
 shared ``runs/`` and ``data/`` folders at the same paths.
 
-Without ``--address`` a :class:`distributed.LocalCluster` is started on ``127.0.0.1`` (processes,
-no dashboard unless ``dashboard_address`` is given): one worker per GPU, pinned through
+Without ``--address`` a :class:`distributed.LocalCluster` is started on ``127.0.0.1`` (processes;
+its scheduler's HTTP server on ``127.0.0.1:0``): one worker per GPU, pinned through
 ``CUDA_VISIBLE_DEVICES`` and advertising ``GPU=1`` (``P`` threads), or ``P`` one-thread workers on
 the CPU.  TLS: pass ``security=`` (:func:`security_from_files`, ``Security.temporary()``) or set
 Dask's configuration (``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``, ``..._CLIENT__CERT``,
@@ -278,7 +278,10 @@ class DaskBackend(Backend):
             file (``--scheduler-file`` of ``dask scheduler``); ``None`` starts a local cluster
             on 127.0.0.1.
         security: a :class:`distributed.security.Security`; ``None`` reads Dask's configuration.
-        dashboard_address: the local cluster's dashboard (``"127.0.0.1:0"``), ``None`` for none.
+        dashboard_address: where the local scheduler's HTTP server (dashboard, health, metrics)
+            listens; the scheduler starts one in any case, so it must name the interface
+            (default ``"127.0.0.1:0"``: loopback, a free port; ``":8787"`` would mean every
+            interface).
         grace: seconds without heartbeat after which a job counts as lost (the manager's ``--grace``).
         requeue_lost: requeue jobs that end ``lost`` (``--requeue_level >= 1``).
         max_attempts: a job lost this many times is left ``lost`` (a job that kills its worker).
@@ -288,7 +291,7 @@ class DaskBackend(Backend):
     cfg: WorkerConfig
     address: Optional[str] = None
     security: Any = None
-    dashboard_address: Optional[str] = None
+    dashboard_address: str = "127.0.0.1:0"
     grace: float = 60.0
     requeue_lost: bool = True
     max_attempts: int = 3
@@ -324,6 +327,15 @@ class DaskBackend(Backend):
                                           "nor an existing scheduler file")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.security is None:
+            from distributed.security import Security
+
+            self.security = Security()  # Dask's configuration (DASK_DISTRIBUTED__COMM__TLS__...)
+        if str(self.address or "").startswith("tls://") and not _has_tls(self.security):
+            raise BackendNotAvailable(f"--address {self.address}: TLS needs credentials; set "
+                                      "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT "
+                                      "and DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY (Dask's configuration), "
+                                      "or pass security=")
 
     # -- paths -----------------------------------------------------------------------------------
     @property
@@ -337,16 +349,21 @@ class DaskBackend(Backend):
     # -- Backend API -----------------------------------------------------------------------------
     def start(self, slots: Sequence[str]) -> None:
         from distributed import Client
-        from distributed.security import Security
 
         self._slots = list(slots)
         P = per_gpu_processes(self._slots)
-        sec = self.security if self.security is not None else Security()
+        sec = self.security
         (self.cfg.exp_dir / STOP_DIR).mkdir(parents=True, exist_ok=True)
         if self.address is None:
             from distributed import LocalCluster
 
             protocol = "tls://" if _has_tls(sec) else "tcp://"
+            if protocol == "tls://" and not (sec.tls_scheduler_cert and sec.tls_worker_cert):
+                # only client credentials configured: the local scheduler and workers use them too
+                sec = self.security = security_from_files(sec.tls_ca_file, sec.tls_client_cert, sec.tls_client_key)
+            if not str(self.dashboard_address).split(":")[0]:
+                raise ValueError(f"dashboard_address {self.dashboard_address!r} names no interface "
+                                 "(it would listen on all of them); use e.g. 127.0.0.1:0")
             self.cluster = LocalCluster(n_workers=0, host="127.0.0.1", processes=True, protocol=protocol,
                                         security=sec, dashboard_address=self.dashboard_address,
                                         scheduler_port=0, silence_logs=logging.WARNING)
@@ -354,15 +371,10 @@ class DaskBackend(Backend):
             self.cluster.scale(len(self.cluster.worker_spec))
             self.client = Client(self.cluster, security=sec, timeout=self.connect_timeout)
             self.client.wait_for_workers(len(self.cluster.worker_spec), timeout=self.connect_timeout * 4)
-            log.info("dask: local cluster %s, %d worker(s)%s", self.client.scheduler.address,
-                     len(self.cluster.worker_spec),
-                     f", dashboard {self.client.dashboard_link}" if self.dashboard_address else "")
+            log.info("dask: local cluster %s, %d worker(s), dashboard %s", self.client.scheduler.address,
+                     len(self.cluster.worker_spec), self.client.dashboard_link)
         else:
             a = str(self.address)
-            if a.startswith("tls://") and not _has_tls(sec):
-                raise BackendNotAvailable(f"--address {a}: TLS needs credentials; set "
-                                          "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._TLS__CLIENT__CERT and "
-                                          "..._TLS__CLIENT__KEY (Dask configuration) or pass security=")
             if "://" in a:
                 self.client = Client(a, security=sec, timeout=self.connect_timeout)
             else:
