@@ -92,7 +92,8 @@ def report_figure3(root: str, exp: str, output: str, figure: str, metric: Metric
             have.add((str(r.get("dataset")), str(r.get("estimator")), _norm(r.get("iw")), _norm(r.get("seed"))))
     missing = sorted(expected - have)
     m = data.metrics
-    m = m[(m["run_id"].isin(sel["run_id"])) & (m["split"] == metric.split) & (m["metric"] == metric.metric)]
+    usable = sel[sel["status"].isin(["success", "running"])]  # failed / corrupt runs are listed, not drawn
+    m = m[(m["run_id"].isin(usable["run_id"])) & (m["split"] == metric.split) & (m["metric"] == metric.metric)]
     sections: List[Section] = []
     notes = [f"runs tagged {tag!r}: {len(sel)} of {len(runs)} in {Path(root) / exp}",
              f"status: " + ", ".join(f"{k}: {v}" for k, v in sorted(sel['status'].value_counts().to_dict().items())),

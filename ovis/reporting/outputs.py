@@ -187,6 +187,19 @@ figure img { max-width: 640px; border: 1px solid #ddd; }
 figcaption { font-size: 0.85em; max-width: 640px; }
 .text { white-space: pre-wrap; font-family: monospace; font-size: 0.85em; }
 </style>
+<script>
+// marks on <body> how many images loaded (for headless-browser checks of the page)
+window.addEventListener("load", function () {
+  var ok = 0, broken = [];
+  for (var i = 0; i < document.images.length; i++) {
+    var img = document.images[i];
+    if (img.complete && img.naturalWidth > 0) { ok++; } else { broken.push(img.getAttribute("src")); }
+  }
+  document.body.setAttribute("data-images-total", String(document.images.length));
+  document.body.setAttribute("data-images-ok", String(ok));
+  document.body.setAttribute("data-images-broken", broken.join(" "));
+});
+</script>
 </head>
 <body>
 <h1>{{ title }}</h1>

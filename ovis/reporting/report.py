@@ -197,8 +197,11 @@ def _val(v: Any) -> str:
 
 
 def _select(data: ExperimentData, split: str, metric: str) -> pd.DataFrame:
+    r"""The rows of ``split:metric`` of the runs that have a configuration (a run without
+    ``config.json`` cannot be grouped: it is listed in the run table only)."""
     m = data.metrics
-    return m[(m["split"] == split) & (m["metric"] == metric)]
+    ok = set(data.runs.loc[data.runs["has_config"], "run_id"])
+    return m[(m["split"] == split) & (m["metric"] == metric) & m["run_id"].isin(ok)]
 
 
 def _downsample(df: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -271,6 +274,21 @@ def _ylim(ax: Any, ylims: Dict[str, Tuple[float, float]], split: str, metric: st
         ax.set_ylim(*lim)
 
 
+def natural_key(text: str) -> List[Any]:
+    r"""Sort key that orders embedded numbers numerically (``iw=5`` before ``iw=10``)."""
+    import re
+
+    return [(0, float(t), "") if re.fullmatch(r"-?\d+(?:\.\d+)?", t) else (1, 0.0, t)
+            for t in re.split(r"(-?\d+(?:\.\d+)?)", str(text)) if t]
+
+
+def _legend(ax: Any, n: int) -> None:
+    if n > 10:
+        ax.legend(fontsize=5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    elif n:
+        ax.legend(fontsize=6, loc="best")
+
+
 def _palette(n: int) -> List[Any]:
     import seaborn as sns
 
@@ -282,7 +300,7 @@ def plot_curves(table: pd.DataFrame, title: str, ylabel: str, ylims: Dict[str, T
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    labels = list(dict.fromkeys(table["label"]))
+    labels = sorted(dict.fromkeys(table["label"]), key=natural_key)
     for color, label in zip(_palette(len(labels)), labels):
         t = table[table["label"] == label].sort_values("step")
         ax.plot(t["step"], t["mean"], color=color, label=label, marker="." if len(t) < 30 else None)
@@ -292,8 +310,7 @@ def plot_curves(table: pd.DataFrame, title: str, ylabel: str, ylims: Dict[str, T
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     _ylim(ax, ylims, split, metric)
-    if labels:
-        ax.legend(fontsize=6, loc="best")
+    _legend(ax, len(labels))
     return fig
 
 
@@ -349,7 +366,7 @@ def report_experiment(args: argparse.Namespace) -> Path:
             detail.items.append(TextItem(f"{spec.name}: not logged by any run"))
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        run_ids = list(dict.fromkeys(df["run_id"]))
+        run_ids = sorted(dict.fromkeys(df["run_id"]), key=lambda r: natural_key(f"{labels.get(r, r)} {r}"))
         for color, rid in zip(_palette(len(run_ids)), run_ids):
             t = df[df["run_id"] == rid].groupby("step")["value"].last().reset_index()
             t = _downsample(t, args.downsample)
@@ -359,7 +376,7 @@ def report_experiment(args: argparse.Namespace) -> Path:
         ax.set_title(f"{args.exp}: {spec.name} per run", fontsize=9)
         ax.grid(alpha=0.3)
         _ylim(ax, args.ylims, spec.split, spec.metric)
-        ax.legend(fontsize=5, loc="best")
+        _legend(ax, len(run_ids))
         detail.items.append(save_figure(fig, outdir, f"detailed-{spec.split}-{spec.metric}",
                                         f"{spec.name} of every run"))
     pivot_sec = Section("Pivot summaries (per-run aggregate; mean ± std (n) across runs)")
@@ -371,7 +388,7 @@ def report_experiment(args: argparse.Namespace) -> Path:
         name = f"pivot-{spec.agg}-{spec.split}-{spec.metric}"
         pivot_sec.items.append(write_table(long, outdir, name, f"{spec.name} per configuration and iw", display=wide))
         fig, ax = plt.subplots(figsize=(6, 4))
-        labs = list(dict.fromkeys(long["label"]))
+        labs = sorted(dict.fromkeys(long["label"]), key=natural_key)
         numeric = pd.to_numeric(long["iw"], errors="coerce")
         for color, lab in zip(_palette(len(labs)), labs):
             t = long[long["label"] == lab].assign(x=numeric).sort_values("x")
@@ -388,7 +405,7 @@ def report_experiment(args: argparse.Namespace) -> Path:
         ax.set_title(f"{args.exp}: {spec.name}", fontsize=9)
         ax.grid(alpha=0.3)
         _ylim(ax, args.ylims, spec.split, spec.metric)
-        ax.legend(fontsize=6)
+        _legend(ax, len(labs))
         pivot_sec.items.append(save_figure(fig, outdir, name, f"{spec.name} vs iw"))
     sections += [curves, detail, pivot_sec]
     render_index(outdir, f"Report: {args.exp}", sections)

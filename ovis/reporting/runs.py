@@ -226,7 +226,7 @@ def read_experiment(root: Union[str, os.PathLike], exp: str, include: Sequence[s
     metric_rows: List[Dict[str, Any]] = []
     for r, cfg in zip(records, cfg_rows):
         steps = [ln["step"] for ln in r.lines]
-        run_rows.append({"run_id": r.run_id, "status": r.status, "lines": len(r.lines),
+        run_rows.append({"run_id": r.run_id, "status": r.status, "has_config": bool(r.config), "lines": len(r.lines),
                          "last_step": max(steps) if steps else None,
                          "problems": "; ".join(r.problems), "path": str(r.path),
                          "error": r.status_info.get("error"), **cfg})
