@@ -34,6 +34,8 @@ __all__ = ["build_manager_parser", "manager_main", "make_snapshot", "SNAPSHOT"]
 log = logging.getLogger("ovis.experiments")
 SNAPSHOT = ".lib_snapshot"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# the source tree: the checkout this package lives in, else (an installed package) the current folder
+DEFAULT_SRC = REPO_ROOT if (REPO_ROOT / "experiments").is_dir() else Path.cwd()
 
 
 def build_manager_parser() -> argparse.ArgumentParser:
@@ -57,7 +59,7 @@ def build_manager_parser() -> argparse.ArgumentParser:
     p.add_argument("--script", default=None, help="job script (overrides the file's `script`, default run.py)")
     p.add_argument("--backend", default="local", choices=("local", "dask"))
     p.add_argument("--address", default=None, help="Dask scheduler address (with --backend dask)")
-    p.add_argument("--src", default=str(REPO_ROOT), help="source tree to snapshot (ovis/, scripts, experiments/)")
+    p.add_argument("--src", default=str(DEFAULT_SRC), help="source tree to snapshot (ovis/, scripts, experiments/)")
     p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between job heartbeats")
     p.add_argument("--grace", type=float, default=60.0, help="a job without heartbeat for this long is lost")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between the manager's checks of the queue")
