@@ -321,3 +321,16 @@ def test_gmm_run_logs_extra_metrics_and_epochs(tmp_path, data_root):
     for ln in lines:
         assert "gmm/posterior_mse" in ln["metrics"] and "gmm/prior_mse" in ln["metrics"]
     assert list((d / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_run_already_running_elsewhere_is_left_alone(tmp_path, data_root, capsys):
+    from filelock import FileLock
+
+    argv = TINY + _common(tmp_path, data_root) + ["--nsteps", "2", "--rf"]
+    d = _run_dir(tmp_path, argv)
+    d.mkdir(parents=True)
+    (d / "keep").write_text("x")
+    with FileLock(str(d.parent / f".{d.name}.lock")):
+        assert main(argv) == 3
+    assert (d / "keep").exists()  # --rf did not delete a running run
+    assert "already running" in capsys.readouterr().err

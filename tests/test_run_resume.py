@@ -68,6 +68,12 @@ def reference(tmp_path_factory):
     assert r.returncode == 0, r.stderr[-3000:]
     lines = _lines(_dir(root))
     assert [x["step"] for x in lines if x["split"] == "test"] == [20, 40, 60]
+    train = {x["step"]: x["metrics"] for x in lines if x["split"] == "train"}
+    # log warm-up over 40 steps from alpha_init 0.5: alpha(x) = 1 - 0.5^(1 - x)
+    assert train[20]["info/alpha"] == pytest.approx(1 - 0.5 ** 0.5)
+    assert train[40]["info/alpha"] == 0.0 and train[60]["info/alpha"] == 0.0
+    # two LR reductions (factor 0.5) at steps 20 and 40; info/lr is the rate of the last step
+    assert [train[s]["info/lr"] for s in (20, 40, 60)] == pytest.approx([3e-3, 1.5e-3, 7.5e-4])
     return lines
 
 
