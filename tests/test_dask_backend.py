@@ -391,6 +391,82 @@ def test_capacity_resources_and_local_specs() -> None:
     assert all(s["options"]["host"] == "127.0.0.1" for s in cpu.values())
 
 
+class _FakeFuture:
+    def __init__(self, status: str = "pending", result=None, exc: Optional[BaseException] = None) -> None:
+        self.status, self._result, self._exc, self.cancelled = status, result, exc, False
+
+    def result(self, timeout=None):
+        return self._result
+
+    def exception(self, timeout=None):
+        return self._exc
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _FakeClient:
+    def __init__(self, workers: Dict[str, Dict]) -> None:
+        self.workers, self.submitted = workers, []
+
+    def scheduler_info(self, n_workers: int = -1) -> Dict:
+        return {"workers": self.workers}
+
+    def submit(self, fn, *args, **kw) -> _FakeFuture:
+        self.submitted.append((args, kw))
+        return _FakeFuture()
+
+
+def test_manager_side_lost_detection_and_requeue_with_a_fake_cluster(tmp_path: Path, monkeypatch, caplog) -> None:
+    from distributed.scheduler import KilledWorker
+
+    from ovis.experiments.dask_backend import ADOPTED
+
+    b, q, _ = _direct_backend(tmp_path, "f", {"args": ["--name a", "--name b", "--name c"]}, monkeypatch)
+    b.client = _FakeClient({"tcp://127.0.0.1:1": {"nthreads": 2, "resources": {}},
+                            "tcp://10.0.0.9:1": {"nthreads": 1, "resources": {}}})
+    b._slots = ["cpu"]
+    b._refresh_capacity(force=True)
+    b._tick()
+    assert len(b.inflight) == 3 and q.counts()["running"] == 3 and len(b.client.submitted) == 3
+    assert all(kw["pure"] is False and "resources" not in kw for _, kw in b.client.submitted)
+    ja, jb, jc = list(b.inflight)
+    # (a) adopted on this host by a process that died, task erred with KilledWorker -> lost, requeued, resubmitted
+    dead = subprocess.Popen([PY, "-c", "pass"])
+    dead.wait()
+    q.update_jobs([ja], {ADOPTED: b.inflight[ja].token, "worker_pid": dead.pid, "worker_start": None,
+                         "worker": "dask:tcp://127.0.0.1:1"})
+    b.inflight[ja].future = _FakeFuture("error", exc=KilledWorker("k", "w", 3))
+    # (b) adopted by a remote worker that Dask still knows; its re-run refused -> keep waiting (heartbeat)
+    q.update_jobs([jb], {ADOPTED: b.inflight[jb].token, "host": "elsewhere", "worker": "dask:tcp://10.0.0.9:1"})
+    b.inflight[jb].future = _FakeFuture("finished", {"ran": False, "reason": "already started"})
+    # (c) the task ended before adopting the claim (cancelled) -> lost, requeued
+    b.inflight[jc].future = _FakeFuture("cancelled")
+    b._tick()
+    assert q.get(jb)["status"] == "running" and jb in b.inflight
+    for j in (ja, jc):
+        d = q.get(j)
+        assert d["status"] == "running" and d["attempts"] == 2, d  # lost -> requeued -> claimed again
+    assert "KilledWorker" in caplog.text
+    assert len(b.client.submitted) == 5
+    # (b') the remote worker left the cluster: lost now, requeued only after a quarantine (its
+    # executor, if merely partitioned, must first see its claim gone and kill the job)
+    del b.client.workers["tcp://10.0.0.9:1"]
+    b.client.workers["tcp://127.0.0.1:2"] = {"nthreads": 1, "resources": {}}  # a new worker joins
+    b._refresh_capacity(force=True)
+    b._tick()
+    assert q.get(jb)["status"] == "lost" and "died" in q.get(jb)["error"] and jb in b.lost_wait
+    assert b.running() and q.get(jb)["status"] == "lost"
+    time.sleep(b.cfg.heartbeat + 2.1)
+    b._tick()
+    assert q.get(jb)["status"] == "running" and q.get(jb)["attempts"] == 2
+    # max_attempts: a job lost that many times stays lost
+    b.max_attempts = 2
+    b.inflight[jb].future = _FakeFuture("error", exc=KilledWorker("k", "w", 3))
+    b._tick()
+    assert q.get(jb)["status"] == "lost" and jb not in b.lost_wait
+
+
 def test_make_backend_dask_is_lazy_and_validates_the_address(tmp_path: Path) -> None:
     from ovis.experiments.dask_backend import DaskBackend
     from ovis.experiments.workers import BackendNotAvailable, WorkerConfig, make_backend
@@ -510,27 +586,13 @@ def test_tls_local_cluster_runs_a_grid_and_refuses_clients_without_credentials(t
 
     from distributed import Client
 
-    from ovis.experiments.dask_backend import DaskBackend, security_from_files
-    from ovis.experiments.grid import load_and_expand
-    from ovis.experiments.manager import make_snapshot
-    from ovis.experiments.workers import WorkerConfig
+    from ovis.experiments.dask_backend import security_from_files
 
     creds = _tls_credentials(tmp_path / "tls")
     sec = security_from_files(creds["ca"], creds["cert"], creds["key"])
     grid = {"args": ["--name x", "--name yy"], "parameters": {"mult": [3], "sleep": [0.2]}}
-    src = _src(tmp_path, "t", grid)
-    cdir = tmp_path / "c"
-    monkeypatch.setenv("FAKE_COUNT_DIR", str(cdir))
-    cdir.mkdir()
-    root = (tmp_path / "runs").resolve()
-    exp, jobs, _ = load_and_expand(src / "experiments" / "t.json")
-    exp_dir = root / "t"
-    (exp_dir / ".logs").mkdir(parents=True)
-    snap = make_snapshot(src, exp_dir, src / "experiments" / "t.json", exp.script, False, False)
-    q = JobQueue(exp_dir)
-    q.add_jobs(jobs)
-    cfg = WorkerConfig("t", exp_dir, root, tmp_path / "data", snap, heartbeat=0.5, poll=0.05, term_timeout=2)
-    b = DaskBackend(cfg, None, security=sec, grace=20)
+    b, q, cdir = _direct_backend(tmp_path, "t", grid, monkeypatch, security=sec)
+    exp_dir = b.cfg.exp_dir
     try:
         b.start(["cpu", "cpu"])
         addr = b.scheduler_address
@@ -611,3 +673,61 @@ def test_sigterm_manager_aborts_dask_jobs_cleanly(tmp_path: Path) -> None:
     q = JobQueue(root / "a")
     assert q.counts()["aborted"] == 2 and q.counts()["running"] == 0, q.all_jobs()
     assert all("abort" in d["error"] for d in q.all_jobs())
+
+
+def _direct_backend(tmp: Path, name: str, grid: Dict, monkeypatch, **kw):
+    r"""A queue with the grid and a DaskBackend driven from this process (no manager)."""
+    from ovis.experiments.dask_backend import DaskBackend
+    from ovis.experiments.grid import load_and_expand
+    from ovis.experiments.manager import make_snapshot
+    from ovis.experiments.workers import WorkerConfig
+
+    src = _src(tmp, name, grid)
+    cdir = tmp / "c"
+    cdir.mkdir()
+    monkeypatch.setenv("FAKE_COUNT_DIR", str(cdir))
+    root = (tmp / "runs").resolve()
+    exp, jobs, _ = load_and_expand(src / "experiments" / f"{name}.json")
+    exp_dir = root / name
+    (exp_dir / ".logs").mkdir(parents=True)
+    snap = make_snapshot(src, exp_dir, src / "experiments" / f"{name}.json", exp.script, False, False)
+    q = JobQueue(exp_dir)
+    q.add_jobs(jobs)
+    cfg = WorkerConfig(name, exp_dir, root, tmp / "data", snap, heartbeat=0.5, poll=0.05, term_timeout=2)
+    return DaskBackend(cfg, None, grace=20, **kw), q, cdir
+
+
+@pytest.mark.slow
+def test_local_cluster_gpu_slots_pin_devices_and_share_gpus(tmp_path: Path, monkeypatch) -> None:
+    # GPU plumbing without a GPU: slots for GPUs 0 and 1 with --processes 2 -> one worker per GPU
+    # (CUDA_VISIBLE_DEVICES pinned, GPU=1 advertised, 2 threads), each task asking GPU=0.5
+    grid = {"args": ["--name a", "--name b", "--name c", "--name d", "--name e", "--name f"],
+            "parameters": {"sleep": [0.8]}}
+    b, q, cdir = _direct_backend(tmp_path, "gpu", grid, monkeypatch)
+    try:
+        b.start(["0", "0", "1", "1"])
+        info = b.client.scheduler_info()["workers"]
+        assert sorted((w["name"], w["resources"].get("GPU"), w["nthreads"]) for w in info.values()) == \
+            [("gpu-0", 1, 2), ("gpu-1", 1, 2)]
+        assert b._gpu_share == 0.5 and b._capacity == 4
+        end = time.monotonic() + 90
+        while b.running() and time.monotonic() < end:
+            time.sleep(0.05)
+    finally:
+        b.stop(5)
+    jobs = q.all_jobs()
+    assert q.counts()["success"] == 6, jobs
+    t = _times(cdir)
+    dev_of = {(x[1], x[2]): line.split()[4] for x, line in
+              zip(t, (cdir / "times.log").read_text().splitlines())}
+    for d in jobs:  # the job saw the device the queue records, its worker's GPU
+        assert d["device"] in ("0", "1") and d["worker"].startswith("dask:tcp://127.0.0.1:")
+        assert dev_of[(d["job_id"], d["pid"])] == d["device"]
+    assert {d["device"] for d in jobs} == {"0", "1"}
+    # at most P = 2 jobs at once per GPU
+    for dev in ("0", "1"):
+        iv = [(s, e) for (w, j, pid, s) in t if w == "start" and dev_of[(j, pid)] == dev
+              for (w2, j2, pid2, e) in t if w2 == "end" and pid2 == pid]
+        for s, _ in iv:
+            assert sum(1 for s2, e2 in iv if s2 <= s < e2) <= 2, f"more than 2 jobs at once on GPU {dev}"
+    _no_overlap(t, {})

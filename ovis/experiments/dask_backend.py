@@ -266,6 +266,7 @@ class _Inflight:
     future: Any
     submitted: float
     done: bool = False  # the future ended but the queue still says running (executor gone?)
+    started: bool = False  # its adoption was logged
 
 
 @dataclass
@@ -506,6 +507,10 @@ class DaskBackend(Backend):
                 del self.inflight[jid]
                 continue
             adopted = d.get(ADOPTED) == f.token
+            if adopted and not f.started:
+                f.started = True
+                log.info("dask: job %s attempt %d started on %s (host %s, worker pid %s, device %s)", jid,
+                         f.attempt, d.get("worker"), d.get("host"), d.get("worker_pid"), d.get("device"))
             st = f.future.status
             if st == "pending":
                 if not adopted and heartbeat_due:
@@ -552,9 +557,12 @@ class DaskBackend(Backend):
         if st == "error":
             try:
                 e = f.future.exception(timeout=5)
-                return f"{type(e).__name__}: {e}"
             except Exception as e2:  # noqa: BLE001
                 return f"error ({type(e2).__name__})"
+            try:
+                return f"{type(e).__name__}: {e}"
+            except Exception:  # noqa: BLE001 - an exception whose str() fails
+                return type(e).__name__
         return st
 
     def _executor_gone(self, d: Dict[str, Any]) -> bool:
