@@ -258,7 +258,7 @@ class IGRPlanar(IGRBase):
             y = y + self._u_hat(l) * torch.tanh(y @ self.flow_w[l] + self.flow_b[l]).unsqueeze(-1)
         return y
 
-    def flow_inverse(self, y: Tensor, iters: int = 100) -> Tensor:
+    def flow_inverse(self, y: Tensor, iters: int = 64) -> Tensor:
         r"""Inverse of :meth:`flow` (bisection on ``a = w^T y`` per layer, then one Newton step
         with gradients so that the result is differentiable in ``y`` and the parameters)."""
         for l in reversed(range(self.num_flows)):
