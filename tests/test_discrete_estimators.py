@@ -22,7 +22,8 @@ from ovis.testing import (
 )
 
 pytestmark = pytest.mark.usefixtures("float64")
-N_DRAWS, MC = 30, 150
+N_DRAWS, MC = 40, 80
+UNBIASED = ["arm", "disarm", "muprop", "simple-muprop", "rebar", "dynamic-rebar", "relax"]
 
 
 def setup():
@@ -34,13 +35,49 @@ def setup():
     return model, x, params, is_phi
 
 
-@pytest.mark.parametrize("K", [1, 2])
-@pytest.mark.parametrize("eid", ["arm", "disarm", "muprop", "simple-muprop"])
+@pytest.mark.parametrize("K", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("eid", UNBIASED)
 def test_unbiased_single_layer_estimators(eid, K):
+    """Unbiased for grad L_K (K=1: the ELBO) in theta and phi, at the runtime temperature 0.3."""
     model, x, params, _ = setup()
     exact = exact_gradients(exact_bound(model, x, K), params)
-    draws = gradient_draws(build_estimator(eid, mc=MC, iw=K), model, x, params, N_DRAWS)
+    draws = gradient_draws(build_estimator(eid, mc=MC, iw=K), model, x, params, N_DRAWS, tau=0.3)
     compare_with_exact(draws, exact)
+
+
+@pytest.mark.parametrize("eid", ["dynamic-rebar", "relax"])
+def test_rebar_relax_unbiased_with_arbitrary_control_variate_parameters(eid):
+    model, x, params, _ = setup()
+    exact = exact_gradients(exact_bound(model, x, 1), params)
+    est = build_estimator(eid, mc=MC, iw=1)
+    with torch.no_grad():
+        est.eta.fill_(-0.7)
+        est.log_tau.fill_(0.4)
+        for p in est.parameters():
+            if p.dim() > 0:
+                p.add_(0.5 * torch.randn_like(p))
+    compare_with_exact(gradient_draws(est, model, x, params, N_DRAWS), exact)
+
+
+def test_variance_adaptation_lowers_the_second_moment():
+    """dynamic-rebar's auxiliary gradient descends E|g_a|^2: a few SGD steps from a bad eta lower it."""
+    model, x, params, _ = setup()
+    est = build_estimator("dynamic-rebar", mc=200, iw=1, eta_init=-1.0)
+
+    def second_moment():
+        return torch.stack([est(model, x)[1]["estimator"]["grad_sq_norm"].mean() for _ in range(10)]).mean()
+
+    before = float(second_moment())
+    opt = torch.optim.SGD(est.parameters(), lr=0.05)
+    for _ in range(30):
+        opt.zero_grad()
+        loss, _, _ = est(model, x)
+        loss.backward()
+        opt.step()
+    after = float(second_moment())
+    eta = float(est.eta.detach())
+    assert eta > -0.5, eta
+    assert after < 0.7 * before, (before, after)
 
 
 def test_a_sign_error_in_arm_is_detected(monkeypatch):

@@ -1,0 +1,159 @@
+r"""REBAR (Tucker et al. 2017), dynamic REBAR, and RELAX (Grathwohl et al. 2018) for one layer of
+Bernoulli latents.
+
+Uses the discrete hooks and the objective of :mod:`ovis.estimators.discrete` (:math:`\mathcal{L}_K`;
+``iw = 1``: the ELBO, as in the papers).  For the logits ``a`` of the ``K*N`` bits of one outer
+sample, with :math:`\theta = \sigma(a)`, :math:`u, v \sim U(0,1)`:
+
+* :math:`z = a + \mathrm{logit}(u)`, :math:`b = H(z) = 1[z > 0] \sim q`;
+* the conditional relaxed sample :math:`\tilde z \sim p(z | b)`: :math:`\tilde z = a +
+  \mathrm{logit}(u')` with :math:`u' = (1-\theta) + v\theta` if ``b = 1`` and :math:`u' = v(1-\theta)`
+  if ``b = 0`` (reparameterised in ``a`` with ``b``, ``v`` held fixed);
+* the estimate of :math:`\nabla_a E[\bar f(b)]`:
+
+  .. math::
+
+      g_a = \big(\bar f(b) - c(\tilde z)\big)(b - \theta) + \nabla_a c(z) - \nabla_a c(\tilde z)
+
+  unbiased for any control variate ``c``.  REBAR: :math:`c(z) = \eta\,\bar f(\sigma(z/\lambda))`
+  (the objective's integrand at the relaxed sample, extended Bernoulli log mass).  RELAX:
+  :math:`c(z) = \eta\,\bar f(\sigma(z/\lambda)) + \sum_{k,i} r_\psi(\sigma(z_{ki}/\lambda), a_{ki})`,
+  ``r_psi`` a small MLP shared by all bits (dimension-free, so it is built at construction;
+  Grathwohl et al. use an MLP on the whole ``z``).
+
+The control-variate parameters (``eta``; ``log_tau`` for ``dynamic-rebar`` and ``relax``; ``psi``)
+are parameters of the estimator (``estimator.parameters()``; ``run.py`` optimises them with
+``--baseline_lr``).  They are trained to minimise the variance of the estimator, through the
+gradient of its squared norm :math:`E\|g_a\|^2` (the logits-level gradient of each data point,
+averaged over the batch; a proxy for the parameter-level variance that Tucker et al. minimise):
+the surrogate loss carries a term whose gradient w.r.t. these parameters is
+:math:`\nabla \mathrm{mean}\|g_a\|^2` and which is zero-valued for the model's parameters.
+
+``rebar`` adapts ``eta`` only and uses the runtime temperature ``tau`` (default 0.5);
+``dynamic-rebar`` also adapts the temperature (``log_tau``, initialised at ``tau_init``; the
+runtime ``tau`` is then ignored).  ``relax`` adapts ``eta``, ``log_tau`` and ``psi``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ovis.estimators.base import RuntimeParams
+from ovis.estimators.discrete import BernoulliEstimator, _uniform
+from ovis.estimators.relaxed import DEFAULT_TAU
+
+__all__ = ["Rebar", "Relax"]
+
+
+class Rebar(BernoulliEstimator):
+    r"""REBAR and dynamic REBAR (see the module docstring).
+
+    Args:
+        dynamic: adapt the temperature too (``dynamic-rebar``).
+        eta_init: initial ``eta``.
+        tau_init: initial temperature of ``dynamic-rebar`` (and of ``relax``).
+        adapt: train the control-variate parameters (``False``: keep them fixed; the estimator is
+            unbiased in both cases).
+    """
+
+    family = "rebar"
+
+    def __init__(self, mc: int = 1, iw: int = 1, dynamic: bool = False, eta_init: float = 1.0,
+                 tau_init: float = DEFAULT_TAU, adapt: bool = True) -> None:
+        super().__init__(mc=mc, iw=iw)
+        if not (math.isfinite(eta_init)):
+            raise ValueError(f"eta_init must be finite, got {eta_init}")
+        if not tau_init > 0:
+            raise ValueError(f"tau_init must be > 0, got {tau_init}")
+        self.dynamic = bool(dynamic)
+        if self.dynamic:
+            self.family = "dynamic-rebar"
+        self.adapt = bool(adapt)
+        self.eta = nn.Parameter(torch.tensor(float(eta_init)))
+        self.log_tau: Optional[nn.Parameter] = (
+            nn.Parameter(torch.tensor(math.log(tau_init))) if self.dynamic else None)
+
+    # --------------------------------------------------------------- control variate
+    def temperature(self, params: RuntimeParams) -> Tensor:
+        if self.log_tau is not None:
+            return self.log_tau.exp()
+        return self.eta.new_tensor(DEFAULT_TAU if params.tau is None else params.tau)
+
+    def cv_parameters(self) -> List[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def control_variate(self, fbar: Any, z: Tensor, a: Tensor, tau: Tensor) -> Tensor:
+        r"""``c(z)`` per outer sample ``[B, M]``."""
+        return self.eta * fbar(torch.sigmoid(z / tau))
+
+    # --------------------------------------------------------------- estimator
+    def score_gradient(self, fbar, a, shape, params):  # type: ignore[no-untyped-def]
+        N = a.shape[1]
+        tau = self.temperature(params)
+        u, v = _uniform(a.shape, a), _uniform(a.shape, a)
+        with torch.no_grad():
+            b = (a + torch.log(u) - torch.log1p(-u) > 0).to(a.dtype)
+            fb = fbar(b)
+        train_cv = self.adapt and self.training and torch.is_grad_enabled() and bool(self.cv_parameters())
+        with torch.enable_grad():
+            a_leaf = a.detach().requires_grad_(True)
+            theta = torch.sigmoid(a_leaf)
+            z = a_leaf + torch.log(u) - torch.log1p(-u)
+            up = torch.where(b > 0, (1 - theta) + v * theta, v * (1 - theta))
+            eps = torch.finfo(a.dtype).eps
+            up = up.clamp(eps, 1 - eps)
+            zt = a_leaf + torch.log(up) - torch.log1p(-up)
+            c_z = self.control_variate(fbar, z, a, tau)
+            c_zt = self.control_variate(fbar, zt, a, tau)
+            (dc,) = torch.autograd.grad((c_z - c_zt).sum(), a_leaf, create_graph=train_cv)
+            g = self.per_bit(fb - c_zt, shape, N) * (b - theta.detach()) + dc
+            aux: Optional[Tensor] = None
+            B, M, K = shape
+            second_moment = (g ** 2).view(B, M, K * N).sum(-1)  # [B, M]
+            if train_cv:
+                cv_params = self.cv_parameters()
+                grads = torch.autograd.grad(second_moment.mean(), cv_params, allow_unused=True)
+                aux = sum((p * gr.detach()).sum() for p, gr in zip(cv_params, grads) if gr is not None)
+                aux = aux - aux.detach()  # value 0, gradient d E|g|^2 / d(cv params)
+        extra = {"grad_sq_norm": second_moment.detach().mean(1),
+                 "eta": self.eta.detach().expand(shape[0]),
+                 "tau": tau.detach().expand(shape[0])}
+        return g.detach(), [b], aux, extra
+
+
+class Relax(Rebar):
+    r"""RELAX: REBAR's control variate plus a learned network ``r_psi`` (module docstring).
+
+    Args:
+        hdim: hidden units of ``r_psi`` (input: the relaxed bit and its logit; tanh).
+        eta_init, tau_init, adapt: as :class:`Rebar` (``eta`` and ``log_tau`` are adapted).
+    """
+
+    family = "relax"
+
+    def __init__(self, mc: int = 1, iw: int = 1, hdim: int = 16, eta_init: float = 1.0,
+                 tau_init: float = DEFAULT_TAU, adapt: bool = True) -> None:
+        super().__init__(mc=mc, iw=iw, dynamic=True, eta_init=eta_init, tau_init=tau_init, adapt=adapt)
+        self.family = "relax"
+        if hdim < 1:
+            raise ValueError(f"hdim must be >= 1, got {hdim}")
+        self.net = nn.Sequential(nn.Linear(2, hdim), nn.Tanh(), nn.Linear(hdim, 1))
+        self._shape: Tuple[int, int, int] = (0, 0, 0)
+
+    def control_variate(self, fbar: Any, z: Tensor, a: Tensor, tau: Tensor) -> Tensor:
+        y = torch.sigmoid(z / tau)
+        w = self.net[0].weight
+        r = self.net(torch.stack([y, a.detach()], dim=-1).to(w.dtype)).squeeze(-1).to(y.dtype)  # [n, N]
+        return self.eta * fbar(y) + self._group_sum(r)
+
+    def _group_sum(self, r: Tensor) -> Tensor:
+        r"""``[B*M*K, N] -> [B, M]`` (sum over the bits of each outer sample)."""
+        B, M, K = self._shape
+        return r.view(B, M, K * r.shape[1]).sum(-1)
+
+    def score_gradient(self, fbar, a, shape, params):  # type: ignore[no-untyped-def]
+        self._shape = shape
+        return super().score_gradient(fbar, a, shape, params)
