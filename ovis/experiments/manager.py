@@ -197,6 +197,7 @@ def manager_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         new = queue.add_jobs(jobs)
         log.info("experiment %s: %d jobs in the grid, %d new in the queue %s", exp_name, len(jobs), len(new), queue.path)
+        _wait_for_orphans(queue, mid, a.term_timeout + 10, stop)
         lost = queue.mark_lost(a.grace)
         if lost:
             log.info("marked lost: %s", ", ".join(lost))
@@ -231,6 +232,30 @@ def manager_main(argv: Optional[Sequence[str]] = None) -> int:
         log.info("stopped by %s", signal.Signals(stop["signal"]).name)
         return 130
     return 0 if counts["success"] == sum(counts.values()) else 1
+
+
+def _wait_for_orphans(queue: JobQueue, mid: str, timeout: float, stop: Dict) -> None:
+    r"""Wait (up to ``timeout`` s) for the jobs of a dead manager's workers on this host to stop.
+
+    A manager killed with SIGKILL leaves its workers, which get SIGTERM and abort their jobs
+    (run.py saves a checkpoint first): waiting lets ``--resume`` requeue those jobs at once.
+    """
+    from ovis.experiments.queue import HOST, pid_alive
+
+    deadline = time.monotonic() + timeout
+    announced = False
+    while stop["signal"] is None:
+        live = {m["manager"] for m in queue.live_managers(grace=float("inf"))}
+        orphans = [d for d in queue.all_jobs() if d["status"] == "running" and d["host"] == HOST
+                   and d.get("manager") and d["manager"] not in live and d["manager"] != mid
+                   and pid_alive(d["worker_pid"], d.get("worker_start"))]
+        if not orphans or time.monotonic() > deadline:
+            return
+        if not announced:
+            log.info("waiting for %d job(s) of a dead manager to stop: %s", len(orphans),
+                     ", ".join(d["job_id"] for d in orphans))
+            announced = True
+        time.sleep(0.2)
 
 
 def _drain(queue: JobQueue, backend, mid: str, a: argparse.Namespace, stop: Dict) -> None:

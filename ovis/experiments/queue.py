@@ -459,7 +459,11 @@ class JobQueue:
         mid = uuid.uuid4().hex[:12]
         now = _now()
         with self.transaction() as db:
-            db.table(MANAGERS).insert({"manager": mid, "host": HOST, "pid": os.getpid(),
+            mt = db.table(MANAGERS)
+            dead = [m.doc_id for m in mt.all() if m["host"] == HOST and not pid_alive(m["pid"], m.get("pid_start"))]
+            if dead:
+                mt.remove(doc_ids=dead)
+            mt.insert({"manager": mid, "host": HOST, "pid": os.getpid(),
                                        "pid_start": process_start_time(os.getpid()),
                                        "started": now, "heartbeat": now,
                                        "max_jobs": max_jobs, "claimed": 0})
