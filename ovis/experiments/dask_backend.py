@@ -352,7 +352,6 @@ class DaskBackend(Backend):
         from distributed import Client
 
         self._slots = list(slots)
-        P = per_gpu_processes(self._slots)
         sec = self.security
         (self.cfg.exp_dir / STOP_DIR).mkdir(parents=True, exist_ok=True)
         if self.address is None:
@@ -381,9 +380,7 @@ class DaskBackend(Backend):
             else:
                 self.client = Client(scheduler_file=a, security=sec, timeout=self.connect_timeout)
             log.info("dask: connected to %s", self.client.scheduler.address)
-        gpu_workers = self._refresh_capacity(force=True)
-        self._gpu_share = (1.0 / P) if gpu_workers else None
-        self._refresh_capacity(force=True)
+        self._refresh_capacity(force=True)  # sets the GPU share when a worker advertises a GPU
         self._tick()
 
     def running(self) -> bool:
@@ -454,8 +451,10 @@ class DaskBackend(Backend):
         except TypeError:  # older distributed
             workers = self.client.scheduler_info()["workers"]
         gpu = any(float((w.get("resources") or {}).get("GPU", 0)) > 0 for w in workers.values())
-        share = self._gpu_share if self._gpu_share is not None else (1.0 / per_gpu_processes(self._slots) if gpu else None)
-        self._capacity = task_capacity(workers, share if gpu else None)
+        if gpu and self._gpu_share is None and not self.inflight and self._slots:
+            self._gpu_share = 1.0 / per_gpu_processes(self._slots)  # GPU workers joined after start
+        # GPU mode is sticky: once tasks ask for a GPU share, workers without GPU count 0
+        self._capacity = task_capacity(workers, self._gpu_share)
         self._worker_addrs = set(workers)
         if self._capacity == 0 and now - self._no_worker_log > 60:
             self._no_worker_log = now
@@ -596,4 +595,3 @@ class DaskBackend(Backend):
             if d is not None and d["status"] == "lost":
                 if queue.requeue(1, job_ids=[jid]):
                     log.info("dask: job %s requeued after being lost (attempt %d)", jid, d["attempts"])
-
