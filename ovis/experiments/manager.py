@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from ovis.experiments.grid import ExperimentError, load_and_expand
 from ovis.experiments.queue import FINAL_STATUSES, JobQueue, QueueError
