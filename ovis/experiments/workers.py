@@ -201,8 +201,13 @@ def run_claimed_job(queue: JobQueue, rec: Dict[str, Any], cfg: WorkerConfig,
         time.sleep(cfg.poll)
     kill_group(proc.pid, signal.SIGKILL)  # children the script left behind
     out = judge(cfg.exp_dir, job_id, rc, aborted, log_path)
-    if not _safe(lambda: queue.finish(job_id, token, out.status, out.exit_code, out.error, out.run_dir), False):
-        log.warning("job %s finished (%s) but its claim was no longer ours: not recorded", job_id, out.status)
+    for attempt in range(5):  # the outcome must reach the queue: retry a lock timeout
+        try:
+            if not queue.finish(job_id, token, out.status, out.exit_code, out.error, out.run_dir):
+                log.warning("job %s finished (%s) but its claim was no longer ours: not recorded", job_id, out.status)
+            break
+        except QueueError as e:
+            log.warning("recording job %s (attempt %d): %s", job_id, attempt + 1, e)
     return out
 
 
