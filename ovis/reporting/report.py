@@ -390,9 +390,11 @@ def report_experiment(args: argparse.Namespace) -> Path:
         fig, ax = plt.subplots(figsize=(6, 4))
         labs = sorted(dict.fromkeys(long["label"]), key=natural_key)
         numeric = pd.to_numeric(long["iw"], errors="coerce")
-        for color, lab in zip(_palette(len(labs)), labs):
+        for i, (color, lab) in enumerate(zip(_palette(len(labs)), labs)):
             t = long[long["label"] == lab].assign(x=numeric).sort_values("x")
-            x = t["x"] if t["x"].notna().all() else np.arange(len(t))
+            x = t["x"] if t["x"].notna().all() else pd.Series(np.arange(len(t)), index=t.index)
+            dodge = 0.025 * (i - (len(labs) - 1) / 2)  # small offset so that error bars do not overlap
+            x = x * np.exp(dodge) if (numeric > 0).all() else x + dodge
             ax.errorbar(x, t["mean"], yerr=t["std"], color=color, label=lab, marker="o", capsize=3)
         if numeric.notna().all() and (numeric > 0).all():
             ax.set_xscale("log")
