@@ -209,7 +209,7 @@ def manager_main(argv: Optional[Sequence[str]] = None) -> int:
         log.info("devices: %s; %d worker(s)", ", ".join(gpus) if gpus else "cpu", len(slots))
         cfg = WorkerConfig(exp=exp_name, exp_dir=exp_dir, root=root, data_root=data_root, snapshot=snap,
                            manager=mid, heartbeat=a.heartbeat, poll=min(0.2, a.poll), term_timeout=a.term_timeout)
-        backend = make_backend(a.backend, cfg, a.address)
+        backend = make_backend(a.backend, cfg, a.address, grace=a.grace, requeue_lost=a.requeue_level >= 1)
         backend.start(slots)
         _drain(queue, backend, mid, a, stop)
     except QueueError as e:

@@ -434,12 +434,18 @@ class DaskBackend(Backend):
         pass
 
 
-def make_backend(name: str, cfg: WorkerConfig, address: Optional[str] = None) -> Backend:
-    r"""The backend called ``name`` (``local`` or ``dask``; :class:`BackendNotAvailable` otherwise)."""
+def make_backend(name: str, cfg: WorkerConfig, address: Optional[str] = None, grace: float = 60.0,
+                 requeue_lost: bool = True) -> Backend:
+    r"""The backend called ``name`` (``local`` or ``dask``; :class:`BackendNotAvailable` otherwise).
+
+    ``grace`` (the manager's ``--grace``) and ``requeue_lost`` (``--requeue_level >= 1``) are
+    passed to the Dask backend, which watches its own tasks; the local manager marks lost jobs
+    itself.
+    """
     if name == "local":
         if address:
             raise BackendNotAvailable("--address is only meaningful with --backend dask")
         return LocalBackend(cfg)
     if name == "dask":
-        return DaskBackend(cfg, address)
+        return DaskBackend(cfg, address, grace=grace, requeue_lost=requeue_lost)
     raise BackendNotAvailable(f"unknown backend {name!r} (valid: local, dask)")
