@@ -48,6 +48,8 @@ def log(what):
         f.flush()
         os.fsync(f.fileno())
 log("start")
+if os.path.exists(os.path.join(cdir, "fast")):  # a test's switch: reruns need not wait
+    a.sleep = min(a.sleep, 0.3)
 run = os.path.join(a.root, a.exp, jid)
 os.makedirs(run, exist_ok=True)
 def status(s, err=None):
@@ -736,3 +738,37 @@ def test_local_cluster_gpu_slots_pin_devices_and_share_gpus(tmp_path: Path, monk
         for s, _ in iv:
             assert sum(1 for s2, e2 in iv if s2 <= s < e2) <= 2, f"more than 2 jobs at once on GPU {dev}"
     _no_overlap(t, {})
+
+
+@pytest.mark.slow
+def test_sigkill_manager_local_cluster_leaves_no_orphans_and_resume_finishes(tmp_path: Path) -> None:
+    src = _src(tmp_path, "o", {"args": ["--name a", "--name b", "--name c"], "parameters": {"sleep": [30]}})
+    root = tmp_path / "runs"
+    cdir = tmp_path / "c"
+    env = _env(cdir)
+    m = subprocess.Popen(_manager(src, "o", root, "--processes", "2", "--backend", "dask"), env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert wait_for(lambda: len(_times(cdir)) == 2, 60)
+        job_pids = [x[2] for x in _times(cdir)]
+        q = JobQueue(root / "o")
+        worker_pids = {d["worker_pid"] for d in q.all_jobs() if d["status"] == "running"}
+        assert len(worker_pids) == 2 and m.pid not in worker_pids
+        os.kill(m.pid, signal.SIGKILL)
+        m.wait()
+        # the LocalCluster's workers die with the manager, and the jobs with their workers
+        assert wait_for(lambda: not any(pid_alive(p) for p in worker_pids | set(job_pids)), 20), \
+            "orphaned Dask workers or jobs"
+    finally:
+        try:
+            os.killpg(m.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    died = {p: time.time() for p in job_pids}
+    (cdir / "fast").touch()  # the rerun's jobs sleep 0.3 s
+    r = _run(_manager(src, "o", root, "--processes", "2", "--backend", "dask", "--resume"), env)
+    assert r.returncode == 0, r.stderr
+    c = JobQueue(root / "o").counts()
+    assert c["success"] == 3 and sum(c.values()) == 3
+    assert sorted(d["attempts"] for d in JobQueue(root / "o").all_jobs()) == [1, 2, 2]  # the killed two reran
+    _no_overlap(_times(cdir), died)
