@@ -16,8 +16,16 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 install: $(STAMP)
 
+DATA_ROOT ?= ../shared/data
+DEMO_REPORT := --keys estimator,iw --metrics test:loss/L_k,test:gmm/posterior_mse,test:gmm/prior_mse,train:grads/snr \
+	--pivot_metrics max:test:loss/L_k,last:test:gmm/posterior_mse,last:test:gmm/prior_mse,last:train:grads/snr
+
+# The main job: experiments/demo.json (the Gaussian mixture model of Figure 2, five estimators,
+# two values of K) drained by 2 worker processes, then its report (reports/demo/index.html).
 demo: install
-	$(PY) -m ovis.training.demo
+	$(PY) manager.py --exp demo --processes 2 --rf --root runs/ --data_root $(DATA_ROOT)
+	$(PY) report.py --exp demo --root runs/ --output reports/ $(DEMO_REPORT)
+	@echo "report: reports/demo/index.html"
 
 test: install
 	$(PY) -m pytest -q
