@@ -145,10 +145,6 @@ def build_report_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _Parser(argparse.ArgumentParser):
-    pass
-
-
 def parse_report_args(argv: Sequence[str]) -> argparse.Namespace:
     r"""Parse and validate; raises :class:`ReportArgumentError` on bad input."""
     parser = build_report_parser()

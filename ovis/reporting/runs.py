@@ -21,7 +21,6 @@ the other exists, or a bad metrics line in the middle of the file).
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +243,3 @@ def read_experiment(root: Union[str, os.PathLike], exp: str, include: Sequence[s
     return ExperimentData(exp=exp, root=root, records=records, runs=runs, metrics=metrics,
                           config_columns=config_columns)
 
-
-def finite(values: Iterable[float]) -> List[float]:
-    return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
