@@ -28,8 +28,10 @@ Protocol (worker side, :func:`execute_job_task`)
 
 The task function reaches the workers *by value* (a small bootstrap that puts the experiment's
 snapshot ``<root>/<exp>/.lib_snapshot`` first on ``sys.path`` and imports this module from it):
-workers need Dask, PyTorch and the job's dependencies, not an installed ``ovis``, and they run the
-snapshot's code like the local backend.  All paths are absolute, so every machine must mount the
+workers need Dask, PyTorch and the job's dependencies, not an installed ``ovis``.  The jobs
+themselves always run from their experiment's snapshot (subprocesses); the task code of a
+long-lived worker is the first one it imported (``ovis`` already on its path, or the first
+snapshot it saw).  All paths are absolute, so every machine must mount the
 shared ``runs/`` and ``data/`` folders at the same paths.
 
 Without ``--address`` a :class:`distributed.LocalCluster` is started on ``127.0.0.1`` (processes;
@@ -54,7 +56,7 @@ import types
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ovis.experiments.queue import HOST, JobQueue, QueueError, kill_group, pid_alive, process_start_time
 from ovis.experiments.workers import Backend, BackendNotAvailable, WorkerConfig, run_claimed_job
