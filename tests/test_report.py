@@ -239,6 +239,29 @@ def test_bad_arguments_are_rejected(argv, tmp_path, capsys):
     assert report_main(["--exp", "x", "--root", str(tmp_path), *argv]) == 2
 
 
+def test_grid_jobs_without_a_run_are_listed(runs_root, tmp_path, capsys):
+    from ovis.experiments.grid import load_and_expand
+
+    grid = {"description": "d", "args": ["--estimator ovis-gamma1", "--estimator vimco-arithmetic"],
+            "global": "--silent", "parameters": {"iw": [5], "seed": [1, 7], "dataset": ["gmm"]}}
+    f = tmp_path / f"{EXP}.json"
+    f.write_text(json.dumps(grid))
+    _, jobs, _ = load_and_expand(f, validate=False)
+    # a run directory written for the first job (found through the job id its config records)
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / EXP, root / EXP)
+    cfg = json.loads((root / EXP / "run000" / "config.json").read_text())
+    cfg["job_id"] = jobs[0].job_id
+    (root / EXP / "run000" / "config.json").write_text(json.dumps(cfg))
+    assert report_main(["--exp", EXP, "--root", str(root), "--output", str(tmp_path / "o"),
+                        "--experiment_file", str(f)]) == 0
+    table = pd.read_csv(tmp_path / "o" / EXP / "grid.csv")
+    assert len(table) == 4
+    assert table.set_index("job_id").loc[jobs[0].job_id, "status"] == "success"
+    assert (table["status"] == "missing").sum() == 3
+    assert "3 without a successful run" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- headless Chromium
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

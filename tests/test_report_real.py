@@ -81,6 +81,14 @@ def test_report_on_real_runs(real_runs, tmp_path):
         assert row["n"].item() == 2
     curves = pd.read_csv(out / "curves-train-loss_L_k.csv")
     assert curves["step"].nunique() >= 3 and (curves["n"] == 2).all()
+    # the grid with a third seed: its 4 jobs are listed as missing
+    grid3 = dict(RUN_GRID, parameters=dict(RUN_GRID["parameters"], seed=[1, 2, 3]))
+    (tmp_path / "tiny-gmm.json").write_text(json.dumps(grid3))
+    assert report(["--exp", "tiny-gmm", "--root", str(root), "--output", str(tmp_path / "g"), "--keys", "estimator,iw",
+                   "--experiment_file", str(tmp_path / "tiny-gmm.json")]) == 0
+    g = pd.read_csv(tmp_path / "g" / "tiny-gmm" / "grid.csv")
+    assert len(g) == 12 and (g["status"] == "success").sum() == 8
+    assert sorted(g.loc[g["status"] == "missing", "command"].str.contains("--seed 3")) == [True] * 4
     from test_report import chromium_dom, _marker
 
     dom = chromium_dom(out / "index.html", screenshot=out / "screenshot.png")

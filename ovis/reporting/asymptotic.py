@@ -144,7 +144,7 @@ def _distributions(stats: pd.DataFrame, samples: Dict[Tuple[str, int], Path], co
     return fig
 
 
-def report_asymptotic(root: str, exps: Sequence[str], output: str) -> Path:
+def report_asymptotic(root: str, exps: Sequence[str], output: str, experiment_files: Optional[str] = None) -> Path:
     stats, runs, samples = load_statistics(root, exps)
     outdir = Path(output) / safe_name("+".join(exps))
     outdir.mkdir(parents=True, exist_ok=True)
@@ -157,6 +157,17 @@ def report_asymptotic(root: str, exps: Sequence[str], output: str) -> Path:
                         "problems") if c in runs.columns]
     sections = [Section("Runs", [TextItem("\n".join(summary)),
                                  write_table(runs, outdir, "runs", "Run directories", display=runs[cols])])]
+    from ovis.reporting.report import grid_items
+    from ovis.reporting.runs import read_experiment as _read
+
+    files = [f.strip() for f in (experiment_files or "").split(",") if f.strip()]
+    for i, exp in enumerate(exps):
+        ef = files[i] if i < len(files) else None
+        items = grid_items(ef, exp, _read(root, exp), outdir)
+        for it in items:  # one grid table per experiment
+            if hasattr(it, "files") and len(exps) > 1:
+                it.caption = f"{exp}: {it.caption}"
+        sections[0].items += items if len(exps) == 1 else [x for x in items if not hasattr(x, "files")]
     if stats.empty:
         sections.append(Section("Figure 1", [TextItem("no statistics yet: no run has finished")]))
         render_index(outdir, "Figure 1: asymptotic variance", sections)
@@ -188,10 +199,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--exp", default="asymptotic-variance", help="experiment(s), comma-separated")
     p.add_argument("--root", default="runs/")
     p.add_argument("--output", default="reports/")
+    p.add_argument("--experiment_file", default=None,
+                   help="grid file(s), comma-separated in the order of --exp, to list missing jobs "
+                        "(default experiments/<exp>.json when it exists; 'none' to skip)")
     args = p.parse_args(sys.argv[1:] if argv is None else list(argv))
     exps = [e.strip() for e in args.exp.split(",") if e.strip()]
     try:
-        outdir = report_asymptotic(args.root, exps, args.output)
+        outdir = report_asymptotic(args.root, exps, args.output, args.experiment_file)
     except NoRunsError as e:
         print(f"report_asymptotic_variance.py: error: {e}", file=sys.stderr)
         return 1

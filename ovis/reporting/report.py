@@ -142,6 +142,9 @@ def build_report_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", default="", help="drop runs matching any of these patterns (PAT,...)")
     p.add_argument("--ylims", default="", help="metric:lo:hi,... y-axis limits")
     p.add_argument("--downsample", type=int, default=0, help="at most N points per curve (0: all)")
+    p.add_argument("--experiment_file", default=None,
+                   help="the grid, to list the jobs without a finished run (default experiments/<exp>.json "
+                        "when it exists; 'none' to skip)")
     return p
 
 
@@ -342,6 +345,7 @@ def report_experiment(args: argparse.Namespace) -> Path:
                                              display=runs[status_cols])])]
     if notes:
         sections[0].items.insert(0, TextItem("\n".join(notes)))
+    sections[0].items += grid_items(args.experiment_file, args.exp, data, outdir)
 
     curves = Section("Learning curves (mean +- std across runs of a configuration)")
     for spec in metrics:
@@ -408,6 +412,31 @@ def report_experiment(args: argparse.Namespace) -> Path:
     sections += [curves, detail, pivot_sec]
     render_index(outdir, f"Report: {args.exp}", sections)
     return outdir
+
+
+def grid_items(experiment_file: Optional[str], exp: str, data: ExperimentData, outdir: Path) -> List[Any]:
+    r"""The page items listing the grid's jobs without a successful run (``grid.csv``)."""
+    from ovis.reporting.grid import grid_status
+
+    if experiment_file == "none":
+        return []
+    path = Path(experiment_file) if experiment_file else Path("experiments") / f"{exp}.json"
+    if not path.exists():
+        if experiment_file:
+            return [TextItem(f"experiment file {path} not found: missing configurations not listed")]
+        return []
+    try:
+        grid = grid_status(path, exp, data)
+    except (ValueError, OSError) as e:
+        return [TextItem(f"experiment file {path} could not be read ({e}): missing configurations not listed")]
+    pending = grid[grid["status"] != "success"]
+    counts = grid["status"].value_counts().to_dict()
+    text = (f"grid {path}: {len(grid)} job(s): " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+            + ("" if pending.empty else f"; {len(pending)} without a successful run (listed below)"))
+    if not pending.empty:
+        print(text, file=sys.stderr)
+    return [TextItem(text), write_table(grid, outdir, "grid", "Every job of the grid and the status of its run",
+                                        display=pending if not pending.empty else grid.head(0))]
 
 
 def _status_summary(runs: pd.DataFrame) -> str:
