@@ -22,7 +22,17 @@ from ovis.testing import (
 )
 
 pytestmark = pytest.mark.usefixtures("float64")
-N_DRAWS, MC = 40, 80
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run many tiny tensor ops: intra-op threads only add contention on a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+N_DRAWS, MC = 40, 150
 UNBIASED = ["arm", "disarm", "muprop", "simple-muprop", "rebar", "dynamic-rebar", "relax"]
 
 
@@ -35,7 +45,7 @@ def setup():
     return model, x, params, is_phi
 
 
-@pytest.mark.parametrize("K", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("K", [1, 2])
 @pytest.mark.parametrize("eid", UNBIASED)
 def test_unbiased_single_layer_estimators(eid, K):
     """Unbiased for grad L_K (K=1: the ELBO) in theta and phi, at the runtime temperature 0.3."""
@@ -142,3 +152,62 @@ def test_single_layer_estimators_refuse_deep_models_and_models_without_hooks(eid
         est(LinearGaussianModel(D=3), torch.randn(2, 3))
     with pytest.raises(ValueError, match="alpha"):
         est(BernoulliToyModel(), torch.ones(2, 4), alpha=0.5)
+
+
+# ---------------------------------------------------------------------------- relaxations: bias
+def relaxed_bias(eid, model, x, params, exact, tau, n_draws=20, mc=1000):
+    draws = gradient_draws(build_estimator(eid, mc=mc, iw=1), model, x, params, n_draws, tau=tau).double()
+    mean, stderr = draws.mean(0), draws.std(0) / n_draws ** 0.5
+    return float((mean - exact).norm()), float(stderr.norm())
+
+
+def test_concrete_bias_shrinks_as_the_temperature_falls():
+    """Measured (toy model, K=1, 20 draws x mc=1000): |bias| ~ 0.20, 0.09, 0.03 at tau 1, 0.5, 0.2
+    (|exact| = 1.0); each step down must be larger than 4 standard errors of the difference."""
+    model, x, params, _ = setup()
+    exact = exact_gradients(exact_bound(model, x, 1), params).double()
+    results = [relaxed_bias("concrete", model, x, params, exact, tau) for tau in (1.0, 0.5, 0.2)]
+    for (b_hi, s_hi), (b_lo, s_lo) in zip(results, results[1:]):
+        assert b_hi - b_lo > 4 * (s_hi ** 2 + s_lo ** 2) ** 0.5, results
+    # and the bias at tau = 1 is real (many standard errors)
+    assert results[0][0] > 10 * results[0][1], results
+
+
+def test_straight_through_bias_is_measured_and_does_not_vanish():
+    """On a toy model with a strongly non-linear decoder (weights x4), straight-through's bias
+    plateaus as tau falls (measured: |bias| ~ 0.43, 0.21, 0.15, 0.15 at tau 1, 0.3, 0.1, 0.03 for
+    |exact| = 1.65) while concrete's falls to noise (0.33, 0.10, 0.04, 0.03)."""
+    model = BernoulliToyModel(seed=1)
+    with torch.no_grad():
+        model.generative_model.decoder.weight.mul_(4)
+    x = torch.bernoulli(torch.full((3, 4), 0.5), generator=torch.Generator().manual_seed(5))
+    params = list(model.parameters())
+    exact = exact_gradients(exact_bound(model, x, 1), params).double()
+    st = {tau: relaxed_bias("straight-through", model, x, params, exact, tau, mc=2000) for tau in (1.0, 0.1)}
+    for tau, (bias, se) in st.items():
+        assert bias > 4 * se, (tau, bias, se)
+    assert st[0.1][0] > 0.05 * float(exact.norm()), st
+
+
+# ---------------------------------------------------------------------------- variance vs reinforce
+@pytest.mark.parametrize("eid", ["rebar", "relax", "disarm"])
+def test_lower_gradient_variance_than_reinforce(eid):
+    """Total variance (trace of the covariance) of the gradient of all parameters at K=1, same model
+    and parameters, from 100 draws, each on a batch of 60 (20 copies of 3 points).  One-sided
+    normal test of V_reinforce > V_estimator at the declared failure rate 1e-3 (z > 3.09); the
+    variances' standard errors from the spread of the squared deviations.  Measured ratios
+    (mc=1, 300 draws): reinforce/rebar ~ 6.8, reinforce/relax ~ 8.9, reinforce/disarm ~ 17
+    (arm ~ 11, muprop ~ 9, nvil ~ 8)."""
+    model, _, params, _ = setup()
+    x = torch.bernoulli(torch.full((3, 4), 0.5), generator=torch.Generator().manual_seed(5)).repeat(20, 1)
+
+    def variance(e):
+        d = gradient_draws(build_estimator(e, mc=1, iw=1), model, x, params, 100, tau=0.5)
+        s = ((d - d.mean(0)) ** 2).sum(1)
+        return float(s.mean()), float(s.std() / len(s) ** 0.5)
+
+    v_r, se_r = variance("reinforce")
+    v_e, se_e = variance(eid)
+    z = (v_r - v_e) / (se_r ** 2 + se_e ** 2) ** 0.5
+    assert z > 3.09, (v_r, se_r, v_e, se_e, z)
+    assert v_r / v_e > 2.0, (v_r, v_e)

@@ -54,7 +54,8 @@ __all__ = ["bernoulli_log_prob", "check_discrete_model", "BernoulliEstimator", "
 def bernoulli_log_prob(logits: Tensor, z: Tensor) -> Tensor:
     r""":math:`\sum_i z_i \log\sigma(a_i) + (1-z_i)\log\sigma(-a_i)`, ``[n, N] -> [n]``; defined
     (and differentiable) for relaxed ``z`` in ``[0, 1]`` too."""
-    return -F.binary_cross_entropy_with_logits(logits, z, reduction="none").reshape(z.shape[0], -1).sum(-1)
+    # z * a - softplus(a) (F.binary_cross_entropy_with_logits is ~100x slower on CPU here)
+    return (z * logits - F.softplus(logits)).reshape(z.shape[0], -1).sum(-1)
 
 
 def check_discrete_model(model: nn.Module, family: str, max_depth: Optional[int] = None) -> int:

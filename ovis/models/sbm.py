@@ -141,7 +141,7 @@ class SigmoidBeliefNetwork(TemplateModel):
             raise ValueError(f"log_joint_at needs {self.depth} latent layers, got {len(z)}")
 
         def lp(logits: Tensor, v: Tensor) -> Tensor:
-            return -F.binary_cross_entropy_with_logits(logits, v, reduction="none").reshape(v.shape[0], -1).sum(-1)
+            return (v * logits - F.softplus(logits)).reshape(v.shape[0], -1).sum(-1)
 
         n = z[0].shape[0]
         log_px = lp(self.generative_model.layers[0](2 * z[0] - 1), x.reshape(n, -1))

@@ -117,10 +117,11 @@ class BernoulliToyModel(EnumerableModel):
     def log_joint_at(self, x: Tensor, z: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         r"""``(log p(x|z) [n], log p(z) [n, 1])`` at given, possibly relaxed, ``z = [z_1]``."""
         (z1,) = z
-        bce = torch.nn.functional.binary_cross_entropy_with_logits
-        log_px = -bce(self.generative_model.decoder(z1), x, reduction="none").sum(-1)
+        softplus = torch.nn.functional.softplus
+        px_logits = self.generative_model.decoder(z1)
+        log_px = (x * px_logits - softplus(px_logits)).sum(-1)
         prior = self.generative_model.prior_logits.expand_as(z1)
-        return log_px, -bce(prior, z1, reduction="none").sum(-1, keepdim=True)
+        return log_px, (z1 * prior - softplus(prior)).sum(-1, keepdim=True)
 
 
 class CategoricalToyModel(EnumerableModel):
