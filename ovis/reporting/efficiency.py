@@ -1,7 +1,7 @@
 r"""``measure_efficiency.py``: memory use and time per training step of each estimator vs K.
 
 ``python measure_efficiency.py [--model sbm|gaussian-vae] [--estimators a,b,c] [--iw 5,10,50]
-[--steps 5] [--bs 24] [--N 200] [--device auto|cpu|cuda] [--output reports/] [--tag NAME]``
+[--steps 5] [--bs 24] [--N 200] [--device auto|cpu|cuda] [--threads 1] [--output reports/] [--tag NAME]``
 
 The model is the paper's 1-layer sigmoid belief network (``--model sbm``: 200 Bernoulli units,
 linear networks, batch 24) or the Gaussian VAE (``--model gaussian-vae``: 200 normal units, tanh
@@ -12,7 +12,9 @@ A step is: the estimator's surrogate loss (``mc = 1``, ``iw = K``), ``backward``
 Measured, per estimator and K:
 
 * ``time_per_step_s``: the median wall time of ``--steps`` steps after one warm-up step
-  (``torch.cuda.synchronize`` around each step on the GPU);
+  (``torch.cuda.synchronize`` around each step on the GPU); ``cpu_time_per_step_s``: the median
+  CPU time of this process (all threads) per step -- on a shared CPU machine wall time is inflated
+  by other processes, CPU time much less so;
 * ``saved_MB``: the memory held by the autograd graph at ``backward`` -- the bytes of the distinct
   tensor storages saved for backward (``torch.autograd.graph.saved_tensors_hooks``): on the CPU this
   is the part of the step's memory that grows with K (it ignores short-lived temporaries);
@@ -101,19 +103,21 @@ def measure_step(model: torch.nn.Module, estimator_id: str, K: int, x: torch.Ten
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda else None
     opt.zero_grad(set_to_none=True)
     saved = _saved_bytes(forward)
     holder["loss"].backward()
     opt.zero_grad(set_to_none=True)
     return {"estimator": estimator_id, "iw": K, "time_per_step_s": statistics.median(times),
+            "cpu_time_per_step_s": statistics.median(cpu_times),
             "saved_MB": saved / 2 ** 20, "cuda_peak_MB": peak, "steps": steps}
 
 
@@ -133,10 +137,11 @@ def measure(model_name: str, estimators: Sequence[str], Ks: Sequence[int], steps
             log(f"{est} K={K}: {r['time_per_step_s'] * 1e3:.1f} ms/step, saved {r['saved_MB']:.1f} MB"
                 + (f", cuda peak {r['cuda_peak_MB']:.1f} MB" if r["cuda_peak_MB"] is not None else ""))
             rows.append(r)
-    return pd.DataFrame(rows, columns=["estimator", "iw", "time_per_step_s", "saved_MB", "cuda_peak_MB", "steps"])
+    return pd.DataFrame(rows, columns=["estimator", "iw", "time_per_step_s", "cpu_time_per_step_s", "saved_MB",
+                                       "cuda_peak_MB", "steps"])
 
 
-def _figure(df: pd.DataFrame, title: str) -> Any:
+def _figure(df: pd.DataFrame, title: str, device_is_cpu: bool = False) -> Any:
     import matplotlib.pyplot as plt
 
     from ovis.reporting.report import _palette
@@ -147,9 +152,11 @@ def _figure(df: pd.DataFrame, title: str) -> Any:
     for color, est in zip(_palette(len(ests)), ests):
         t = df[df["estimator"] == est].sort_values("iw")
         axes[0].plot(t["iw"], t["time_per_step_s"] * 1e3, marker="o", color=color, label=est)
+        if device_is_cpu:
+            axes[0].plot(t["iw"], t["cpu_time_per_step_s"] * 1e3, marker="x", linestyle=":", color=color)
         for ax, c in zip(axes[1:], mem_cols):
             ax.plot(t["iw"], t[c], marker="o", color=color, label=est)
-    axes[0].set_ylabel("time per step (ms)")
+    axes[0].set_ylabel("time per step (ms)" + ("; dotted: CPU time" if device_is_cpu else ""))
     for ax, c in zip(axes[1:], mem_cols):
         ax.set_ylabel({"saved_MB": "memory saved for backward (MB)", "cuda_peak_MB": "CUDA peak memory (MB)"}[c])
     for ax in axes:
@@ -184,6 +191,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--bs", type=int, default=24, help="batch size (the paper: 24)")
     p.add_argument("--N", type=int, default=200, help="latent units (the paper: 200)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: timings on a shared machine are much steadier; "
+                        "0 keeps torch's default)")
     p.add_argument("--output", default="reports/")
     p.add_argument("--tag", default="", help="suffix of the output folder")
     p.add_argument("--silent", action="store_true")
@@ -192,6 +202,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error("--steps, --bs and --N must be >= 1")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # as run.py does: denormals slow score-function training
     ests = [e.strip() for e in (args.estimators or DEFAULT_ESTIMATORS[args.model]).split(",") if e.strip()]
     log = (lambda m: None) if args.silent else (lambda m: print(m, flush=True))
     df = measure(args.model, ests, args.iw, args.steps, args.bs, args.N, device, log)
@@ -200,11 +214,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     outdir = Path(args.output) / (f"efficiency-{args.model}" + (f"-{args.tag}" if args.tag else ""))
     title = (f"{args.model} (N={args.N}, batch {args.bs}) on {device.type}"
+             f"{f' ({torch.get_num_threads()} thread(s))' if device.type == 'cpu' else ''}"
              f"{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}: median of {args.steps} steps")
-    disp = df.assign(ms_per_step=(df["time_per_step_s"] * 1e3).round(2), saved_MB=df["saved_MB"].round(2))
-    disp = disp[["estimator", "iw", "ms_per_step", "saved_MB", "cuda_peak_MB"]]
+    disp = df.assign(ms_per_step=(df["time_per_step_s"] * 1e3).round(2),
+                     cpu_ms_per_step=(df["cpu_time_per_step_s"] * 1e3).round(2), saved_MB=df["saved_MB"].round(2))
+    disp = disp[["estimator", "iw", "ms_per_step", "cpu_ms_per_step", "saved_MB", "cuda_peak_MB"]]
     sections = [Section("Efficiency", [TextItem(title),
-                                       save_figure(_figure(df, title), outdir, "efficiency",
+                                       save_figure(_figure(df, title, device.type == "cpu"), outdir, "efficiency",
                                                    "time per training step and memory vs K (log-log)"),
                                        write_table(df, outdir, "efficiency", "time and memory per estimator and K",
                                                    display=disp)])]
