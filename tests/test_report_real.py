@@ -147,3 +147,7 @@ def test_asymptotic_report_on_real_runs(real_runs, tmp_path):
     assert set(slopes.index) == {"pathwise-iwae", "ovis-gamma0"}
     assert slopes.loc["ovis-gamma0", "slope_snr"] > 0.2
     assert (tmp_path / "tiny-av" / "figure1.png").exists()
+    from test_report import chromium_dom, _marker
+
+    dom = chromium_dom(tmp_path / "tiny-av" / "index.html", screenshot=tmp_path / "tiny-av" / "screenshot.png")
+    assert int(_marker(dom, "data-images-ok")) == int(_marker(dom, "data-images-total")) == 2

@@ -64,6 +64,9 @@ def load_statistics(root: str, exps: Sequence[str]) -> Tuple[pd.DataFrame, pd.Da
                 if f.exists():
                     samples[(x["estimator"], int(x["iw"]))] = f
         r["statistics"] = notes
+        # asymptotic_variance.py writes statistics.json, not metrics.jsonl: not a problem here
+        r["problems"] = r["problems"].map(
+            lambda t: "; ".join(x for x in str(t).split("; ") if x and x != "metrics.jsonl missing"))
         runs.append(r)
     stats = pd.DataFrame(rows, columns=["exp", "run_id", "estimator", "iw", *STATISTICS, "mc_samples"])
     # one row per (estimator, iw): the last run read wins should two runs hold the same pair
