@@ -139,7 +139,51 @@ def test_nvil_running_statistics_update_in_training_only():
     assert est.scale >= 1.0
 
 
-@pytest.mark.parametrize("eid", ["arm", "disarm", "muprop", "simple-muprop", "rebar", "dynamic-rebar", "relax"])
+def two_layer_sbn():
+    from ovis.models.sbm import SigmoidBeliefNetwork
+
+    torch.manual_seed(3)
+    model = SigmoidBeliefNetwork((3,), N=2, depth=2, nlayers=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p))
+    x = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    return model, x, list(model.parameters())
+
+
+def exact_sbn_elbo(model, x):
+    """The ELBO of a 2-layer SBN by enumeration of the 16 configurations of (z_1, z_2)."""
+    import itertools
+
+    from ovis.estimators.discrete import bernoulli_log_prob
+
+    confs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)))
+    total = 0.0
+    for xi in x:
+        xr = xi.expand(16, 3)
+        z1, z2 = confs[:, :2], confs[:, 2:]
+        lq = bernoulli_log_prob(model.q_logits(0, xr), z1) + bernoulli_log_prob(model.q_logits(1, z1), z2)
+        log_px, log_pz = model.log_joint_at(xr, [z1, z2])
+        total = total + (lq.exp() * (log_px + log_pz.sum(-1) - lq)).sum()
+    return total / x.shape[0]
+
+
+@pytest.mark.parametrize("eid", ["arm", "disarm"])
+def test_arm_disarm_layerwise_on_a_two_layer_sbn_are_unbiased(eid):
+    model, x, params = two_layer_sbn()
+    exact = exact_gradients(exact_sbn_elbo(model, x), params)
+    draws = gradient_draws(build_estimator(eid, mc=MC, iw=1), model, x, params, N_DRAWS)
+    compare_with_exact(draws, exact)
+
+
+def test_reinforce_agrees_with_the_two_layer_enumeration():
+    """The enumeration above is right: reinforce (unbiased, tested elsewhere) agrees with it."""
+    model, x, params = two_layer_sbn()
+    exact = exact_gradients(exact_sbn_elbo(model, x), params)
+    compare_with_exact(gradient_draws(build_estimator("reinforce", mc=400, iw=1), model, x, params, N_DRAWS), exact)
+
+
+@pytest.mark.parametrize("eid", ["muprop", "simple-muprop", "rebar", "dynamic-rebar", "relax"])
 def test_single_layer_estimators_refuse_deep_models_and_models_without_hooks(eid):
     from ovis.models.sbm import SigmoidBeliefNetwork
 
@@ -148,6 +192,15 @@ def test_single_layer_estimators_refuse_deep_models_and_models_without_hooks(eid
     est = build_estimator(eid, mc=1, iw=1)
     with pytest.raises(ValueError, match="single-stochastic-layer"):
         est(sbn, x)
+    assert_refuses_other_models(est)
+
+
+@pytest.mark.parametrize("eid", ["arm", "disarm", "concrete", "straight-through"])
+def test_any_depth_estimators_refuse_models_without_hooks(eid):
+    assert_refuses_other_models(build_estimator(eid, mc=1, iw=1))
+
+
+def assert_refuses_other_models(est):
     with pytest.raises(TypeError, match="latent_depth"):
         est(LinearGaussianModel(D=3), torch.randn(2, 3))
     with pytest.raises(ValueError, match="alpha"):

@@ -96,11 +96,20 @@ class BernoulliEstimator(GradientEstimator):
 
     family = "bernoulli"
     supports_alpha = False
+    #: the deepest model supported (``None``: any, through :meth:`compute_layerwise`)
+    max_depth: Optional[int] = 1
+
+    def compute_layerwise(
+        self, model: nn.Module, x: Tensor, params: RuntimeParams, depth: int
+    ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        raise NotImplementedError  # pragma: no cover - guarded by max_depth
 
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
-        check_discrete_model(model, self.family, max_depth=1)
+        depth = check_discrete_model(model, self.family, max_depth=self.max_depth)
+        if depth > 1:
+            return self.compute_layerwise(model, x, params, depth)
         B, M, K = x.shape[0], self.mc, self.iw
         x_exp = self.expand(x, M, K)
         a = model.q_logits(0, x_exp)  # [n, N], attached to phi
@@ -166,11 +175,20 @@ class ARM(BernoulliEstimator):
     objective is the ELBO, as in both papers; with ``iw = K`` the bits of the ``K`` particles
     are treated jointly and the objective is :math:`\mathcal{L}_K`.
 
+    Multi-layer models (``latent_depth = L > 1``), layer-wise as in both papers: one main sample
+    :math:`b = (b_1..b_L) \sim q` is drawn with uniforms :math:`u_l`; for each layer ``l`` the
+    antithetic :math:`\tilde b_l = 1[u_l > \sigma(-a_l)]` (``a_l`` the logits given the main
+    :math:`b_{l-1}`) is completed by a fresh sample of the layers below it from ``q``, and the
+    per-layer estimate uses :math:`\bar f` at the main sample and at that branch (one extra
+    evaluation per layer; unbiased, since each branch's completion is a sample of ``q`` given
+    :math:`\tilde b_l`).  The direct term is taken at the main sample.
+
     Args:
         disarm: DisARM instead of ARM.
     """
 
     family = "arm"
+    max_depth = None
 
     def __init__(self, mc: int = 1, iw: int = 1, disarm: bool = False) -> None:
         super().__init__(mc=mc, iw=iw)
@@ -191,6 +209,64 @@ class ARM(BernoulliEstimator):
         else:
             g = self.per_bit(fbt - fb, shape, N) * (u - 0.5)
         return g, [b, bt], None, {"f_diff_abs": (fb - fbt).abs().mean(1)}
+
+    def _layer_gradient(self, fb: Tensor, fbt: Tensor, u: Tensor, a: Tensor, b: Tensor, bt: Tensor,
+                        shape: Tuple[int, int, int]) -> Tensor:
+        N = a.shape[1]
+        if self.disarm:
+            return (0.5 * self.per_bit(fb - fbt, shape, N) * (1.0 - 2.0 * bt) * (b != bt).to(a.dtype)
+                    * torch.sigmoid(a.abs()))
+        return self.per_bit(fbt - fb, shape, N) * (u - 0.5)
+
+    def compute_layerwise(self, model, x, params, depth):  # type: ignore[no-untyped-def]
+        B, M, K = x.shape[0], self.mc, self.iw
+        shape = (B, M, K)
+        x_exp = self.expand(x, M, K)
+
+        def complete(prefix: List[Tensor]) -> List[Tensor]:
+            r"""Sample the layers below ``prefix`` from ``q`` (no gradient)."""
+            z = list(prefix)
+            with torch.no_grad():
+                while len(z) < depth:
+                    z.append(torch.bernoulli(torch.sigmoid(model.q_logits(len(z), z[-1]))))
+            return z
+
+        def f(z: List[Tensor], attached: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, List[Tensor]]:
+            logits = [model.q_logits(l, x_exp if l == 0 else z[l - 1]) for l in range(depth)]
+            if not attached:
+                logits = [a.detach() for a in logits]
+            lq = torch.stack([bernoulli_log_prob(a, zl) for a, zl in zip(logits, z)], -1)
+            log_px, log_pz = model.log_joint_at(x_exp, z)
+            log_w, kl = log_weights(log_px.view(B, M, K), lq.view(B, M, K, depth),
+                                    log_pz.view(B, M, K, depth), params.beta, params.freebits)
+            return log_mean_exp(log_w, -1), log_w, kl, log_px.view(B, M, K), logits
+
+        # the main sample, layer by layer, keeping each layer's uniforms
+        main: List[Tensor] = []
+        us: List[Tensor] = []
+        with torch.no_grad():
+            h = x_exp
+            for l in range(depth):
+                a_l = model.q_logits(l, h)
+                u = _uniform(a_l.shape, a_l)
+                main.append((u < torch.sigmoid(a_l)).to(a_l.dtype))
+                us.append(u)
+                h = main[-1]
+        fmain, log_w, kl, log_px, logits = f(main, attached=True)  # logits attached to phi
+        surrogate = torch.zeros((), dtype=fmain.dtype, device=fmain.device)
+        diffs = []
+        for l in range(depth):
+            a_l = logits[l].detach()
+            bt = (us[l] > torch.sigmoid(-a_l)).to(a_l.dtype)
+            with torch.no_grad():
+                fbt = f(complete(main[:l] + [bt]), attached=False)[0]
+                g = self._layer_gradient(fmain.detach(), fbt, us[l], a_l, main[l], bt, shape)
+            surrogate = surrogate + (g * logits[l]).sum()
+            diffs.append((fmain.detach() - fbt).abs().mean(1))
+        loss = -surrogate / (B * M) - fmain.mean()
+        diagnostics = self.base_diagnostics(log_w.detach(), kl.detach(), log_px.detach())
+        diagnostics["estimator"] = {"f_diff_abs": torch.stack(diffs, 0).mean(0)}
+        return loss, diagnostics, {"z": main, "q_logits": logits}
 
 
 class MuProp(BernoulliEstimator):
