@@ -153,7 +153,9 @@ def parse_report_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = build_report_parser()
     try:
         args, unknown = parser.parse_known_args(list(argv))
-    except SystemExit as e:  # argparse already printed the usage
+    except SystemExit as e:  # argparse already printed the usage (or the help, for --help)
+        if e.code == 0:
+            raise
         raise ReportArgumentError(f"invalid report.py arguments: {' '.join(argv)}") from e
     if unknown:
         raise ReportArgumentError(f"unknown report.py arguments: {unknown}")
