@@ -48,7 +48,8 @@ from ovis.estimators.importance import log_mean_exp, log_weights
 from ovis.estimators.score_function import ReinforceBaseline
 from ovis.models.base import require_hook
 
-__all__ = ["bernoulli_log_prob", "check_discrete_model", "BernoulliEstimator", "ARM", "MuProp", "NVIL"]
+__all__ = ["bernoulli_log_prob", "check_discrete_model", "BernoulliEstimator", "ARM", "MuProp", "NVIL",
+           "log_gradient_variances"]
 
 
 def bernoulli_log_prob(logits: Tensor, z: Tensor) -> Tensor:
@@ -375,3 +376,47 @@ class NVIL(ReinforceBaseline):
         c = d - signal  # so that d - c is the centred, scaled signal
         return c, mse, {"baseline_mse": ((d - self.running_mean - b.detach()) ** 2).mean(dim=(1, 2)),
                         "scale": torch.full((x.shape[0],), s, dtype=d.dtype, device=d.device)}
+
+
+def log_gradient_variances(
+    model: nn.Module,
+    x: Tensor,
+    estimators: Dict[str, GradientEstimator],
+    n_draws: int = 20,
+    key_filter: str = "inference_network",
+    **runtime: Any,
+) -> Dict[str, float]:
+    r"""The log-variance of each estimator's gradient at the same model parameters (the building
+    block of REBAR's variance-tracking mode: call it every few steps of one training run, with the
+    estimators keyed by id, and log the result).
+
+    For each estimator, ``n_draws`` independent draws of the gradient (minus the gradient of its
+    surrogate loss) w.r.t. the model parameters whose name contains ``key_filter`` are taken on the
+    batch ``x``; the value is :math:`\log` of the mean over those coordinates of the per-coordinate
+    variance.  Estimators are put in ``eval()`` mode for the draws (no running-statistics update,
+    no control-variate training) and restored; the model's ``.grad`` are not touched.
+
+    Returns:
+        ``{"gradvar/<id>": log variance}``.
+    """
+    if n_draws < 2:
+        raise ValueError(f"n_draws must be >= 2, got {n_draws}")
+    params = [p for n, p in model.named_parameters() if key_filter in n and p.requires_grad]
+    if not params:
+        raise ValueError(f"no model parameter name contains key_filter={key_filter!r}")
+    out: Dict[str, float] = {}
+    for eid, est in estimators.items():
+        was_training = est.training
+        est.eval()
+        try:
+            draws = []
+            for _ in range(n_draws):
+                loss, _, _ = est(model, x, **runtime)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                draws.append(torch.cat([(-g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                        for g, p in zip(grads, params)]))
+        finally:
+            est.train(was_training)
+        var = torch.stack(draws).double().var(0, unbiased=True).mean()
+        out[f"gradvar/{eid}"] = float(torch.log(var.clamp_min(1e-300)))
+    return out
