@@ -168,7 +168,7 @@ def exact_sbn_elbo(model, x):
     return total / x.shape[0]
 
 
-@pytest.mark.parametrize("eid", ["arm", "disarm", "rebar", "dynamic-rebar", "relax"])
+@pytest.mark.parametrize("eid", ["arm", "disarm", "rebar", "dynamic-rebar", "relax", "muprop", "simple-muprop"])
 def test_layerwise_estimators_on_a_two_layer_sbn_are_unbiased(eid):
     model, x, params = two_layer_sbn()
     exact = exact_gradients(exact_sbn_elbo(model, x), params)
@@ -183,21 +183,18 @@ def test_reinforce_agrees_with_the_two_layer_enumeration():
     compare_with_exact(gradient_draws(build_estimator("reinforce", mc=400, iw=1), model, x, params, N_DRAWS), exact)
 
 
-@pytest.mark.parametrize("eid", ["muprop", "simple-muprop"])
-def test_single_layer_estimators_refuse_deep_models_and_models_without_hooks(eid):
-    from ovis.models.sbm import SigmoidBeliefNetwork
-
-    sbn = SigmoidBeliefNetwork((6,), N=3, depth=2)
-    x = torch.bernoulli(torch.full((2, 6), 0.5))
-    est = build_estimator(eid, mc=1, iw=1)
-    with pytest.raises(ValueError, match="single-stochastic-layer"):
-        est(sbn, x)
-    assert_refuses_other_models(est)
-
-
-@pytest.mark.parametrize("eid", ["arm", "disarm", "concrete", "straight-through", "rebar", "relax"])
+@pytest.mark.parametrize("eid", ["arm", "disarm", "concrete", "straight-through", "rebar", "relax", "muprop"])
 def test_any_depth_estimators_refuse_models_without_hooks(eid):
     assert_refuses_other_models(build_estimator(eid, mc=1, iw=1))
+
+
+def test_depth_limit_error_names_the_depth():
+    from ovis.estimators.discrete import check_discrete_model
+
+    model, _, _ = two_layer_sbn()
+    assert check_discrete_model(model, "x") == 2
+    with pytest.raises(ValueError, match="latent_depth=2"):
+        check_discrete_model(model, "some-estimator", max_depth=1)
 
 
 def assert_refuses_other_models(est):

@@ -77,9 +77,9 @@ def check_discrete_model(model: nn.Module, family: str, max_depth: Optional[int]
     require_hook(model, "log_joint_at", family)
     if max_depth is not None and depth > max_depth:
         raise ValueError(
-            f"{family} supports single-stochastic-layer models only (got latent_depth={depth}); "
-            "use nvil, concrete, straight-through or a score-function estimator (reinforce, vimco-*, "
-            "ovis-*) for deeper sigmoid belief networks"
+            f"{family} supports models of at most {max_depth} stochastic layer(s) "
+            f"(got latent_depth={depth}); use an estimator that supports deeper models "
+            "(every estimator of the REBAR line does, layer-wise, and the score-function ones)"
         )
     return depth
 
@@ -104,6 +104,76 @@ class BernoulliEstimator(GradientEstimator):
         self, model: nn.Module, x: Tensor, params: RuntimeParams, depth: int
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
         raise NotImplementedError  # pragma: no cover - guarded by max_depth
+
+    def layerwise_smooth(self, model, x, params, depth, downstream):  # type: ignore[no-untyped-def]
+        r"""Layer-wise estimation for ``L > 1`` stochastic layers with a smooth surrogate of the
+        layers below (used by REBAR/RELAX: relaxed; MuProp: mean-field).
+
+        A main sample :math:`b \sim q` is drawn layer by layer with uniforms
+        :math:`\omega_1..\omega_L` (``b_m = 1[a_m(b_{m-1}) + logit(omega_m) > 0]``).  For layer ``l``,
+        with :math:`b_{<l}` from the main sample and :math:`\omega_{>l}` held fixed (independent of
+        the layer's own noise), :math:`\bar f_l(b_l)` is ``f`` at :math:`(b_{<l}, b_l, b_{>l})`, the
+        layers below completed from :math:`\omega_{>l}` (a sample of ``q`` given ``b_l``); its
+        smooth version (``fsmooth``, used at relaxed or mean values of ``y_l``) evaluates ``f`` at
+        :math:`(b_{<l}, y_l, y_{>l})` with ``y_m = downstream(a_m(y_{m-1}), logit(omega_m))``, a smooth
+        function of :math:`y_l`.  The single-layer :meth:`score_gradient` (called with ``fsmooth=``)
+        then estimates :math:`\nabla_{a_l} E[\bar f_l]`, unbiased for every layer whatever the
+        smooth version; the direct term is taken at the main sample, the auxiliary losses of the
+        layers are summed and their diagnostics averaged over the layers.
+        """
+        B, M, K = x.shape[0], self.mc, self.iw
+        shape = (B, M, K)
+        x_exp = self.expand(x, M, K)
+
+        def f_at(z: List[Tensor], logits: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+            lq = torch.stack([bernoulli_log_prob(a, zl) for a, zl in zip(logits, z)], -1)
+            log_px, log_pz = model.log_joint_at(x_exp, z)
+            log_w, kl = log_weights(log_px.view(B, M, K), lq.view(B, M, K, depth),
+                                    log_pz.view(B, M, K, depth), params.beta, params.freebits)
+            return log_mean_exp(log_w, -1), log_w, kl, log_px.view(B, M, K)
+
+        omegas: List[Tensor] = []
+        main: List[Tensor] = []
+        with torch.no_grad():
+            h = x_exp
+            for l in range(depth):
+                a_l = model.q_logits(l, h)
+                w = _uniform(a_l.shape, a_l)
+                omegas.append(torch.log(w) - torch.log1p(-w))
+                main.append((a_l + omegas[-1] > 0).to(a_l.dtype))
+                h = main[-1]
+        logits_main = [model.q_logits(l, x_exp if l == 0 else main[l - 1]) for l in range(depth)]  # attached
+        fmain, log_w, kl, log_px = f_at(main, logits_main)
+
+        def layer_function(l: int, relaxed: bool):  # type: ignore[no-untyped-def]
+            def fl(zl: Tensor) -> Tensor:
+                z = main[:l] + [zl]
+                logits = [a.detach() for a in logits_main[:l + 1]]
+                for m in range(l + 1, depth):
+                    a_m = model.q_logits(m, z[-1])
+                    pre = a_m + omegas[m]
+                    z.append(downstream(a_m, omegas[m]) if relaxed else (pre > 0).to(pre.dtype))
+                    logits.append(a_m)
+                return f_at(z, logits)[0]
+            return fl
+
+        surrogate = torch.zeros((), dtype=fmain.dtype, device=fmain.device)
+        aux: Optional[Tensor] = None
+        extras: List[Dict[str, Tensor]] = []
+        for l in range(depth):
+            g, _, aux_l, extra = self.score_gradient(layer_function(l, False), logits_main[l].detach(), shape,
+                                                     params, fsmooth=layer_function(l, True))
+            surrogate = surrogate + (g.detach() * logits_main[l]).sum()
+            if aux_l is not None:
+                aux = aux_l if aux is None else aux + aux_l
+            extras.append(extra)
+        loss = -surrogate / (B * M) - fmain.mean()
+        if aux is not None:
+            loss = loss + aux
+        diagnostics = self.base_diagnostics(log_w.detach(), kl.detach(), log_px.detach())
+        diagnostics["estimator"] = {k: torch.stack([e[k].detach() for e in extras], 0).mean(0)
+                                    for k in extras[0]}
+        return loss, diagnostics, {"z": main, "q_logits": logits_main}
 
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
@@ -291,6 +361,7 @@ class MuProp(BernoulliEstimator):
     """
 
     family = "muprop"
+    max_depth = None
 
     def __init__(self, mc: int = 1, iw: int = 1, simple: bool = False) -> None:
         super().__init__(mc=mc, iw=iw)
@@ -298,7 +369,14 @@ class MuProp(BernoulliEstimator):
         if self.simple:
             self.family = "simple-muprop"
 
-    def score_gradient(self, fbar, a, shape, params):  # type: ignore[no-untyped-def]
+    def compute_layerwise(self, model, x, params, depth):  # type: ignore[no-untyped-def]
+        r"""Layer-wise MuProp for ``L > 1`` layers (:meth:`BernoulliEstimator.layerwise_smooth`):
+        the Taylor expansion for layer ``l`` is that of the mean-field pass of the layers below it
+        (``y_m = sigmoid(a_m(y_{m-1}))``) around :math:`\bar\mu_l`; unbiased for any such choice."""
+        return self.layerwise_smooth(model, x, params, depth, lambda a_m, omega_m: torch.sigmoid(a_m))
+
+    def score_gradient(self, fbar, a, shape, params, fsmooth=None):  # type: ignore[no-untyped-def]
+        fsmooth = fbar if fsmooth is None else fsmooth
         theta = torch.sigmoid(a)
         b = torch.bernoulli(theta)
         N = a.shape[1]
@@ -306,12 +384,12 @@ class MuProp(BernoulliEstimator):
             fb = fbar(b)
         if self.simple:
             with torch.no_grad():
-                fm = fbar(theta)
+                fm = fsmooth(theta)
             g = self.per_bit(fb - fm, shape, N) * (b - theta)
             return g, [b], None, {"signal_abs": (fb - fm).abs().mean(1)}
         with torch.enable_grad():
             mu = theta.clone().requires_grad_(True)
-            fm_t = fbar(mu)
+            fm_t = fsmooth(mu)
             (fprime,) = torch.autograd.grad(fm_t.sum(), mu)
         fm = fm_t.detach()
         B, M, K = shape

@@ -94,82 +94,19 @@ class Rebar(BernoulliEstimator):
 
     # --------------------------------------------------------------- multi-layer
     def compute_layerwise(self, model, x, params, depth):  # type: ignore[no-untyped-def]
-        r"""Layer-wise REBAR for ``L > 1`` stochastic layers.
-
-        A main sample :math:`b \sim q` is drawn layer by layer with uniforms
-        :math:`\omega_1..\omega_L` (``b_m = 1[a_m(b_{m-1}) + logit(omega_m) > 0]``).  For layer ``l``,
-        with :math:`b_{<l}` from the main sample and :math:`\omega_{>l}` held fixed (independent of
-        the layer's own noise), :math:`\bar f_l(b_l)` is ``f`` at :math:`(b_{<l}, b_l, b_{>l})`, the
-        layers below completed from :math:`\omega_{>l}` (a sample of ``q`` given ``b_l``); its
-        relaxation evaluates ``f`` at :math:`(b_{<l}, y_l, y_{>l})` with
-        :math:`y_m = \sigma((a_m(y_{m-1}) + logit(\omega_m))/\lambda)`, a smooth function of
-        :math:`y_l`.  REBAR / RELAX (single-layer formula) then estimates
-        :math:`\nabla_{a_l} E[\bar f_l]`, unbiased for every layer; the direct term is taken at the
-        main sample and the variance objectives of the layers are summed.
-        """
-        from ovis.estimators.discrete import bernoulli_log_prob
-        from ovis.estimators.importance import log_mean_exp, log_weights
-
-        B, M, K = x.shape[0], self.mc, self.iw
-        shape = (B, M, K)
-        x_exp = self.expand(x, M, K)
+        r"""Layer-wise REBAR / RELAX for ``L > 1`` stochastic layers
+        (:meth:`~ovis.estimators.discrete.BernoulliEstimator.layerwise_smooth`): the layers below
+        layer ``l`` are relaxed in the control variate, :math:`y_m = \sigma((a_m(y_{m-1}) +
+        \mathrm{logit}(\omega_m))/\lambda)`, a smooth function of the relaxed :math:`y_l`."""
         tau = self.temperature(params)
-
-        def f_at(z: List[Tensor], logits: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-            lq = torch.stack([bernoulli_log_prob(a, zl) for a, zl in zip(logits, z)], -1)
-            log_px, log_pz = model.log_joint_at(x_exp, z)
-            log_w, kl = log_weights(log_px.view(B, M, K), lq.view(B, M, K, depth),
-                                    log_pz.view(B, M, K, depth), params.beta, params.freebits)
-            return log_mean_exp(log_w, -1), log_w, kl, log_px.view(B, M, K)
-
-        omegas: List[Tensor] = []
-        main: List[Tensor] = []
-        with torch.no_grad():
-            h = x_exp
-            for l in range(depth):
-                a_l = model.q_logits(l, h)
-                w = _uniform(a_l.shape, a_l)
-                omegas.append(torch.log(w) - torch.log1p(-w))
-                main.append((a_l + omegas[-1] > 0).to(a_l.dtype))
-                h = main[-1]
-        logits_main = [model.q_logits(l, x_exp if l == 0 else main[l - 1]) for l in range(depth)]  # attached
-        fmain, log_w, kl, log_px = f_at(main, logits_main)
-
-        def layer_function(l: int, relaxed: bool):  # type: ignore[no-untyped-def]
-            def fl(zl: Tensor) -> Tensor:
-                z = main[:l] + [zl]
-                logits = [a.detach() for a in logits_main[:l + 1]]
-                for m in range(l + 1, depth):
-                    a_m = model.q_logits(m, z[-1])
-                    pre = a_m + omegas[m]
-                    z.append(torch.sigmoid(pre / tau) if relaxed else (pre > 0).to(pre.dtype))
-                    logits.append(a_m)
-                return f_at(z, logits)[0]
-            return fl
-
-        surrogate = torch.zeros((), dtype=fmain.dtype, device=fmain.device)
-        aux: Optional[Tensor] = None
-        sq = []
-        for l in range(depth):
-            g, _, aux_l, extra = self.score_gradient(layer_function(l, False), logits_main[l].detach(), shape,
-                                                     params, frelaxed=layer_function(l, True))
-            surrogate = surrogate + (g.detach() * logits_main[l]).sum()
-            if aux_l is not None:
-                aux = aux_l if aux is None else aux + aux_l
-            sq.append(extra["grad_sq_norm"])
-        loss = -surrogate / (B * M) - fmain.mean()
-        if aux is not None:
-            loss = loss + aux
-        diagnostics = self.base_diagnostics(log_w.detach(), kl.detach(), log_px.detach())
-        diagnostics["estimator"] = {"grad_sq_norm": torch.stack(sq, 0).sum(0),
-                                    "eta": self.eta.detach().expand(B), "tau": tau.detach().expand(B)}
-        return loss, diagnostics, {"z": main, "q_logits": logits_main}
+        return self.layerwise_smooth(model, x, params, depth,
+                                     lambda a_m, omega_m: torch.sigmoid((a_m + omega_m) / tau))
 
     # --------------------------------------------------------------- estimator
-    def score_gradient(self, fbar, a, shape, params, frelaxed=None):  # type: ignore[no-untyped-def]
-        r"""As :meth:`BernoulliEstimator.score_gradient`; ``frelaxed`` (default ``fbar``) is the
+    def score_gradient(self, fbar, a, shape, params, fsmooth=None):  # type: ignore[no-untyped-def]
+        r"""As :meth:`BernoulliEstimator.score_gradient`; ``fsmooth`` (default ``fbar``) is the
         function evaluated at relaxed samples in the control variate."""
-        frelaxed = fbar if frelaxed is None else frelaxed
+        fsmooth = fbar if fsmooth is None else fsmooth
         N = a.shape[1]
         tau = self.temperature(params)
         u, v = _uniform(a.shape, a), _uniform(a.shape, a)
@@ -185,8 +122,8 @@ class Rebar(BernoulliEstimator):
             eps = torch.finfo(a.dtype).eps
             up = up.clamp(eps, 1 - eps)
             zt = a_leaf + torch.log(up) - torch.log1p(-up)
-            c_z = self.control_variate(frelaxed, z, a, tau)
-            c_zt = self.control_variate(frelaxed, zt, a, tau)
+            c_z = self.control_variate(fsmooth, z, a, tau)
+            c_zt = self.control_variate(fsmooth, zt, a, tau)
             (dc,) = torch.autograd.grad((c_z - c_zt).sum(), a_leaf, create_graph=train_cv)
             g = self.per_bit(fb - c_zt, shape, N) * (b - theta.detach()) + dc
             aux: Optional[Tensor] = None
@@ -233,6 +170,6 @@ class Relax(Rebar):
         B, M, K = self._shape
         return r.view(B, M, K * r.shape[1]).sum(-1)
 
-    def score_gradient(self, fbar, a, shape, params, frelaxed=None):  # type: ignore[no-untyped-def]
+    def score_gradient(self, fbar, a, shape, params, fsmooth=None):  # type: ignore[no-untyped-def]
         self._shape = shape
-        return super().score_gradient(fbar, a, shape, params, frelaxed)
+        return super().score_gradient(fbar, a, shape, params, fsmooth)
