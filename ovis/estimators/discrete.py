@@ -32,7 +32,13 @@ into the direct term :math:`E[\nabla f(b)]` (``theta``, and ``phi`` through the 
 .. math::  -\frac{1}{BM}\sum \mathrm{sg}(g_a)\, a \;-\; \mathrm{mean}_{B,M}\, f(b)
 
 so that its gradient is minus the estimate.  The ARM-family estimators treat the ``K*N`` bits of
-one outer sample jointly (they are independent Bernoullis for a single-layer model).
+one outer sample jointly (they are independent Bernoullis for a single-layer model).  Models with
+``L > 1`` layers are handled layer-wise (ARM/DisARM: :meth:`ARM.compute_layerwise`; MuProp,
+REBAR, RELAX: :meth:`BernoulliEstimator.layerwise_smooth`), as the papers do.
+
+Tests: ``tests/test_discrete_estimators.py`` (exact gradients on the Bernoulli toy model and a
+2-layer SBN, relaxation bias, variance vs ``reinforce``) and
+``tests/test_discrete_estimators_training.py`` (binarized MNIST).
 """
 from __future__ import annotations
 
@@ -90,9 +96,10 @@ def _uniform(shape: Sequence[int], like: Tensor) -> Tensor:
 
 
 class BernoulliEstimator(GradientEstimator):
-    r"""Base of the single-layer Bernoulli estimators (ARM, DisARM, MuProp, REBAR, RELAX).
+    r"""Base of the Bernoulli estimators ARM, DisARM, MuProp, REBAR, RELAX.
 
-    Subclasses implement :meth:`score_gradient`.  Requires ``latent_depth == 1`` and ``alpha = 0``.
+    Subclasses implement :meth:`score_gradient` (one layer) and, for ``latent_depth > 1``,
+    :meth:`compute_layerwise` (with ``max_depth = None``).  Requires ``alpha = 0``.
     """
 
     family = "bernoulli"
@@ -233,7 +240,7 @@ class BernoulliEstimator(GradientEstimator):
 
 
 class ARM(BernoulliEstimator):
-    r"""ARM (Yin & Zhou 2019) and DisARM (Dong et al. 2020) for one layer of Bernoulli latents.
+    r"""ARM (Yin & Zhou 2019) and DisARM (Dong et al. 2020) for Bernoulli latents.
 
     With :math:`u \sim U(0,1)^{KN}`, :math:`b = 1[u < \sigma(a)]` and the antithetic
     :math:`\tilde b = 1[u > \sigma(-a)]` (both :math:`\sim q`):
@@ -341,7 +348,7 @@ class ARM(BernoulliEstimator):
 
 
 class MuProp(BernoulliEstimator):
-    r"""MuProp (Gu et al. 2016) for one layer of Bernoulli latents.
+    r"""MuProp (Gu et al. 2016) for Bernoulli latents (multi-layer: :meth:`compute_layerwise`).
 
     With the mean-field point :math:`\bar\mu = \sigma(a)` (the deterministic mean-field forward
     pass: the model evaluated at the means, through :meth:`log_joint_at`) and

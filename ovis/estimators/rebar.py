@@ -1,5 +1,5 @@
-r"""REBAR (Tucker et al. 2017), dynamic REBAR, and RELAX (Grathwohl et al. 2018) for one layer of
-Bernoulli latents.
+r"""REBAR (Tucker et al. 2017), dynamic REBAR, and RELAX (Grathwohl et al. 2018) for Bernoulli
+latents (the formulas below are for one layer).
 
 Multi-layer models are handled layer-wise (:meth:`Rebar.compute_layerwise`).
 
