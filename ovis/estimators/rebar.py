@@ -38,7 +38,7 @@ runtime ``tau`` is then ignored).  ``relax`` adapts ``eta``, ``log_tau`` and ``p
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
