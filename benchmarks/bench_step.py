@@ -9,7 +9,7 @@ floats flushed, ``torch.set_num_threads(--threads)``.
    divided by the bare model's forward + backward on the same ``B*K`` particles (its log-densities
    summed, then backward).  Multi-pass estimators (OVIS-MC) are compared with the bare passes they
    make (``K + S`` particles).
-2. **Training step** (forward + backward + Adam) of the SBN at K = 5 and 50.
+2. **Training step** (forward + backward + Adam, the optimiser of ``run.py``) of the SBN at K = 5 and 50.
 3. **Evaluation**: ``L_5000`` per test image (chunked particles, inference mode) and its peak
    memory (rise of the resident set).
 4. **Denormals** (``--denormal-steps N``): step time at the start and end of N Adam steps of the
@@ -37,6 +37,7 @@ from ovis.estimators.base import GradientEstimator, RuntimeParams  # noqa: E402
 from ovis.models.sbm import SigmoidBeliefNetwork  # noqa: E402
 from ovis.models.vae import VAE  # noqa: E402
 from ovis.training.evaluation import evaluate_bound  # noqa: E402
+from ovis.training.run import build_optimizer  # noqa: E402
 
 SINGLE_PASS_SF = ["reinforce", "reinforce-baseline", "vimco-arithmetic", "vimco-geometric", "ovis-gamma1",
                   "ovis-gamma0", "wake-wake", "tvo-part2-config1"]
@@ -83,7 +84,7 @@ def estimator_pass(est: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor
 
 
 def train_step(est: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    opt = torch.optim.Adam(list(model.parameters()) + list(est.parameters()), lr=1e-4)
+    opt = build_optimizer("adam", [{"params": list(model.parameters()) + list(est.parameters()), "lr": 1e-4}])
 
     def run() -> None:
         opt.zero_grad(set_to_none=True)

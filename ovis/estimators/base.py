@@ -4,7 +4,9 @@ Every estimator is called as::
 
     loss, diagnostics, output = estimator(model, x, backward=False, alpha=0.0, beta=1.0)
 
-* ``x``: a batch ``[B, *x_shape]``; the model is evaluated on ``B*M*K`` expanded copies of it.
+* ``x``: a batch ``[B, *x_shape]``; the model is evaluated on ``B*M*K`` expanded copies of it
+  (or, for a model with ``supports_particles = True``, called as ``model(x, particles=M*K)``
+  and trusted to return the same ``B*M*K`` rows, ordered ``b, m, k``, without redundant work).
 * ``loss``: a scalar surrogate, minimised; its gradient is minus the estimate of the bound's
   gradient (plus the gradients of auxiliary objectives for their own parameters).  It is
   averaged over ``B`` and ``M``.
@@ -203,7 +205,10 @@ class GradientEstimator(nn.Module):
                 "has none: use a score-function estimator (e.g. reinforce, vimco-arithmetic, ovis-gamma1)")
         try:
             with distribution_validation(_VALIDATE_DISTRIBUTIONS):
-                output = model(x_exp, zgrads=zgrads, **kwargs)
+                if getattr(model, "supports_particles", False):  # the model expands x itself
+                    output = model(x, zgrads=zgrads, particles=M * K, **kwargs)
+                else:
+                    output = model(x_exp, zgrads=zgrads, **kwargs)
         except NotImplementedError as e:
             if zgrads:
                 raise TypeError(hint) from e

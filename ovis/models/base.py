@@ -21,7 +21,10 @@ Optional hooks, used by the estimators that need them (an estimator calls
   ``z`` (reweighted wake-sleep's sleep phase needs ``log q(z|x)`` on ``(z, x) ~ p``).
 
 Estimators evaluate a model on ``B*M*K`` expanded copies of ``x`` (see
-:mod:`ovis.estimators.base`): a model needs no knowledge of ``M`` or ``K``.
+:mod:`ovis.estimators.base`): a model needs no knowledge of ``M`` or ``K``.  A model may set the
+class attribute ``supports_particles = True`` and accept ``forward(x, particles=n)`` with the
+un-expanded batch, returning ``B*n`` rows (row ``b*n + j`` for particle ``j`` of data point
+``b``); it can then evaluate its encoder once per data point (the SBN does).
 """
 from __future__ import annotations
 

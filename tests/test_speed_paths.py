@@ -1,0 +1,82 @@
+"""The fast paths equal the plain ones: SBN particles path, uniform Bernoulli sampling, fused Adam."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ovis.estimators import build_estimator
+from ovis.models.sbm import SigmoidBeliefNetwork, sample_bernoulli
+from ovis.training.run import build_optimizer
+
+
+def test_sbn_particles_path_equals_expanded_batch():
+    torch.manual_seed(0)
+    x = (torch.rand(3, 20) < 0.3).float()
+    model = SigmoidBeliefNetwork((20,), N=6, depth=2, nlayers=0, x_mean=x.mean(0))
+    n = 4
+    x_exp = x[:, None].expand(3, n, 20).reshape(3 * n, 20)
+    torch.manual_seed(1)
+    fast = model(x, particles=n)
+    torch.manual_seed(1)
+    slow = model(x_exp)
+    for a, b in zip(fast["z"], slow["z"]):
+        assert torch.equal(a, b)
+    for qa, qb, za in zip(fast["qz"], slow["qz"], fast["z"]):
+        assert torch.allclose(qa.log_prob(za), qb.log_prob(za), atol=1e-6)
+    assert torch.allclose(fast["px"].log_prob(x_exp), slow["px"].log_prob(x_exp), atol=1e-5)
+    with pytest.raises(ValueError, match="particles"):
+        model(x, particles=0)
+
+
+def test_estimator_gradients_equal_with_and_without_the_particles_path():
+    torch.manual_seed(0)
+    x = (torch.rand(4, 20) < 0.3).float()
+    model = SigmoidBeliefNetwork((20,), N=5, depth=2, nlayers=0, x_mean=x.mean(0))
+    grads = []
+    for fast in (True, False):
+        type(model).supports_particles = fast
+        try:
+            torch.manual_seed(3)
+            model.zero_grad()
+            build_estimator("ovis-gamma1", mc=2, iw=5)(model, x, backward=True)
+            grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+        finally:
+            type(model).supports_particles = True
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_uniform_bernoulli_sampling_has_the_right_law():
+    from torch.distributions import Bernoulli, Independent
+
+    torch.manual_seed(0)
+    p = torch.tensor([0.05, 0.3, 0.5, 0.9])
+    n = 200_000
+    dist = Independent(Bernoulli(probs=p.expand(n, 4)), 1)
+    freq = sample_bernoulli(dist).mean(0)
+    # binomial standard errors; failure rate 1e-3 over 4 coordinates
+    z = (freq - p) / torch.sqrt(p * (1 - p) / n)
+    assert float(z.abs().max()) < 3.5
+    assert set(sample_bernoulli(dist).unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_fused_optimizer_matches_the_loop(name):
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(7, 3)), torch.nn.Parameter(torch.randn(5))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    opt_a = build_optimizer(name, [{"params": a, "lr": 1e-2}])
+    cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
+    opt_b = cls([{"params": b, "lr": 1e-2}])
+    assert opt_a.defaults.get("fused") is True
+    for step in range(20):
+        g = [torch.randn_like(p) for p in a]
+        for p, q, gi in zip(a, b, g):
+            p.grad, q.grad = gi.clone(), gi.clone()
+        opt_a.step()
+        opt_b.step()
+    for p, q in zip(a, b):
+        assert torch.allclose(p, q, atol=1e-6)
+    with pytest.raises(ValueError, match="valid"):
+        build_optimizer("lbfgs", [{"params": a}])
