@@ -45,7 +45,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import traceback
 import zlib
@@ -58,6 +57,8 @@ from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
 from ovis.analysis.gradients import gradient_statistics
+from ovis.training.arguments import int_arg, nonneg_float, pos_int
+from ovis.utils.files import atomic_write_bytes
 
 __all__ = [
     "AsymptoticArgumentError",
@@ -88,57 +89,25 @@ class _Parser(argparse.ArgumentParser):
         raise AsymptoticArgumentError(f"asymptotic_variance.py: {message}")
 
 
-def _int(value: str) -> int:
-    r"""An integer, accepting whole floats (``1e4``, ``10000.0``) as the JSON grids write them."""
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        f = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if not math.isfinite(f) or f != int(f):
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}")
-    return int(f)
-
-
-def _pos_int(value: str) -> int:
-    v = _int(value)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
-    return v
-
-
-def _nonneg_float(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value!r}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="asymptotic_variance.py", description="Figure 1: gradient variance / SNR / DSNR vs K "
                 "on the Gaussian toy model (see ovis/analysis/asymptotic.py).")
     p.add_argument("--estimator", action="append", default=[], help="one estimator id (repeatable)")
     p.add_argument("--estimators", default="", help="comma-separated estimator ids")
-    p.add_argument("--mc_samples", type=_pos_int, default=1000, help="gradient draws per estimator and K (>= 2)")
-    p.add_argument("--samples_per_batch", type=_pos_int, default=1000, help="draws computed in one call (at most)")
-    p.add_argument("--iw_steps", type=_pos_int, default=5, help="number of K values (log-spaced)")
-    p.add_argument("--iw_min", type=_pos_int, default=3, help="smallest K")
-    p.add_argument("--iw_max", type=_pos_int, default=1000, help="largest K")
-    p.add_argument("--npoints", type=_pos_int, default=1024, help="data points (the gradient averages over them)")
-    p.add_argument("--D", type=_pos_int, default=20, help="dimension of x and z")
-    p.add_argument("--seed", type=_int, default=1, help="seed of mu, the data, the noise and the draws")
-    p.add_argument("--noise", type=_nonneg_float, default=0.01,
+    p.add_argument("--mc_samples", type=pos_int, default=1000, help="gradient draws per estimator and K (>= 2)")
+    p.add_argument("--samples_per_batch", type=pos_int, default=1000, help="draws computed in one call (at most)")
+    p.add_argument("--iw_steps", type=pos_int, default=5, help="number of K values (log-spaced)")
+    p.add_argument("--iw_min", type=pos_int, default=3, help="smallest K")
+    p.add_argument("--iw_max", type=pos_int, default=1000, help="largest K")
+    p.add_argument("--npoints", type=pos_int, default=1024, help="data points (the gradient averages over them)")
+    p.add_argument("--D", type=pos_int, default=20, help="dimension of x and z")
+    p.add_argument("--seed", type=int_arg, default=1, help="seed of mu, the data, the noise and the draws")
+    p.add_argument("--noise", type=nonneg_float, default=0.01,
                    help="std of the Gaussian perturbation of (A, b) around the optimum (default 0.01)")
-    p.add_argument("--save_coords", type=_int, default=4, help="coordinates of each draw saved as .npy")
-    p.add_argument("--max_elements", type=_pos_int, default=20_000_000,
+    p.add_argument("--save_coords", type=int_arg, default=4, help="coordinates of each draw saved as .npy")
+    p.add_argument("--max_elements", type=pos_int, default=20_000_000,
                    help="bound on n*npoints*K*D (memory) for one call")
-    p.add_argument("--epsilon", type=_nonneg_float, default=1e-15, help="variance floor of the SNR")
+    p.add_argument("--epsilon", type=nonneg_float, default=1e-15, help="variance floor of the SNR")
     p.add_argument("--exp", default="asymptotic-variance", help="experiment name")
     p.add_argument("--root", default="runs/", help="root of the run directories")
     p.add_argument("--data_root", default="data/", help="accepted for the manager's contract (unused)")
@@ -321,29 +290,14 @@ def run_id(args: argparse.Namespace) -> str:
     return f"{head}{'-' + args.id if args.id else ''}-{digest}".replace("/", "_")
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _atomic_json(path: Path, obj: Any) -> None:
-    _atomic_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
 
 
 def _atomic_npy(path: Path, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
-    _atomic_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def fit_slope(K: Sequence[float], y: Sequence[float]) -> float:
@@ -439,7 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = compute(args, rundir, log)
         _atomic_json(rundir / "statistics.json", result)
-        _atomic_bytes(rundir / "statistics.csv", _rows_csv(result["rows"]).encode())
+        atomic_write_bytes(rundir / "statistics.csv", _rows_csv(result["rows"]).encode())
         status.update(status="success", ended=time.time(), step=len(result["rows"]))
         _atomic_json(rundir / "status.json", status)
         log(f"statistics written to {rundir}")

@@ -9,7 +9,6 @@ import html
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -19,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from ovis.utils.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 __all__ = [
     "safe_name",
@@ -41,26 +42,6 @@ def safe_name(text: str) -> str:
     s = text.replace(":", "-").replace("/", "_")
     s = re.sub(r"[^A-Za-z0-9._=+-]+", "_", s)
     return s.strip("_") or "unnamed"
-
-
-def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 @dataclass

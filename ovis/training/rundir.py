@@ -34,12 +34,14 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
+
+from ovis.utils.files import atomic_write_bytes
+from ovis.utils.files import atomic_write_json as _atomic_write_json
 
 from ovis.training.arguments import NON_IDENTITY_FLAGS, RUN_IDENTITY_DEFAULTS
 
@@ -56,39 +58,6 @@ __all__ = [
 STATUSES = ("running", "success", "failed", "aborted")
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
-    r"""Write ``data`` to ``path`` atomically (tmp file in the same folder, fsync, ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
 def _json_default(o: Any) -> Any:
     if isinstance(o, torch.Size):
         return list(o)
@@ -100,9 +69,8 @@ def _json_default(o: Any) -> Any:
 
 
 def atomic_write_json(path: os.PathLike | str, obj: Any) -> None:
-    r"""Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
-                              + "\n").encode("utf-8"))
+    r"""Write ``obj`` as indented JSON (tensors, sizes and paths converted), atomically."""
+    _atomic_write_json(path, obj, indent=2, default=_json_default)
 
 
 def atomic_torch_save(obj: Any, path: os.PathLike | str) -> None:
