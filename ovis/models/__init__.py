@@ -57,7 +57,7 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
       Bernoulli by definition).
     * ``vae``: :class:`VAE` with ``--prior`` normal | bernoulli | categorical | mog.
     * ``discrete-vae``: :class:`ovis.models.discrete_vae.DiscreteVAE` (``N`` variables of ``K``
-      categories, dense), relaxed by ``--relaxation`` gs | igr-i | igr-planar | igr-sb (IGR-SB:
+      categories, ``--architecture`` dense | conv), relaxed by ``--relaxation`` gs | igr-i | igr-planar | igr-sb (IGR-SB:
       ``--threshold``, at most ``K`` categories), temperature ``--tau``.
     * ``gaussian-vae``: the TVO / OVIS Gaussian VAE: normal latents, fixed ``N(0, I)`` prior,
       tanh MLPs (the paper's setting: ``--N 200 --hdim 200 --nlayers 2``).
@@ -94,6 +94,9 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
             f"model {name!r}; the discrete latents are relaxed with the Gumbel-softmax / concrete "
             "distribution: use --relaxation gs, or --model discrete-vae for the IGR family"
         )
+    if str(_get(args, "architecture", "dense")) != "dense" and name != "discrete-vae":
+        raise ValueError(f"--architecture {_get(args, 'architecture', 'dense')} is only read by --model "
+                         f"discrete-vae (got --model {name}; use --model conv-vae for a convolutional VAE)")
     if name != "sbm" and depth != 1:
         raise ValueError(f"model {name!r} has one stochastic layer; --depth {depth} is only "
                          "supported by --model sbm")
@@ -113,7 +116,8 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
         return DiscreteVAE(x_shape, num_of_discrete_var=N, n_required=K,
                            relaxation=str(relaxation or "gs"), tau=tau,
                            threshold=float(_get(args, "threshold", 0.99)), hdim=hdim,
-                           nlayers=nlayers, x_mean=x_mean)
+                           nlayers=nlayers, x_mean=x_mean,
+                           architecture=str(_get(args, "architecture", "dense")))
     if name == "gaussian-vae":
         if learn_prior:
             raise ValueError("gaussian-vae has a fixed N(0, I) prior: drop --learn_prior "

@@ -21,6 +21,7 @@ __all__ = [
     "parse_run_args",
     "RUN_IDENTITY_DEFAULTS",
     "NON_IDENTITY_FLAGS",
+    "parse_tracked_estimators",
 ]
 
 
@@ -153,6 +154,8 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--relaxation", default="gs", choices=("gs", "igr-i", "igr-planar", "igr-sb"))
     g.add_argument("--threshold", type=unit_interval, default=0.99, help="IGR-SB precision")
     g.add_argument("--max_categories", type=pos_int, default=50)
+    g.add_argument("--architecture", default="dense", choices=("dense", "conv"),
+                   help="discrete-vae networks: dense (tanh MLPs) or conv (28x28 images)")
 
     g = p.add_argument_group("estimator")
     g.add_argument("--estimator", default="pathwise-iwae", help="estimator id (see estimators.md)")
@@ -194,6 +197,12 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--grad_epsilon", type=nonneg_float, default=1e-15, help="variance floor")
     g.add_argument("--mc_au_analysis", type=nonneg_int, default=0)
     g.add_argument("--npoints_au_analysis", type=nonneg_int, default=0)
+    g.add_argument("--track_variance", default="",
+                   help="comma-separated estimator ids whose gradient log10-variance is logged at every "
+                        "evaluation, at the same parameters and on the same batch as the training "
+                        "estimator's (train line: variance/<id>; empty: off)")
+    g.add_argument("--track_variance_draws", type=int_arg, default=10,
+                   help="gradient draws per tracked estimator (>= 2)")
     return p
 
 
@@ -225,12 +234,32 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             "run.py: error: argument --grad_samples: needs >= 2 draws to estimate a variance "
             "(0 skips the gradient analysis)"
         )
+    args.track_variance = ",".join(parse_tracked_estimators(args.track_variance))
+    if args.track_variance and args.track_variance_draws < 2:
+        raise RunArgumentError(
+            "run.py: error: argument --track_variance_draws: needs >= 2 draws to estimate a variance, "
+            f"got {args.track_variance_draws}")
     if args.mc_au_analysis > 0 and args.npoints_au_analysis == 1:
         raise RunArgumentError(
             "run.py: error: argument --npoints_au_analysis: needs >= 2 data points to estimate a "
             "covariance (0 skips the active-unit analysis)"
         )
     return args
+
+
+def parse_tracked_estimators(text: str) -> List[str]:
+    r"""The estimator ids of ``--track_variance`` (comma-separated, whitespace and duplicates
+    dropped, order kept); each id is validated by the estimator grammar
+    (:func:`ovis.estimators.config.parse_estimator_id`).  Raises :class:`RunArgumentError`."""
+    from ovis.estimators.config import parse_estimator_id
+
+    ids = list(dict.fromkeys(t.strip() for t in str(text).split(",") if t.strip()))
+    for eid in ids:
+        try:
+            parse_estimator_id(eid)
+        except (NotImplementedError, ValueError) as e:
+            raise RunArgumentError(f"run.py: error: argument --track_variance: {eid!r}: {e}") from None
+    return ids
 
 
 # Flags that never change what a run computes (where it is stored, how it is displayed):
