@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["select_parameters", "gradient_samples", "gradient_statistics", "get_gradients_statistics"]
+__all__ = ["select_parameters", "parameter_gradient_draws", "gradient_samples", "gradient_statistics", "get_gradients_statistics"]
 
 
 def select_parameters(model: nn.Module, key_filter: Union[str, Sequence[str], None]) -> List[Tuple[str, nn.Parameter]]:
@@ -37,20 +37,32 @@ def select_parameters(model: nn.Module, key_filter: Union[str, Sequence[str], No
     return selected
 
 
-def gradient_samples(estimator: Any, model: nn.Module, x: Tensor, mc_samples: int,
-                     key_filter: Union[str, Sequence[str], None] = None, **runtime: Any) -> Tensor:
-    r"""``mc_samples`` independent draws of the estimate of the bound's gradient (minus the
-    surrogate's gradient) w.r.t. the selected parameters, flattened: ``[mc_samples, P]``."""
-    if mc_samples < 2:
-        raise ValueError(f"mc_samples must be >= 2 to estimate a variance, got {mc_samples}")
-    params = [p for _, p in select_parameters(model, key_filter)]
+def parameter_gradient_draws(estimator: Any, model: nn.Module, x: Tensor, params: Sequence[nn.Parameter],
+                             n_draws: int, **runtime: Any) -> Tensor:
+    r"""``n_draws`` independent draws of the estimate of the bound's gradient (minus the
+    surrogate's gradient) w.r.t. ``params``, flattened: ``[n_draws, P]``.  The ``.grad`` fields are
+    left untouched; a parameter the estimator does not reach gets zeros.
+
+    Each draw averages the estimator's own ``mc`` outer samples.
+    """
+    params = list(params)
     draws = []
-    for _ in range(mc_samples):
+    for _ in range(n_draws):
         loss, _, _ = estimator(model, x, **runtime)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         draws.append(torch.cat([(-g if g is not None else torch.zeros_like(p)).reshape(-1)
                                 for g, p in zip(grads, params)]).detach())
     return torch.stack(draws)
+
+
+def gradient_samples(estimator: Any, model: nn.Module, x: Tensor, mc_samples: int,
+                     key_filter: Union[str, Sequence[str], None] = None, **runtime: Any) -> Tensor:
+    r"""``mc_samples`` independent gradient draws w.r.t. the parameters selected by ``key_filter``
+    (see :func:`select_parameters`), ``[mc_samples, P]``."""
+    if mc_samples < 2:
+        raise ValueError(f"mc_samples must be >= 2 to estimate a variance, got {mc_samples}")
+    params = [p for _, p in select_parameters(model, key_filter)]
+    return parameter_gradient_draws(estimator, model, x, params, mc_samples, **runtime)
 
 
 def gradient_statistics(grads: Tensor, epsilon: float = 1e-15) -> Dict[str, Tensor]:

@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ovis.analysis.gradients import parameter_gradient_draws
+
 __all__ = ["gradient_draws", "compare_with_exact", "Comparison", "z_threshold"]
 
 
@@ -27,20 +29,13 @@ def gradient_draws(
     **runtime: Any,
 ) -> Tensor:
     r"""``n_draws`` independent draws of ``-grad loss`` (the estimate of the bound's gradient)
-    w.r.t. ``params``, flattened: ``[n_draws, P]``.
+    w.r.t. ``params``, flattened: ``[n_draws, P]``
+    (:func:`ovis.analysis.gradients.parameter_gradient_draws`).
 
     Each draw averages the estimator's own ``mc`` outer samples, so a draw with ``mc = M`` is the
     mean of ``M`` i.i.d. draws: use a large ``mc`` and fewer draws for speed.
     """
-    params = list(params)
-    out = []
-    for _ in range(n_draws):
-        loss, _, _ = estimator(model, x, **runtime)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        out.append(torch.cat([
-            (-g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)
-        ]))
-    return torch.stack(out)
+    return parameter_gradient_draws(estimator, model, x, params, n_draws, **runtime)
 
 
 def z_threshold(failure_rate: float, n_coords: int) -> float:
