@@ -154,6 +154,10 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--relaxation", default="gs", choices=("gs", "igr-i", "igr-planar", "igr-sb"))
     g.add_argument("--threshold", type=unit_interval, default=0.99, help="IGR-SB precision")
     g.add_argument("--max_categories", type=pos_int, default=50)
+    g.add_argument("--task", default="density", choices=("density", "conditional"),
+                   help="density: model p(x); conditional: structured output prediction "
+                        "p(x_bot | x_top) of an image's bottom half from its top half "
+                        "(--model sbm or discrete-vae; see ovis.models.conditional)")
     g.add_argument("--architecture", default="dense", choices=("dense", "conv"),
                    help="discrete-vae networks: dense (tanh MLPs) or conv (28x28 images)")
 
