@@ -291,6 +291,7 @@ class Trainer:
             raise ValueError(f"model {type(self.model).__name__} has no trainable parameter")
         self.base_lrs = [g["lr"] for g in groups]
         self.optimizer = build_optimizer(args.optimizer, groups)
+        self.tracked = self._build_tracked_estimators()
 
         n = len(data.train)
         self.batch_size = min(args.bs, n)
@@ -459,9 +460,81 @@ class Trainer:
             test = evaluate_bound(self.model, self.data.test, self.idx_test, a.test_bs, a.iw_test,
                                   a.eval_chunk, self.device, tau=a.tau, stop_check=self.check_stop)
             self._save_samples(step)
+        if self.tracked:
+            train.update(self.track_variance(step))
         lines = [{"split": s, "step": int(step), "epoch": epoch, "time": t, "metrics": m}
                  for s, m in (("train", train), ("valid", valid), ("test", test))]
         return lines
+
+    # ------------------------------------------------------------------ variance tracking
+    def _build_tracked_estimators(self) -> Dict[str, Any]:
+        r"""The estimators of ``--track_variance`` (plus the training one), keyed by id.
+
+        Each is built once, with the run's ``--mc`` / ``--iw`` (and ``x_shape`` where its
+        constructor takes one, as for the training estimator), under a forked RNG seeded by
+        ``--seed``: building them never changes the training trajectory.  The training estimator
+        is the trained instance itself.  **The tracked estimators' own parameters** (NVIL's
+        baseline network, RELAX's control-variate network, dynamic REBAR's eta / temperature) **are
+        not trained**: they keep their initial values, so their variance is the one of the
+        estimator with an untrained control variate (train them by running that estimator).
+        """
+        import ovis.estimators as estimators
+        from ovis.training.arguments import parse_tracked_estimators
+
+        a = self.args
+        ids = parse_tracked_estimators(getattr(a, "track_variance", "") or "")
+        if not ids:
+            return {}
+        out: Dict[str, Any] = {a.estimator: self.estimator}
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed((int(a.seed) * 15_485_863 + 7) % (2 ** 62))
+            for eid in ids:
+                if eid in out:
+                    continue
+                cls, _ = estimators.parse_estimator_id(eid)
+                extra: Dict[str, Any] = {}
+                if "x_shape" in inspect.signature(cls.__init__).parameters:
+                    extra["x_shape"] = tuple(self.data.x_shape)
+                out[eid] = estimators.build_estimator(eid, mc=a.mc, iw=a.iw, **extra).to(self.device)
+        return out
+
+    def track_variance(self, step: int) -> Dict[str, float]:
+        r"""``{"variance/<id>": log10 of the mean gradient variance}`` of every tracked estimator
+        (REBAR's variance-tracking mode, Tucker et al. 2017).
+
+        At the model's current parameters and on the gradient-analysis batch (``--grad_bs`` fixed
+        training points), ``--track_variance_draws`` independent draws of each estimator's gradient
+        w.r.t. the parameters selected by ``--grad_key`` give the per-coordinate variance
+        :math:`\mathrm{Var}[g_p]`; the value logged is
+        :math:`\log_{10}\big(\frac1P\sum_p \mathrm{Var}[g_p]\big)` (a variance of exactly 0 is
+        floored at 1e-300).  Each estimator runs in ``eval()`` mode (no running-statistics update,
+        no control-variate step) under its own RNG fork seeded by ``(seed, step)``, so tracking
+        changes neither the training trajectory nor the other evaluation metrics, and every
+        estimator sees the same random stream.
+        """
+        from ovis.analysis.gradients import gradient_samples
+
+        a = self.args
+        self.model.eval()
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with self._forked_rng(step):  # the batch of the gradient analysis (same binarisation draw)
+            x = fetch_batch(self.data.train, self.idx_grad).to(self.device)
+        rt = self.runtime(step)
+        out: Dict[str, float] = {}
+        for eid, est in self.tracked.items():
+            self.check_stop()
+            was_training = est.training
+            est.eval()
+            try:
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(_eval_seed(a.seed, step) + 1)
+                    g = gradient_samples(est, self.model, x, a.track_variance_draws, a.grad_key, **rt)
+            finally:
+                est.train(was_training)
+            var = g.double().var(0, unbiased=True).mean()
+            out[f"variance/{eid}"] = float(torch.log10(var.clamp_min(1e-300))) if torch.isfinite(var) else math.nan
+        return out
 
     def _save_samples(self, step: int) -> None:
         shape = tuple(self.data.x_shape)
