@@ -3,7 +3,7 @@ r"""``report.py``: the figures and tables of one experiment, from its run direct
 ``python report.py --exp EXP [--root runs/] [--output reports/] [--keys dataset,estimator,iw]
 [--metrics test:loss/L_k,train:grads/snr] [--detailed_metrics ...]
 [--pivot_metrics max:test:loss/L_k,last:train:loss/ess] [--include PAT,...] [--exclude PAT,...]
-[--ylims metric:lo:hi,...] [--downsample N]``
+[--ylims metric:lo:hi,...] [--downsample N] [--variance_tracking]``
 
 * learning curves: for each ``split:metric`` of ``--metrics``, one line per configuration (the
   values of ``--keys``), the mean across the configuration's runs (seeds) at each step, with a
@@ -12,6 +12,9 @@ r"""``report.py``: the figures and tables of one experiment, from its run direct
 * pivots: for ``agg:split:metric`` (``agg`` in max, min, last, mean), the run's aggregate over its
   steps, then mean, std and count across seeds per configuration (keys without ``iw``) and ``iw``;
   tables in CSV / Markdown / LaTeX and a figure against ``iw`` (log scale);
+* with ``--variance_tracking``: per run that logged them (``run.py --track_variance``), all its
+  ``train:variance/<estimator>`` metrics in one figure, one curve per estimator
+  (``variance-tracking-<run_id>.png`` / ``.csv``);
 * the run table (status of every run directory: success, failed, running, aborted, unfinished,
   corrupt) and ``index.html`` showing everything, in ``<output>/<exp>[-inc=...][-exc=...]/``.
 """
@@ -52,6 +55,8 @@ __all__ = [
     "pivot_table",
     "report_experiment",
     "output_folder",
+    "variance_tracking_table",
+    "variance_tracking_items",
     "main",
 ]
 
@@ -142,6 +147,9 @@ def build_report_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", default="", help="drop runs matching any of these patterns (PAT,...)")
     p.add_argument("--ylims", default="", help="metric:lo:hi,... y-axis limits")
     p.add_argument("--downsample", type=int, default=0, help="at most N points per curve (0: all)")
+    p.add_argument("--variance_tracking", action="store_true",
+                   help="also draw, for every run that logged them (run.py --track_variance), all its "
+                        "train:variance/<estimator> metrics in one figure (one curve per estimator)")
     p.add_argument("--experiment_file", default=None,
                    help="the grid, to list the jobs without a finished run (default experiments/<exp>.json "
                         "when it exists; 'none' to skip)")
@@ -412,8 +420,59 @@ def report_experiment(args: argparse.Namespace) -> Path:
         _legend(ax, len(labs))
         pivot_sec.items.append(save_figure(fig, outdir, name, f"{spec.name} vs iw"))
     sections += [curves, detail, pivot_sec]
+    if getattr(args, "variance_tracking", False):
+        sections.append(Section("Gradient variance tracking (log10 of the mean gradient variance of every "
+                                "estimator at the same parameters, run.py --track_variance)",
+                                variance_tracking_items(data, outdir, args.exp, labels)))
     render_index(outdir, f"Report: {args.exp}", sections)
     return outdir
+
+
+def variance_tracking_table(data: ExperimentData, run_id: str) -> pd.DataFrame:
+    r"""The ``train:variance/<id>`` metrics of run ``run_id`` (``run.py --track_variance``):
+    columns ``estimator, step, value`` (the last value logged at a step), sorted."""
+    m = data.metrics
+    df = m[(m["run_id"] == run_id) & (m["split"] == "train") & m["metric"].str.startswith("variance/")]
+    if df.empty:
+        return pd.DataFrame(columns=["estimator", "step", "value"])
+    df = df.groupby(["metric", "step"], sort=True)["value"].last().reset_index()
+    df = df.assign(estimator=df["metric"].str.slice(len("variance/")))
+    return df[["estimator", "step", "value"]].sort_values(["estimator", "step"]).reset_index(drop=True)
+
+
+def variance_tracking_items(data: ExperimentData, outdir: Path, exp: str, labels: pd.Series) -> List[Any]:
+    r"""One figure (and its CSV, ``variance-tracking-<run_id>``) per run that logged
+    ``train:variance/*``: the log10 gradient variance of every tracked estimator against the step,
+    one curve per estimator (REBAR's variance plots, Tucker et al. 2017)."""
+    import matplotlib.pyplot as plt
+
+    m = data.metrics
+    has = m[(m["split"] == "train") & m["metric"].str.startswith("variance/")]
+    run_ids = sorted(dict.fromkeys(has["run_id"]), key=natural_key)
+    if not run_ids:
+        return [TextItem("no run logged train:variance/* metrics (run.py --track_variance ID,...)")]
+    cfg = data.runs.set_index("run_id")
+    items: List[Any] = []
+    for rid in run_ids:
+        table = variance_tracking_table(data, rid)
+        name = f"variance-tracking-{rid}"
+        items.append(write_table(table, outdir, name, f"log10 gradient variance per estimator of run {rid}"))
+        trained = cfg.at[rid, "estimator"] if "estimator" in cfg.columns and rid in cfg.index else None
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ests = sorted(dict.fromkeys(table["estimator"]), key=natural_key)
+        for color, est in zip(_palette(len(ests)), ests):
+            t = table[table["estimator"] == est]
+            ax.plot(t["step"], t["value"], color=color, marker="." if len(t) < 30 else None,
+                    label=est + (" (trained)" if est == trained else ""),
+                    linewidth=2.0 if est == trained else 1.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel("log10 gradient variance")
+        ax.set_title(f"{exp}: {labels.get(rid, rid)} [{rid[:10]}]", fontsize=9)
+        ax.grid(alpha=0.3)
+        _legend(ax, len(ests))
+        items.append(save_figure(fig, outdir, name, f"gradient variance of every estimator along run {rid} "
+                                                    f"(trained with {trained or '?'})"))
+    return items
 
 
 def grid_items(experiment_file: Optional[str], exp: str, data: ExperimentData, outdir: Path) -> List[Any]:
