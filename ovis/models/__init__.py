@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 from ovis.models.base import TemplateModel, batch_reduce, check_model_output, require_hook
+from ovis.models.conditional import TASKS, ConditionalSBN, HalfImageBernoulli
 from ovis.models.sbm import SigmoidBeliefNetwork
 from ovis.models.vae import LATENT_PRIORS, VAE, GaussianVAE, conv_decoder, conv_encoder
 
@@ -25,6 +26,9 @@ __all__ = [
     "VAE",
     "LATENT_PRIORS",
     "SigmoidBeliefNetwork",
+    "TASKS",
+    "ConditionalSBN",
+    "HalfImageBernoulli",
     "conv_encoder",
     "conv_decoder",
 ]
@@ -67,6 +71,10 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
       ``data.ground_truth``.
     * ``gaussian-toy``: :class:`ovis.models.gaussian_toy.GaussianToyModel` (Rainforth et al.
       2018), ``D`` = the data dimension.
+
+    ``args.task == "conditional"`` (``--task conditional``): structured output prediction of an
+    image's bottom half from its top half, :class:`ovis.models.conditional.ConditionalSBN`
+    (``--model sbm``, any ``--depth``); the bound is then one of ``log p(x_bot | x_top)``.
     """
     dataset = getattr(data, "name", None)
     name = _get(args, "model", None) or default_model_name(str(dataset))
@@ -100,6 +108,17 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
     if name != "sbm" and depth != 1:
         raise ValueError(f"model {name!r} has one stochastic layer; --depth {depth} is only "
                          "supported by --model sbm")
+    task = str(_get(args, "task", "density") or "density")
+    if task not in TASKS:
+        raise ValueError(f"unknown --task {task!r}; valid tasks are {list(TASKS)}")
+    if task == "conditional":
+        if name != "sbm":
+            raise NotImplementedError(
+                f"--task conditional (predict the bottom half of an image from its top half) is "
+                f"implemented for --model sbm only, got --model {name}")
+        if prior not in ("bernoulli", "normal"):
+            raise ValueError(f"the sigmoid belief network has Bernoulli latents; got --prior {prior}")
+        return ConditionalSBN(x_shape, N=N, depth=depth, nlayers=nlayers, hdim=hdim, x_mean=x_mean)
     if name == "sbm":
         if prior not in ("bernoulli", "normal"):
             raise ValueError(f"the sigmoid belief network has Bernoulli latents; got --prior {prior}")

@@ -1,0 +1,271 @@
+r"""The conditional (structured output prediction) task: predict the bottom half of an image from
+its top half (Raiko et al. 2015; MuProp, Gu et al. 2016; REBAR, Tucker et al. 2017; IGR,
+Potapczynski et al. 2020).
+
+An observation ``x`` (e.g. a ``[1, 28, 28]`` binarized MNIST digit) is split into its top half
+``x_top`` (rows ``0 .. H/2 - 1``, i.e. rows 0-13 of a 28-row image) and its bottom half ``x_bot``
+(the remaining rows).  The model is the conditional latent-variable model
+
+.. math::
+
+    p_\theta(x_{bot} | x_{top}) = \sum_z p_\theta(z_L | x_{top})
+        \prod_{l=1}^{L-1} p_\theta(z_l | z_{l+1}) \; p_\theta(x_{bot} | z_1),
+
+with ``L >= 1`` stochastic layers in the generative model (the REBAR errata: the original code had
+a single stochastic layer there by mistake), fitted with an inference network
+``q_phi(z_1 | x) q_phi(z_2 | z_1) ... q_phi(z_L | z_{L-1})`` that sees the whole image ``x =
+(x_top, x_bot)``.  The importance-weighted bound
+
+.. math::
+
+    \mathcal{L}_K = E\Big[\log \frac1K \sum_k
+        \frac{p(x_{bot} | z^{(k)}_1)\, p(z^{(k)} | x_{top})}{q(z^{(k)} | x)}\Big]
+        \le \log p(x_{bot} | x_{top})
+
+is what every estimator of :mod:`ovis.estimators` optimises *without any change*: the data ``x``
+stays the full image, the prior of the top layer depends on ``x_top``, and the model output's
+``px`` is a :class:`HalfImageBernoulli` whose ``log_prob(x)`` scores only the bottom half of ``x``
+(the top half of ``x`` is ignored by the likelihood term).
+
+:class:`ConditionalSBN` is the sigmoid belief network of :mod:`ovis.models.sbm` in this setting,
+with the discrete hooks ``latent_depth``, ``q_logits`` and ``log_joint_at`` of the REBAR-line
+estimators (:mod:`ovis.estimators.discrete`): ``log_joint_at(x, z)`` returns
+``log p(x_bot | z_1)`` and ``[log p(z_l | z_{l+1}) ..., log p(z_L | x_top)]``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import Bernoulli, Distribution, Independent, constraints
+
+from ovis.models.sbm import SigmoidBeliefNetwork, sample_bernoulli
+from ovis.models.vae import init_output_bias, mlp
+
+__all__ = ["TASKS", "half_image_indices", "HalfImageBernoulli", "ConditionalSBN"]
+
+#: values of ``run.py --task``
+TASKS = ("density", "conditional")
+
+
+def half_image_indices(x_shape: Sequence[int]) -> Tuple[Tensor, Tensor]:
+    r"""Indices ``(top, bottom)`` into the flattened observation of shape ``x_shape``.
+
+    For ``x_shape = [..., H, W]`` the top half is the rows ``h < H // 2`` (of every channel), the
+    bottom half the other rows (28-row images: rows 0-13 and 14-27).  For a flat ``x_shape = [D]``
+    the top half is the first ``D // 2`` entries (the top rows of a row-major image with an even
+    number of rows).  Both are sorted ``long`` tensors; together they cover ``0 .. D - 1``.
+    """
+    shape = torch.Size(x_shape)
+    D = int(math.prod(shape))
+    if len(shape) == 0 or D < 2:
+        raise ValueError(f"the conditional task needs an observation of at least 2 values, got x_shape={tuple(shape)}")
+    if len(shape) == 1:
+        top = torch.zeros(D, dtype=torch.bool)
+        top[: D // 2] = True
+    else:
+        H = shape[-2]
+        if H < 2:
+            raise ValueError(f"the conditional task splits the rows of the image; x_shape={tuple(shape)} has {H} row")
+        rows = torch.arange(H).view(H, 1).expand(*shape[-2:]).expand(shape)
+        top = (rows < H // 2).reshape(-1)
+    idx = torch.arange(D)
+    return idx[top], idx[~top]
+
+
+class HalfImageBernoulli(Distribution):
+    r"""``p(x_bot | z)`` as a distribution over *full* images that scores only the bottom half.
+
+    ``log_prob(x)`` for ``x`` of shape ``[n, *x_shape]`` is
+    :math:`\sum_{i \in bottom} x_i \log \sigma(\eta_i) + (1 - x_i) \log \sigma(-\eta_i)` (``[n]``):
+    the pixels of ``x``'s top half are ignored.  ``mean`` and ``sample()`` are full images
+    ``[n, *x_shape]`` whose top half is the conditioning ``x_top`` and whose bottom half is the
+    Bernoulli mean / a sample.  This lets the estimators of :mod:`ovis.estimators` (which call
+    ``output['px'].log_prob(x)`` on the full data) optimise the conditional bound unchanged.
+
+    Args:
+        logits: ``[n, D_bot]`` Bernoulli logits of the bottom half.
+        x_top: ``[n, D_top]`` the conditioning top half (values in ``[0, 1]``).
+        x_shape: shape of one full observation.
+        top, bottom: the indices of :func:`half_image_indices`.
+    """
+
+    arg_constraints = {"logits": constraints.real}
+    has_rsample = False
+
+    def __init__(self, logits: Tensor, x_top: Tensor, x_shape: Sequence[int], top: Tensor,
+                 bottom: Tensor) -> None:
+        if logits.dim() != 2 or logits.shape[1] != bottom.numel():
+            raise ValueError(f"logits must be [n, {bottom.numel()}], got {tuple(logits.shape)}")
+        if x_top.shape != (logits.shape[0], top.numel()):
+            raise ValueError(f"x_top must be [{logits.shape[0]}, {top.numel()}], got {tuple(x_top.shape)}")
+        self.logits, self.x_top = logits, x_top
+        self.top, self.bottom = top.to(logits.device), bottom.to(logits.device)
+        self._x_shape = torch.Size(x_shape)
+        super().__init__(batch_shape=logits.shape[:1], event_shape=self._x_shape, validate_args=False)
+
+    @property
+    def bottom_distribution(self) -> Distribution:
+        r"""``Independent(Bernoulli(logits), 1)`` over the bottom half only (``[n]``, event ``[D_bot]``)."""
+        return Independent(Bernoulli(logits=self.logits, validate_args=False), 1)
+
+    def _assemble(self, bottom_values: Tensor) -> Tensor:
+        n = bottom_values.shape[0]
+        out = bottom_values.new_empty(n, self.top.numel() + self.bottom.numel())
+        out[:, self.top] = self.x_top.to(bottom_values.dtype)
+        out[:, self.bottom] = bottom_values
+        return out.view(n, *self._x_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        n = self.logits.shape[0]
+        if value.shape[0] != n or value[0].numel() != self.top.numel() + self.bottom.numel():
+            raise ValueError(f"HalfImageBernoulli.log_prob expects full observations [{n}, "
+                             f"{tuple(self._x_shape)}], got {tuple(value.shape)}")
+        v = value.reshape(n, -1).index_select(1, self.bottom)
+        return (v * self.logits - F.softplus(self.logits)).sum(-1)
+
+    @property
+    def mean(self) -> Tensor:
+        return self._assemble(torch.sigmoid(self.logits))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        if len(sample_shape) != 0:
+            raise NotImplementedError("HalfImageBernoulli.sample supports sample_shape=() only")
+        with torch.no_grad():
+            return self._assemble((torch.rand_like(self.logits) < torch.sigmoid(self.logits)).to(self.logits.dtype))
+
+
+class ConditionalSBN(SigmoidBeliefNetwork):
+    r"""A ``depth``-layer sigmoid belief network for ``p(x_bot | x_top)`` (module docstring).
+
+    * generative model: ``p(z_L | x_top) = Bernoulli(sigmoid(c(2 x_top - 1)))``,
+      ``p(z_{l-1} | z_l) = Bernoulli(sigmoid(f_l(2 z_l - 1)))``,
+      ``p(x_bot | z_1) = Bernoulli(sigmoid(f_0(2 z_1 - 1)))`` (:class:`HalfImageBernoulli`);
+    * inference network: as :class:`SigmoidBeliefNetwork`, ``q(z_1 | x)`` on the full image.
+
+    Every map is linear (``nlayers = 0``) or an MLP of ``nlayers`` tanh layers of ``hdim`` units.
+
+    Args: as :class:`SigmoidBeliefNetwork` (``x_mean`` initialises the bias of ``p(x_bot|z_1)`` at
+    the logit of the bottom half of the training mean; its top half is also the default
+    conditioning input of :meth:`sample_from_prior`).
+
+    Parameters: ``inference_network.layers.{l}``, ``generative_model.layers.{l}`` (``layers.0``:
+    ``z_1 -> x_bot``) and ``generative_model.prior_net`` (``x_top -> `` logits of ``z_L``).
+    """
+
+    def __init__(self, x_shape: Sequence[int], N: int = 200, depth: int = 1, nlayers: int = 0,
+                 hdim: int = 200, x_mean: Optional[Tensor] = None) -> None:
+        super().__init__(x_shape, N=N, depth=depth, nlayers=nlayers, hdim=hdim, x_mean=None)
+        top, bottom = half_image_indices(self.x_shape)
+        self.register_buffer("top_index", top, persistent=False)
+        self.register_buffer("bottom_index", bottom, persistent=False)
+        self.D_top, self.D_bot = top.numel(), bottom.numel()
+        del self.generative_model.prior_logits
+        self.generative_model.layers[0] = mlp(N, self.D_bot, hdim, nlayers)
+        self.generative_model.prior_net = mlp(self.D_top, N, hdim, nlayers)
+        if x_mean is not None:
+            if x_mean.numel() != self.D:
+                raise ValueError(f"x_mean must have {self.D} values (x_shape={tuple(self.x_shape)}), got {x_mean.numel()}")
+            flat = x_mean.detach().reshape(-1).float()
+            init_output_bias(self.generative_model.layers[0], flat[bottom])
+            default_top = flat[top].clone()
+        else:
+            default_top = torch.full((self.D_top,), 0.5)
+        self.register_buffer("default_x_top", default_top, persistent=False)
+
+    # ------------------------------------------------------------------ pieces
+    def split(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        r"""``x [n, *x_shape] -> (x_top [n, D_top], x_bot [n, D_bot])``."""
+        h = x.reshape(x.shape[0], -1)
+        if h.shape[1] != self.D:
+            raise ValueError(f"expected observations of shape {tuple(self.x_shape)}, got {tuple(x.shape)}")
+        return h.index_select(1, self.top_index), h.index_select(1, self.bottom_index)
+
+    def prior_logits_given(self, x_top: Tensor) -> Tensor:
+        r"""Logits ``[n, N]`` of ``p(z_L | x_top)`` for ``x_top [n, D_top]``."""
+        return self.generative_model.prior_net(2 * x_top - 1)
+
+    def prior(self, n: int) -> Distribution:  # type: ignore[override]
+        raise TypeError("ConditionalSBN has no unconditional prior: p(z_L | x_top) needs the top half "
+                        "(use conditional_prior(x_top))")
+
+    def conditional_prior(self, x_top: Tensor) -> Distribution:
+        r"""``p(z_L | x_top)``, batch ``[n]``, event ``[N]``."""
+        return self._bernoulli(self.prior_logits_given(x_top))
+
+    def observation_model(self, z1: Tensor, x_top: Optional[Tensor] = None) -> Distribution:  # type: ignore[override]
+        r"""``p(x_bot | z_1)`` as a :class:`HalfImageBernoulli` (top half: ``x_top`` ``[n, D_top]``)."""
+        if x_top is None:
+            raise TypeError("ConditionalSBN.observation_model needs x_top (the conditioning top half)")
+        logits = self.generative_model.layers[0](2 * z1 - 1)
+        return HalfImageBernoulli(logits, x_top, self.x_shape, self.top_index, self.bottom_index)
+
+    def _generative_given(self, z: List[Tensor], prior_logits: Tensor) -> List[Distribution]:
+        return ([self._p(l + 1, z[l + 1]) for l in range(self.depth - 1)]
+                + [self._bernoulli(prior_logits)])
+
+    # ------------------------------------------------------------------ protocol
+    def forward(self, x: Tensor, zgrads: bool = False, particles: int = 1, **kwargs: Any) -> Dict[str, Any]:
+        r"""``z ~ q(z | x)`` on the full image; ``pz[-1] = p(z_L | x_top)``; ``px`` scores ``x_bot``.
+
+        ``particles = n``: as :meth:`SigmoidBeliefNetwork.forward` (``x`` un-expanded, ``B * n``
+        rows, row ``b * n + j``); the prior network is also evaluated once per data point.
+        """
+        if particles < 1:
+            raise ValueError(f"particles must be >= 1, got {particles}")
+        x_top, _ = self.split(x)
+        h = x.reshape(x.shape[0], -1)
+        prior_logits = self.prior_logits_given(x_top)
+        if particles > 1:
+            prior_logits = prior_logits.repeat_interleave(particles, 0)
+            x_top = x_top.repeat_interleave(particles, 0)
+        qz: List[Distribution] = []
+        z: List[Tensor] = []
+        for l in range(self.depth):
+            if l == 0 and particles > 1:
+                q = self._bernoulli(self.inference_network.layers[0](2 * h - 1).repeat_interleave(particles, 0))
+            else:
+                q = self._q(l, h)
+            h = sample_bernoulli(q)
+            qz.append(q)
+            z.append(h)
+        return {"px": self.observation_model(z[0], x_top), "z": z, "qz": qz,
+                "pz": self._generative_given(z, prior_logits)}
+
+    def log_joint_at(self, x: Tensor, z: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        r"""``(log p(x_bot | z_1) [n], log p(z_l | z_{l+1}), ..., log p(z_L | x_top) [n, L])`` at
+        given (possibly relaxed) ``z`` (discrete hook; ``x`` is the full image ``[n, *x_shape]``)."""
+        if len(z) != self.depth:
+            raise ValueError(f"log_joint_at needs {self.depth} latent layers, got {len(z)}")
+
+        def lp(logits: Tensor, v: Tensor) -> Tensor:
+            return (v * logits - F.softplus(logits)).reshape(v.shape[0], -1).sum(-1)
+
+        x_top, x_bot = self.split(x)
+        log_px = lp(self.generative_model.layers[0](2 * z[0] - 1), x_bot)
+        log_pz = [lp(self.generative_model.layers[l + 1](2 * z[l + 1] - 1), z[l]) for l in range(self.depth - 1)]
+        log_pz.append(lp(self.prior_logits_given(x_top), z[-1]))
+        return log_px, torch.stack(log_pz, dim=-1)
+
+    def sample_from_prior(self, bs: int, x: Optional[Tensor] = None, **kwargs: Any) -> Dict[str, Any]:
+        r"""Ancestral samples of ``p(z | x_top) p(x_bot | z_1)``.
+
+        ``x``: ``[bs, *x_shape]`` images whose top halves condition the samples; left out, every
+        sample is conditioned on the top half of the training mean (``0.5`` when unknown).
+        ``px.mean`` / ``px.sample()`` are full images with that top half.
+        """
+        if x is None:
+            x_top = self.default_x_top.expand(bs, self.D_top)
+        else:
+            if x.shape[0] != bs:
+                raise ValueError(f"sample_from_prior: x has {x.shape[0]} rows, bs={bs}")
+            x_top, _ = self.split(x)
+        prior_logits = self.prior_logits_given(x_top)
+        z = [sample_bernoulli(self._bernoulli(prior_logits))]
+        for l in range(self.depth - 1, 0, -1):
+            z.insert(0, sample_bernoulli(self._p(l, z[0])))
+        return {"px": self.observation_model(z[0], x_top), "z": z,
+                "pz": self._generative_given(z, prior_logits)}
