@@ -13,7 +13,7 @@ import torch
 from ovis.estimators import build_estimator
 from ovis.estimators.discrete import bernoulli_log_prob
 from ovis.models import build_model
-from ovis.models.conditional import ConditionalSBN, HalfImageBernoulli, half_image_indices
+from ovis.models.conditional import ConditionalDiscreteVAE, ConditionalSBN, HalfImageBernoulli, half_image_indices
 from ovis.models.sbm import SigmoidBeliefNetwork
 from ovis.testing import compare_with_exact, exact_gradients, gradient_draws
 
@@ -231,6 +231,39 @@ def test_every_discrete_estimator_trains_a_few_steps(eid):
     assert float(diag["loss"]["L_k"].mean()) > -392 * math.log(2)
 
 
+# ---------------------------------------------------------------------------------- discrete VAE
+@pytest.mark.parametrize("relaxation", ["gs", "igr-i", "igr-planar", "igr-sb"])
+def test_conditional_discrete_vae(relaxation):
+    model = ConditionalDiscreteVAE((1, 28, 28), num_of_discrete_var=3, n_required=4, relaxation=relaxation,
+                                   tau=0.5, hdim=16, nlayers=1, x_mean=torch.full((1, 28, 28), 0.2))
+    x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.2))
+    x2 = x.clone()
+    x2[:, :, :14] = 1 - x2[:, :, :14]  # other top halves
+    out = model(x, zgrads=True)
+    assert isinstance(out["px"], HalfImageBernoulli) and out["px"].log_prob(x).shape == (5,)
+    torch.testing.assert_close(out["px"].log_prob(x), out["px"].log_prob(x2))  # top half ignored
+    z = out["z"][0]
+    prior2 = model(x2, zgrads=True)["pz"][0]
+    assert (out["pz"][0].log_prob(z) - prior2.log_prob(z)).abs().min() > 1e-5  # p(z | x_top)
+    assert torch.isfinite(model.elbo(x)).all() and torch.isfinite(model.kl(x)).all()
+    assert model.sample_from_prior(4)["px"].mean.shape == (4, 1, 28, 28)
+    # pathwise IWAE training steps move the prior network and improve the bound on this batch
+    est = build_estimator("pathwise-iwae", iw=4)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    start = model.generative_model.prior_net[-1].weight.detach().clone()
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss, diag, _ = est(model, x, backward=True, tau=0.5)
+        losses.append(float(loss.detach()))
+        opt.step()
+    assert not torch.equal(start, model.generative_model.prior_net[-1].weight)
+    assert sum(losses[-5:]) < sum(losses[:5]), losses
+    if relaxation == "gs":  # hard one-hot samples for the score-function estimators
+        _, diag, _ = build_estimator("vimco-arithmetic", iw=3)(model, x, backward=True)
+        assert torch.isfinite(diag["loss"]["L_k"]).all()
+
+
 # ---------------------------------------------------------------------------------- run.py
 def test_build_model_and_the_task_flag():
     from types import SimpleNamespace
@@ -252,6 +285,9 @@ def test_build_model_and_the_task_flag():
     assert compute_run_id(dense) == compute_run_id(before_the_flag) != compute_run_id(args)
     with pytest.raises(NotImplementedError, match="--model sbm"):
         build_model(build_run_parser().parse_args(["--model", "vae", "--task", "conditional"]), data)
+    dvae = build_model(build_run_parser().parse_args(
+        ["--model", "discrete-vae", "--relaxation", "igr-i", "--N", "3", "--K", "4", "--task", "conditional"]), data)
+    assert isinstance(dvae, ConditionalDiscreteVAE) and dvae.relaxation == "igr-i"
 
 
 @pytest.mark.slow
@@ -273,3 +309,20 @@ def test_run_py_conditional_two_layer_sbn(tmp_path, data_root):
     # a bound of log p(x_bot | x_top) over 392 pixels: far above a density bound of 784 pixels
     assert -392 * math.log(2) < test[-1] < 0, test
     assert list(run_dir.glob("**/*.png")), "no conditional samples saved"
+
+
+@pytest.mark.slow
+def test_run_py_conditional_discrete_vae(tmp_path, data_root):
+    from ovis.training.run import main
+
+    code = main(["--task", "conditional", "--model", "discrete-vae", "--relaxation", "igr-i", "--N", "5",
+                 "--K", "4", "--hdim", "32", "--nlayers", "1", "--estimator", "pathwise-iwae", "--iw", "2",
+                 "--dataset", "binmnist", "--mini", "--nsteps", "40", "--lr", "3e-3", "--bs", "24",
+                 "--eval_freq", "1", "--max_eval", "50", "--valid_bs", "10", "--test_bs", "10", "--iw_test", "5",
+                 "--iw_valid", "5", "--silent", "--exp", "cond", "--root", str(tmp_path),
+                 "--data_root", str(data_root)])
+    assert code == 0
+    (metrics_file,) = list(tmp_path.glob("cond/*/metrics.jsonl"))
+    lines = [json.loads(s) for s in metrics_file.read_text().splitlines()]
+    test = [r["metrics"]["loss/L_k"] for r in lines if r["split"] == "test"]
+    assert test and -392 * math.log(2) < test[-1] < 0, test

@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from ovis.models.base import TemplateModel, batch_reduce, check_model_output, require_hook
-from ovis.models.conditional import TASKS, ConditionalSBN, HalfImageBernoulli
+from ovis.models.conditional import TASKS, ConditionalDiscreteVAE, ConditionalSBN, HalfImageBernoulli
 from ovis.models.sbm import SigmoidBeliefNetwork
 from ovis.models.vae import LATENT_PRIORS, VAE, GaussianVAE, conv_decoder, conv_encoder
 
@@ -28,6 +28,7 @@ __all__ = [
     "SigmoidBeliefNetwork",
     "TASKS",
     "ConditionalSBN",
+    "ConditionalDiscreteVAE",
     "HalfImageBernoulli",
     "conv_encoder",
     "conv_decoder",
@@ -74,7 +75,8 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
 
     ``args.task == "conditional"`` (``--task conditional``): structured output prediction of an
     image's bottom half from its top half, :class:`ovis.models.conditional.ConditionalSBN`
-    (``--model sbm``, any ``--depth``); the bound is then one of ``log p(x_bot | x_top)``.
+    (``--model sbm``, any ``--depth``) or :class:`ovis.models.conditional.ConditionalDiscreteVAE`
+    (``--model discrete-vae``); the bound is then one of ``log p(x_bot | x_top)``.
     """
     dataset = getattr(data, "name", None)
     name = _get(args, "model", None) or default_model_name(str(dataset))
@@ -112,10 +114,18 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
     if task not in TASKS:
         raise ValueError(f"unknown --task {task!r}; valid tasks are {list(TASKS)}")
     if task == "conditional":
+        if name == "discrete-vae":
+            if learn_prior:
+                raise ValueError("--task conditional: the discrete-vae prior p(z | x_top) is always "
+                                 "learned; drop --learn_prior")
+            return ConditionalDiscreteVAE(
+                x_shape, num_of_discrete_var=N, n_required=K, relaxation=str(relaxation or "gs"),
+                tau=tau, threshold=float(_get(args, "threshold", 0.99)), hdim=hdim, nlayers=nlayers,
+                architecture=str(_get(args, "architecture", "dense")), x_mean=x_mean)
         if name != "sbm":
             raise NotImplementedError(
                 f"--task conditional (predict the bottom half of an image from its top half) is "
-                f"implemented for --model sbm only, got --model {name}")
+                f"implemented for --model sbm and --model discrete-vae, got --model {name}")
         if prior not in ("bernoulli", "normal"):
             raise ValueError(f"the sigmoid belief network has Bernoulli latents; got --prior {prior}")
         return ConditionalSBN(x_shape, N=N, depth=depth, nlayers=nlayers, hdim=hdim, x_mean=x_mean)

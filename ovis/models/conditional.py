@@ -27,6 +27,8 @@ stays the full image, the prior of the top layer depends on ``x_top``, and the m
 ``px`` is a :class:`HalfImageBernoulli` whose ``log_prob(x)`` scores only the bottom half of ``x``
 (the top half of ``x`` is ignored by the likelihood term).
 
+:class:`ConditionalDiscreteVAE` is the discrete VAE of the IGR paper
+(:mod:`ovis.models.discrete_vae`, Gumbel-Softmax or IGR) with the prior ``p(z | x_top)``.
 :class:`ConditionalSBN` is the sigmoid belief network of :mod:`ovis.models.sbm` in this setting,
 with the discrete hooks ``latent_depth``, ``q_logits`` and ``log_joint_at`` of the REBAR-line
 estimators (:mod:`ovis.estimators.discrete`): ``log_joint_at(x, z)`` returns
@@ -40,12 +42,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributions import Bernoulli, Distribution, Independent, constraints
+from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical, constraints
 
+from ovis.distributions.gumbel import GumbelSoftmax
+from ovis.models.discrete_vae import DiscreteVAE
 from ovis.models.sbm import SigmoidBeliefNetwork, sample_bernoulli
 from ovis.models.vae import init_output_bias, mlp
 
-__all__ = ["TASKS", "half_image_indices", "HalfImageBernoulli", "ConditionalSBN"]
+__all__ = ["TASKS", "half_image_indices", "HalfImageBernoulli", "ConditionalSBN", "ConditionalDiscreteVAE"]
 
 #: values of ``run.py --task``
 TASKS = ("density", "conditional")
@@ -269,3 +273,110 @@ class ConditionalSBN(SigmoidBeliefNetwork):
             z.insert(0, sample_bernoulli(self._p(l, z[0])))
         return {"px": self.observation_model(z[0], x_top), "z": z,
                 "pz": self._generative_given(z, prior_logits)}
+
+
+
+class ConditionalDiscreteVAE(DiscreteVAE):
+    r"""The discrete VAE of the IGR paper (:class:`ovis.models.discrete_vae.DiscreteVAE`) for
+    ``p(x_bot | x_top)`` (structured output prediction, IGR paper section 5.2).
+
+    * prior conditioned on the top half: GS: ``p(z | x_top)`` relaxes
+      ``Categorical(softmax(c(2 x_top - 1)))`` (``[N, K]`` logits); IGR:
+      ``p(y | x_top) = N(mu(x_top), sigma(x_top)^2)`` (the IGR noise, ``[N, K-1]``);
+      ``c`` / ``(mu, log sigma)`` is ``generative_model.prior_net``, an MLP of ``x_top``;
+    * ``q(z | x)`` sees the whole image (as in :class:`DiscreteVAE`);
+    * ``px`` is a :class:`HalfImageBernoulli`: the decoder (dense or conv) still outputs a full
+      image of logits, of which only the bottom half is used (the top rows of its output layer
+      receive no gradient).
+
+    One stochastic layer (``N`` categorical variables), as in the IGR paper.  Same arguments as
+    :class:`DiscreteVAE`, by keyword (``hdim`` / ``nlayers`` also size ``prior_net``); :meth:`DiscreteVAE.elbo` / :meth:`DiscreteVAE.kl` use the conditional
+    prior (the KL is then ``KL(q(z|x) || p(z|x_top))``).
+    """
+
+    def __init__(self, x_shape: Sequence[int], **kwargs: Any) -> None:
+        super().__init__(x_shape, **kwargs)
+        top, bottom = half_image_indices(self.x_shape)
+        self.register_buffer("top_index", top, persistent=False)
+        self.register_buffer("bottom_index", bottom, persistent=False)
+        self.D = top.numel() + bottom.numel()
+        hdim = int(kwargs.get("hdim", 200))
+        nlayers = int(kwargs.get("nlayers", 2))
+        out_dim = self.N * self.K if not self.is_igr else 2 * self.N * self.noise_dim
+        self.generative_model.prior_net = mlp(top.numel(), out_dim, hdim, nlayers)
+        x_mean = kwargs.get("x_mean")
+        default = (x_mean.detach().reshape(-1).float()[top].clone() if x_mean is not None
+                   else torch.full((top.numel(),), 0.5))
+        self.register_buffer("default_x_top", default, persistent=False)
+
+    def split(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        r"""``x [n, *x_shape] -> (x_top [n, D_top], x_bot [n, D_bot])``."""
+        h = x.reshape(x.shape[0], -1)
+        if h.shape[1] != self.D:
+            raise ValueError(f"expected observations of shape {tuple(self.x_shape)}, got {tuple(x.shape)}")
+        return h.index_select(1, self.top_index), h.index_select(1, self.bottom_index)
+
+    def prior_given(self, x_top: Tensor) -> Any:
+        r"""GS: prior logits ``[n, N, K]``; IGR: ``(loc, scale)`` ``[n, N, K-1]``, from ``x_top``."""
+        h = self.generative_model.prior_net(2 * x_top - 1)
+        if not self.is_igr:
+            return h.reshape(h.shape[0], self.N, self.K)
+        loc, log_scale = h.reshape(h.shape[0], self.N, 2 * self.noise_dim).chunk(2, dim=-1)
+        return loc, log_scale.exp()
+
+    def prior_params(self, n: int, like: Tensor) -> Any:
+        r"""The conditional prior's parameters; ``like`` must be the observations ``[n, *x_shape]``
+        (as :meth:`DiscreteVAE.forward` / :meth:`DiscreteVAE.kl` pass them)."""
+        if like.dim() < 1 or like.shape[0] != n or like[0].numel() != self.D:
+            raise TypeError("ConditionalDiscreteVAE.prior_params needs the observations x "
+                            f"[{n}, {tuple(self.x_shape)}] (their top half), got {tuple(like.shape)}")
+        return self.prior_given(self.split(like)[0])
+
+    def observation_model(self, z: Tensor, x_top: Optional[Tensor] = None) -> Distribution:  # type: ignore[override]
+        r"""``p(x_bot | z)`` as a :class:`HalfImageBernoulli` (``x_top`` ``[n, D_top]`` required)."""
+        if x_top is None:
+            raise TypeError("ConditionalDiscreteVAE.observation_model needs x_top (the conditioning top half)")
+        logits = self.generative_model.decoder(z.reshape(z.shape[0], -1)).reshape(z.shape[0], -1)
+        return HalfImageBernoulli(logits.index_select(1, self.bottom_index), x_top, self.x_shape,
+                                  self.top_index, self.bottom_index)
+
+    def _sample(self, x_top: Tensor, post: Any, prior: Any, zgrads: bool, tau: float,
+                from_prior: bool) -> Dict[str, Any]:
+        if not self.is_igr:
+            t = torch.tensor(tau, device=x_top.device)
+            if zgrads:
+                pz = Independent(GumbelSoftmax(t, logits=prior), 1)
+                qz = None if post is None else Independent(GumbelSoftmax(t, logits=post), 1)
+            else:
+                pz = Independent(OneHotCategorical(logits=prior), 1)
+                qz = None if post is None else Independent(OneHotCategorical(logits=post), 1)
+            src = pz if from_prior else qz
+            z = src.rsample() if zgrads else src.sample()
+            out = {"px": self.observation_model(z, x_top), "z": [z], "pz": [pz], "z_relaxed": [z]}
+        else:
+            pz = Independent(Normal(*prior), 2)
+            qz = None if post is None else Independent(Normal(*post), 2)
+            src, params = (pz, prior) if from_prior else (qz, post)
+            y = src.rsample() if zgrads else src.sample()
+            z = self.relaxed(params[0], params[1], tau).transform(y)
+            out = {"px": self.observation_model(z, x_top), "z": [y], "pz": [pz], "z_relaxed": [z]}
+        if qz is not None:
+            out["qz"] = [qz]
+        return out
+
+    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
+        r"""As :meth:`DiscreteVAE.forward`, with ``p(z | x_top)`` and ``px`` scoring ``x_bot``."""
+        x_top, _ = self.split(x)
+        return self._sample(x_top, self.posterior_params(x), self.prior_given(x_top), zgrads,
+                            self._tau(kwargs), from_prior=False)
+
+    def sample_from_prior(self, bs: int, x: Optional[Tensor] = None, **kwargs: Any) -> Dict[str, Any]:
+        r"""Samples of ``p(z | x_top) p(x_bot | z)``: ``x`` ``[bs, *x_shape]`` gives the top halves
+        (default: the top half of the training mean); ``px.mean`` is a full image."""
+        if x is None:
+            x_top = self.default_x_top.expand(bs, self.default_x_top.numel())
+        else:
+            if x.shape[0] != bs:
+                raise ValueError(f"sample_from_prior: x has {x.shape[0]} rows, bs={bs}")
+            x_top = self.split(x)[0]
+        return self._sample(x_top, None, self.prior_given(x_top), False, self._tau(kwargs), from_prior=True)
