@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,8 @@ def _one_thread():
     yield
     torch.set_num_threads(old)
 
+
+REPO_EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 # a 4 x 3 "image": top half = rows 0-1 (6 pixels), bottom half = rows 2-3 (6 pixels)
 X_SHAPE = (4, 3)
@@ -208,13 +211,14 @@ def test_estimators_are_unbiased_on_the_conditional_model(eid):
     compare_with_exact(draws, exact)
 
 
-@pytest.mark.parametrize("eid", ["arm", "disarm", "rebar", "dynamic-rebar", "relax", "muprop", "nvil",
-                                 "vimco-arithmetic", "ovis-gamma1"])
+@pytest.mark.parametrize("eid", ["arm", "disarm", "rebar", "dynamic-rebar", "relax", "muprop", "simple-muprop",
+                                 "nvil", "concrete", "straight-through", "reinforce", "vimco-arithmetic",
+                                 "ovis-gamma1"])
 def test_every_discrete_estimator_trains_a_few_steps(eid):
     model = ConditionalSBN((1, 28, 28), N=8, depth=2, nlayers=0, x_mean=torch.full((1, 28, 28), 0.2))
     x = torch.bernoulli(torch.full((6, 1, 28, 28), 0.2))
     kw = {"x_shape": (1, 28, 28)} if eid == "nvil" else {}
-    K = 1 if eid in ("arm", "disarm", "rebar", "dynamic-rebar", "relax", "muprop", "nvil") else 4
+    K = 4 if eid in ("vimco-arithmetic", "ovis-gamma1") else 1
     est = build_estimator(eid, iw=K, **kw)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.Adam(list(model.parameters()) + list(est.parameters()), lr=1e-2)
@@ -288,6 +292,19 @@ def test_build_model_and_the_task_flag():
     dvae = build_model(build_run_parser().parse_args(
         ["--model", "discrete-vae", "--relaxation", "igr-i", "--N", "3", "--K", "4", "--task", "conditional"]), data)
     assert isinstance(dvae, ConditionalDiscreteVAE) and dvae.relaxation == "igr-i"
+
+
+def test_experiment_files_validate():
+    from ovis.experiments import load_and_expand
+    from ovis.training.arguments import parse_run_args
+    for name in ("rebar-conditional-2layer", "rebar-conditional-2layer-cpu"):
+        _, jobs, warnings = load_and_expand(REPO_EXPERIMENTS / f"{name}.json")
+        args = [parse_run_args(list(j.argv)) for j in jobs]
+        assert not warnings and args
+        assert all(a.task == "conditional" and a.model == "sbm" and a.depth == 2 for a in args)
+        assert {"arm", "disarm", "rebar", "relax", "muprop", "nvil"} <= {a.estimator for a in args}
+        if name.endswith("cpu"):
+            assert len(jobs) <= 30 and all(a.mini and a.nsteps <= 1000 for a in args)
 
 
 @pytest.mark.slow
