@@ -34,7 +34,10 @@ than one period), written to ``metrics.jsonl`` as three lines:
   parameters filtered by ``grad_key``), ``active_units/au`` (``mc_au_analysis`` draws on
   ``npoints_au_analysis`` training points), and the evaluation of a fixed training subset
   (``max_eval`` points, ``iw_test`` particles) as ``eval/L_k``, ``eval/elbo``, ``eval/kl``,
-  ``eval/kl_q_p``, ``eval/ess`` plus the model's ``extra_metrics`` (``gmm/...``);
+  ``eval/kl_q_p``, ``eval/ess`` plus the model's ``extra_metrics`` (``gmm/...``), and with
+  ``--track_variance ID,...`` the log10 gradient variance ``variance/<id>`` of each listed
+  estimator and of the training one at the same parameters on the same batch
+  (:meth:`Trainer.track_variance`; the tracked estimators' own parameters are not trained);
 * ``valid``: ``loss/L_k`` with ``iw_valid`` particles, ``loss/elbo``, ``loss/kl``, ``loss/kl_q_p``,
   ``loss/ess`` and the model's extra metrics, on at most ``max_eval`` validation points;
 * ``test``: the same with ``iw_test`` particles on at most ``max_eval`` test points.
