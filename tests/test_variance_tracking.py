@@ -168,3 +168,14 @@ def test_report_variance_tracking_figure(tmp_path):
     want = {(k.split("/", 1)[1], s): v for s, m in values.items() for k, v in m.items()}
     assert got == want
     assert "variance-tracking" in (folder / "index.html").read_text()
+
+
+def test_an_estimator_that_cannot_run_on_the_model_fails_at_setup(tmp_path, data_root):
+    argv = ["--dataset", "mnist", "--mini", "--model", "vae", "--N", "4", "--hdim", "16", "--nlayers", "1",
+            "--bs", "500", "--nsteps", "2", "--iw_test", "4", "--iw_valid", "4", "--max_eval", "10", "--silent",
+            "--no_tensorboard", "--no_flush_denormal", "--grad_bs", "4",
+            "--track_variance", "reinforce,arm"] + _common(tmp_path, data_root)
+    assert main(argv) == 1
+    status = json.loads((tmp_path / "runs" / "t" / compute_run_id(parse_run_args(argv)) / "status.json").read_text())
+    assert status["status"] == "failed" and status["step"] == 0
+    assert "--track_variance arm" in status["error"] and "Bernoulli" in status["error"]

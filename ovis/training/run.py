@@ -283,7 +283,13 @@ class Trainer:
         extra: Dict[str, Any] = {}
         if "x_shape" in inspect.signature(cls.__init__).parameters:
             extra["x_shape"] = tuple(data.x_shape)
-        self.estimator = estimators.build_estimator(args.estimator, mc=args.mc, iw=args.iw, **extra)
+        if getattr(args, "reward_transforms", ""):  # reinforce with a chain of reward transforms
+            from ovis.estimators.reward_transforms import ReinforceTransformed
+
+            self.estimator = ReinforceTransformed(mc=args.mc, iw=args.iw, reward_transforms=args.reward_transforms,
+                                                  x_shape=tuple(data.x_shape))
+        else:
+            self.estimator = estimators.build_estimator(args.estimator, mc=args.mc, iw=args.iw, **extra)
         self.estimator.to(self.device)
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad],
                    "lr": args.lr, "name": "model"}]
@@ -294,7 +300,6 @@ class Trainer:
             raise ValueError(f"model {type(self.model).__name__} has no trainable parameter")
         self.base_lrs = [g["lr"] for g in groups]
         self.optimizer = build_optimizer(args.optimizer, groups)
-        self.tracked = self._build_tracked_estimators()
 
         n = len(data.train)
         self.batch_size = min(args.bs, n)
@@ -306,6 +311,7 @@ class Trainer:
         self.idx_test = _subset(len(data.test), args.max_eval, 2)
         self.idx_grad = _subset(n, args.grad_bs, 3)
         self.idx_au = _subset(n, args.npoints_au_analysis, 4)
+        self.tracked = self._build_tracked_estimators()
         self._perm_epoch = -1
         self._perm: Optional[Tensor] = None
 
@@ -500,6 +506,21 @@ class Trainer:
                 if "x_shape" in inspect.signature(cls.__init__).parameters:
                     extra["x_shape"] = tuple(self.data.x_shape)
                 out[eid] = estimators.build_estimator(eid, mc=a.mc, iw=a.iw, **extra).to(self.device)
+            # fail now, not at the first evaluation, when an estimator cannot run on this model
+            x = fetch_batch(self.data.train, self.idx_grad[:2]).to(self.device)
+            for eid, est in out.items():
+                if est is self.estimator:
+                    continue
+                was_training = est.training
+                est.eval()
+                try:
+                    est(self.model, x, **self.runtime(self.step))
+                except (TypeError, ValueError, NotImplementedError, RuntimeError) as e:
+                    raise ValueError(f"--track_variance {eid}: this estimator cannot run on model "
+                                     f"{type(self.model).__name__} ({type(e).__name__}: {e}); drop it "
+                                     "from --track_variance") from e
+                finally:
+                    est.train(was_training)
         return out
 
     def track_variance(self, step: int) -> Dict[str, float]:
