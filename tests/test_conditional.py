@@ -235,6 +235,15 @@ def test_every_discrete_estimator_trains_a_few_steps(eid):
     assert float(diag["loss"]["L_k"].mean()) > -392 * math.log(2)
 
 
+def test_wake_sleep_is_refused_and_wake_wake_runs():
+    r"""The sleep phase would draw x_top from the default (training-mean) top half: refused."""
+    model = tiny_model()
+    with pytest.raises(TypeError, match="infer"):
+        build_estimator("wake-sleep", iw=2)(model, tiny_x(), backward=True)
+    loss, diag, _ = build_estimator("wake-wake", iw=2)(model, tiny_x(), backward=True)
+    assert torch.isfinite(diag["loss"]["L_k"]).all()
+
+
 # ---------------------------------------------------------------------------------- discrete VAE
 @pytest.mark.parametrize("relaxation", ["gs", "igr-i", "igr-planar", "igr-sb"])
 def test_conditional_discrete_vae(relaxation):
@@ -251,6 +260,8 @@ def test_conditional_discrete_vae(relaxation):
     assert (out["pz"][0].log_prob(z) - prior2.log_prob(z)).abs().min() > 1e-5  # p(z | x_top)
     assert torch.isfinite(model.elbo(x)).all() and torch.isfinite(model.kl(x)).all()
     assert model.sample_from_prior(4)["px"].mean.shape == (4, 1, 28, 28)
+    with pytest.raises(TypeError, match="infer"):
+        build_estimator("wake-sleep", iw=2)(model, x)
     # pathwise IWAE training steps move the prior network and improve the bound on this batch
     est = build_estimator("pathwise-iwae", iw=4)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -180,6 +180,12 @@ class ConditionalSBN(SigmoidBeliefNetwork):
             default_top = torch.full((self.D_top,), 0.5)
         self.register_buffer("default_x_top", default_top, persistent=False)
 
+    #: no ``infer`` hook: the sleep phase of ``wake-sleep`` draws ``(z, x)`` from
+    #: ``sample_from_prior(n)``, which cannot see the data's top halves here (it would fit ``q`` on
+    #: images whose top half is the training mean); ``wake-sleep`` is refused with a clear error
+    #: (``wake-wake`` works)
+    infer = None  # type: ignore[assignment]
+
     # ------------------------------------------------------------------ pieces
     def split(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         r"""``x [n, *x_shape] -> (x_top [n, D_top], x_bot [n, D_bot])``."""
@@ -293,6 +299,9 @@ class ConditionalDiscreteVAE(DiscreteVAE):
     :class:`DiscreteVAE`, by keyword (``hdim`` / ``nlayers`` also size ``prior_net``); :meth:`DiscreteVAE.elbo` / :meth:`DiscreteVAE.kl` use the conditional
     prior (the KL is then ``KL(q(z|x) || p(z|x_top))``).
     """
+
+    #: no ``infer`` hook (see :attr:`ConditionalSBN.infer`): ``wake-sleep`` is refused
+    infer = None  # type: ignore[assignment]
 
     def __init__(self, x_shape: Sequence[int], **kwargs: Any) -> None:
         super().__init__(x_shape, **kwargs)
