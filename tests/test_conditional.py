@@ -308,11 +308,13 @@ def test_build_model_and_the_task_flag():
 def test_experiment_files_validate():
     from ovis.experiments import load_and_expand
     from ovis.training.arguments import parse_run_args
-    for name in ("rebar-conditional-2layer", "rebar-conditional-2layer-cpu"):
+    for name in ("rebar-conditional-1layer", "rebar-conditional-1layer-cpu", "rebar-conditional-2layer",
+                 "rebar-conditional-2layer-cpu"):
+        depth = 1 if "1layer" in name else 2
         _, jobs, warnings = load_and_expand(REPO_EXPERIMENTS / f"{name}.json")
         args = [parse_run_args(list(j.argv)) for j in jobs]
         assert not warnings and args
-        assert all(a.task == "conditional" and a.model == "sbm" and a.depth == 2 for a in args)
+        assert all(a.task == "conditional" and a.model == "sbm" and a.depth == depth for a in args)
         assert {"arm", "disarm", "rebar", "relax", "muprop", "nvil"} <= {a.estimator for a in args}
         if name.endswith("cpu"):
             assert len(jobs) <= 30 and all(a.mini and a.nsteps <= 1000 for a in args)
