@@ -1,0 +1,148 @@
+r"""The hybrid estimator of a mixture-of-Gaussians posterior (ovis.distributions.mixture) against
+the exact ELBO gradient of a one-dimensional model computed by numerical integration.
+
+Model: :math:`p(z) = \mathcal{N}(0, 1)`, :math:`p(x|z) = \mathcal{N}(x; z^2, 0.5^2)` at ``x = 2``
+(a bimodal posterior around :math:`\pm\sqrt 2`); :math:`q` a mixture of 3 Gaussians with free
+parameters.  The exact gradient: autograd through a trapezoid integral on 20001 points of
+[-12, 12].  Each draw averages 500 independent batch copies of ``S = 4`` samples; 40 draws;
+compare_with_exact (failure rate 1e-3, Bonferroni over the 9 coordinates, power asserted).
+"""
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import pytest
+import torch
+from torch import nn
+
+from ovis.distributions.mixture import DiagonalGaussianMixture, hybrid_elbo_surrogate, trapezoid_elbo_1d
+from ovis.testing import compare_with_exact
+
+pytestmark = pytest.mark.usefixtures("float64")
+X, SIGMA_X = 2.0, 0.5
+
+
+def log_joint(z: torch.Tensor) -> torch.Tensor:
+    z = z[..., 0]
+    return (torch.distributions.Normal(0.0, 1.0).log_prob(z)
+            + torch.distributions.Normal(z ** 2, SIGMA_X).log_prob(torch.full_like(z, X)))
+
+
+class Posterior(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([0.3, -0.2, 0.1]))
+        self.loc = nn.Parameter(torch.tensor([[-1.2], [0.4], [1.5]]))
+        self.log_scale = nn.Parameter(torch.tensor([[-0.7], [-0.2], [-1.0]]))
+
+    def q(self, batch: int = 0) -> DiagonalGaussianMixture:
+        l, m, s = self.logits, self.loc, self.log_scale.exp()
+        if batch:
+            l, m, s = l.expand(batch, *l.shape), m.expand(batch, *m.shape), s.expand(batch, *s.shape)
+        return DiagonalGaussianMixture(l, m, s)
+
+
+def draws(post: Posterior, n: int, batch: int, surrogate=None, **kw) -> torch.Tensor:
+    params = list(post.parameters())
+    out = []
+    for _ in range(n):
+        if surrogate is None:
+            loss, _ = hybrid_elbo_surrogate(log_joint, post.q(batch), **kw)
+        else:
+            loss, _ = surrogate(post.q(batch), **kw)
+        out.append(torch.cat([-g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+    return torch.stack(out)
+
+
+def exact_gradient(post: Posterior) -> torch.Tensor:
+    elbo = trapezoid_elbo_1d(log_joint, post.q())
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(elbo, list(post.parameters()))])
+
+
+def test_trapezoid_elbo_is_accurate():
+    """The quadrature agrees with a large Monte Carlo average and with a finer grid."""
+    post = Posterior()
+    with torch.no_grad():
+        exact = float(trapezoid_elbo_1d(log_joint, post.q()))
+        finer = float(trapezoid_elbo_1d(log_joint, post.q(), lo=-15, hi=15, n=60001))
+        q = post.q()
+        z = q.distribution().sample((400_000,))
+        f = log_joint(z) - q.log_prob(z)
+    assert abs(exact - finer) < 1e-8
+    assert abs(exact - float(f.mean())) < 4 * float(f.std()) / math.sqrt(len(f))
+
+
+@pytest.mark.parametrize("control_variate", ["loo", "none"])
+def test_hybrid_estimator_matches_the_exact_elbo_gradient(control_variate):
+    post = Posterior()
+    exact = exact_gradient(post)
+    d = draws(post, 40, 500, samples=4, control_variate=control_variate)
+    result = compare_with_exact(d, exact)
+    print(f"{control_variate}: {result.summary()}")
+
+
+def _no_score_term(q, samples=4):
+    """Broken: the component choice gets no score-function gradient (the logits only see log q)."""
+    z, _, _ = q.hybrid_sample(samples)
+    f = log_joint(z) - q.log_prob(z)
+    return -f.mean(), f.detach().mean(0)
+
+
+def test_without_the_score_term_the_logits_gradient_is_wrong():
+    post = Posterior()
+    exact = exact_gradient(post)
+    d = draws(post, 40, 500, surrogate=_no_score_term)
+    with pytest.raises(AssertionError, match="disagrees"):
+        compare_with_exact(d, exact)
+
+
+def test_leave_one_out_control_variate_reduces_the_logits_variance():
+    r"""Where it should: with an unnormalised joint (``log p(x, z) - 10``: the same gradient, a
+    signal with a large mean) the score term without control variate is noisy; the leave-one-out
+    mean removes the offset.  (At ``log p(x, z)`` itself, the ELBO's mean is small next to the
+    spread of ``f`` and the reduction is not significant: measured 9.4 vs 4.0 with 200 draws,
+    8.1 vs 17.1 with 1000 draws; heavy tails.)"""
+    post = Posterior()
+
+    def shifted(z, **kw):
+        return hybrid_elbo_surrogate(lambda v: log_joint(v) - 10.0, z, **kw)
+
+    g0 = draws(post, 300, 1, surrogate=shifted, samples=4, control_variate="none")[:, :3]
+    g1 = draws(post, 300, 1, surrogate=shifted, samples=4, control_variate="loo")[:, :3]
+    sq0 = ((g0 - g0.mean(0)) ** 2).sum(1)
+    sq1 = ((g1 - g1.mean(0)) ** 2).sum(1)
+    z = (sq0.mean() - sq1.mean()) / math.sqrt(sq0.var() / len(sq0) + sq1.var() / len(sq1))
+    assert z > NormalDist().inv_cdf(1 - 1e-3), (float(sq0.mean()), float(sq1.mean()), float(z))
+
+
+def test_training_the_mixture_raises_the_elbo_and_finds_both_modes():
+    post = Posterior()
+    opt = torch.optim.Adam(post.parameters(), lr=0.05)
+    with torch.no_grad():
+        start = float(trapezoid_elbo_1d(log_joint, post.q()))
+    for _ in range(300):
+        opt.zero_grad()
+        loss, _ = hybrid_elbo_surrogate(log_joint, post.q(16), samples=4)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        end = float(trapezoid_elbo_1d(log_joint, post.q()))
+        grid = torch.linspace(-12, 12, 20001)[:, None]
+        log_evidence = float(torch.logsumexp(log_joint(grid), 0) + math.log(24 / 20000))
+        pi = torch.softmax(post.logits, 0)
+        mass_right = float(pi[post.loc[:, 0] > 0].sum())
+    assert end > start + 0.5, (start, end)
+    assert end > log_evidence - 0.1, (end, log_evidence)  # near the evidence: both modes covered
+    assert 0.3 < mass_right < 0.7, mass_right
+
+
+def test_shapes_and_errors():
+    q = Posterior().q(5)
+    z, c, lp = q.hybrid_sample(7)
+    assert z.shape == (7, 5, 1) and c.shape == (7, 5) and lp.shape == (7, 5)
+    assert q.log_prob(z).shape == (7, 5)
+    with pytest.raises(ValueError, match="samples must be an integer >= 2"):
+        hybrid_elbo_surrogate(log_joint, q, samples=1)
+    with pytest.raises(ValueError, match="expected logits"):
+        DiagonalGaussianMixture(torch.zeros(3), torch.zeros(2, 1), torch.ones(2, 1))
