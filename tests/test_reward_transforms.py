@@ -186,3 +186,48 @@ def test_parse_reward_transforms_errors():
         parse_reward_transforms("centered")
     with pytest.raises(ValueError, match="more than once"):
         RewardTransformChain("scaled,scaled")
+
+
+# ---------------------------------------------------------------------------- run.py
+def test_run_flag_validation():
+    from ovis.training.arguments import RUN_IDENTITY_DEFAULTS, RunArgumentError, parse_run_args
+
+    assert RUN_IDENTITY_DEFAULTS["reward_transforms"] == ""
+    args = parse_run_args(["--estimator", "reinforce", "--reward_transforms", " centred, scaled"])
+    assert args.reward_transforms == "centred,scaled"
+    with pytest.raises(RunArgumentError, match="only with --estimator reinforce"):
+        parse_run_args(["--estimator", "vimco-arithmetic", "--reward_transforms", "centred"])
+    with pytest.raises(RunArgumentError, match="unknown reward transform 'mean'"):
+        parse_run_args(["--estimator", "reinforce", "--reward_transforms", "centred,mean"])
+
+
+@pytest.mark.slow
+def test_run_trains_reinforce_with_every_transform(tmp_path, data_root):
+    """run.py builds ReinforceTransformed; the baseline's parameters are in the estimator's
+    optimiser group and saved in the checkpoint with the running statistics."""
+    import json
+
+    from ovis.training.arguments import parse_run_args
+    from ovis.training.rundir import compute_run_id
+    from ovis.training.run import main
+
+    torch.set_default_dtype(torch.float32)
+    argv = ["--dataset", "mnist", "--mini", "--model", "vae", "--prior", "bernoulli", "--N", "4",
+            "--hdim", "16", "--nlayers", "1", "--bs", "20", "--iw_test", "10", "--iw_valid", "10",
+            "--max_eval", "20", "--silent", "--no_tensorboard", "--no_flush_denormal",
+            "--root", str(tmp_path / "runs"), "--data_root", str(data_root), "--exp", "t",
+            "--estimator", "reinforce", "--iw", "3", "--nsteps", "6", "--eval_freq", "100",
+            "--reward_transforms", "centred,scaled,self-critic,baseline"]
+    assert main(argv) == 0
+    d = tmp_path / "runs" / "t" / compute_run_id(parse_run_args(argv))
+    status = json.loads((d / "status.json").read_text())
+    assert status["status"] == "success", status
+    last = torch.load(d / "last.pt", weights_only=True)
+    keys = set(last["estimator"])
+    assert {"chain.transforms.0.m1", "chain.transforms.1.m2"} <= keys
+    assert any(k.startswith("chain.transforms.3.net") for k in keys)
+    assert float(last["estimator"]["chain.transforms.0.weight"]) > 0  # updated while training
+    assert len(last["optimizer"]["param_groups"]) == 2
+    lines = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    train = lines[0]["metrics"]
+    assert "estimator/baseline_mse" in train and "estimator/scaled_scale" in train

@@ -163,6 +163,10 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
 
     g = p.add_argument_group("estimator")
     g.add_argument("--estimator", default="pathwise-iwae", help="estimator id (see estimators.md)")
+    g.add_argument("--reward_transforms", default="",
+                   help="with --estimator reinforce: comma-separated reward transforms applied in "
+                        "order to the learning signal (centred, scaled, self-critic, baseline; "
+                        "ovis.estimators.reward_transforms); empty: plain reinforce")
     g.add_argument("--mc", type=pos_int, default=1, help="outer Monte Carlo samples")
     g.add_argument("--iw", type=pos_int, default=1, help="importance samples K")
     g.add_argument("--alpha", type=unit_interval, default=0.0, help="Renyi alpha")
@@ -248,6 +252,17 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             "run.py: error: argument --npoints_au_analysis: needs >= 2 data points to estimate a "
             "covariance (0 skips the active-unit analysis)"
         )
+    if args.reward_transforms:
+        from ovis.estimators.reward_transforms import parse_reward_transforms
+
+        if args.estimator != "reinforce":
+            raise RunArgumentError(
+                f"run.py: error: argument --reward_transforms: only with --estimator reinforce "
+                f"(got --estimator {args.estimator!r}); drop --reward_transforms or use reinforce")
+        try:
+            args.reward_transforms = ",".join(parse_reward_transforms(args.reward_transforms))
+        except ValueError as e:
+            raise RunArgumentError(f"run.py: error: argument --reward_transforms: {e}") from None
     return args
 
 
