@@ -27,6 +27,12 @@ stays the full image, the prior of the top layer depends on ``x_top``, and the m
 ``px`` is a :class:`HalfImageBernoulli` whose ``log_prob(x)`` scores only the bottom half of ``x``
 (the top half of ``x`` is ignored by the likelihood term).
 
+Difference with the MuProp / REBAR training objective: they sample ``z`` from the conditional prior
+itself (``q = p(z | x_top)``, the bound ``E_p[log p(x_bot | z)]``); here ``q`` is a separate
+inference network that also sees ``x_bot`` (a tighter bound of the same ``log p(x_bot | x_top)``;
+the prior-as-proposal variant is not implemented).  ``wake-sleep`` is refused (no ``infer`` hook:
+its sleep phase would draw top halves from ``sample_from_prior``, not from the data).
+
 :class:`ConditionalDiscreteVAE` is the discrete VAE of the IGR paper
 (:mod:`ovis.models.discrete_vae`, Gumbel-Softmax or IGR) with the prior ``p(z | x_top)``.
 :class:`ConditionalSBN` is the sigmoid belief network of :mod:`ovis.models.sbm` in this setting,
