@@ -209,3 +209,48 @@ def test_mixture_prior_continuous_bernoulli_vae_trains_on_fashion_grey_levels(da
     if os.environ.get("OVIS_KEEP_SAMPLES"):
         mpimg.imsave(os.environ["OVIS_KEEP_SAMPLES"], grid.numpy(), cmap="gray", vmin=0.0, vmax=1.0)
     print(f"negative ELBO: first 30 steps {first:.1f}, last 30 steps {last:.1f} nats")
+
+
+def test_run_flags_build_the_likelihood_vae():
+    from types import SimpleNamespace
+
+    from ovis.models import build_model
+    from ovis.models.likelihoods import LikelihoodVAE
+    from ovis.training.arguments import RUN_IDENTITY_DEFAULTS, parse_run_args
+
+    assert RUN_IDENTITY_DEFAULTS["likelihood"] == "bernoulli" and RUN_IDENTITY_DEFAULTS["prior_components"] == 0
+    data = SimpleNamespace(name="fashion", x_shape=torch.Size([1, 28, 28]), train_mean=None)
+    args = parse_run_args(["--dataset", "fashion", "--model", "vae", "--prior", "mog", "--prior_components", "3",
+                           "--likelihood", "cbernoulli", "--N", "4", "--K", "7"])
+    model = build_model(args, data)
+    assert isinstance(model, LikelihoodVAE) and model.likelihood == "cbernoulli"
+    assert model.generative_model.prior_locs.shape == (3, 4)
+    assert isinstance(model.sample_from_prior(2)["px"].base_dist, torch.distributions.ContinuousBernoulli)
+    with pytest.raises(ValueError, match="needs --prior mog"):
+        build_model(parse_run_args(["--model", "vae", "--prior_components", "3"]), data)
+    with pytest.raises(ValueError, match="read by --model vae"):
+        build_model(parse_run_args(["--model", "sbm", "--prior", "bernoulli", "--likelihood", "cbernoulli"]), data)
+    # the defaults build the plain VAE (unchanged behaviour)
+    assert type(build_model(parse_run_args(["--model", "vae", "--N", "4"]), data)).__name__ == "VAE"
+
+
+@pytest.mark.slow
+def test_run_py_trains_a_cbernoulli_mixture_prior_vae(tmp_path, data_root):
+    import json
+
+    from ovis.training.arguments import parse_run_args
+    from ovis.training.rundir import compute_run_id
+    from ovis.training.run import main
+
+    torch.set_default_dtype(torch.float32)
+    argv = ["--dataset", "mnist", "--mini", "--model", "vae", "--prior", "mog", "--prior_components", "3",
+            "--likelihood", "cbernoulli", "--N", "4", "--hdim", "16", "--nlayers", "1", "--bs", "20",
+            "--iw_test", "10", "--iw_valid", "10", "--max_eval", "20", "--silent", "--no_tensorboard",
+            "--no_flush_denormal", "--root", str(tmp_path / "runs"), "--data_root", str(data_root),
+            "--exp", "t", "--estimator", "pathwise-iwae", "--iw", "2", "--nsteps", "6", "--eval_freq", "100"]
+    assert main(argv) == 0
+    d = tmp_path / "runs" / "t" / compute_run_id(parse_run_args(argv))
+    assert json.loads((d / "status.json").read_text())["status"] == "success"
+    assert list((d / "samples").glob("prior-step*.png"))
+    last = torch.load(d / "last.pt", weights_only=True)
+    assert last["model"]["generative_model.prior_locs"].shape == (3, 4)

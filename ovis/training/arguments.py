@@ -151,6 +151,11 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--nlayers", type=nonneg_int, default=2, help="hidden layers per MLP")
     g.add_argument("--depth", type=pos_int, default=1, help="stochastic layers")
     g.add_argument("--learn_prior", action="store_true", help="learn the prior's parameters")
+    g.add_argument("--prior_components", type=nonneg_int, default=0,
+                   help="mixture components of --prior mog (0: --K)")
+    g.add_argument("--likelihood", default="bernoulli", choices=("bernoulli", "cbernoulli"),
+                   help="--model vae observation model: bernoulli, or cbernoulli (continuous "
+                        "Bernoulli, for grey levels in [0, 1])")
     g.add_argument("--relaxation", default="gs", choices=("gs", "igr-i", "igr-planar", "igr-sb"))
     g.add_argument("--threshold", type=unit_interval, default=0.99, help="IGR-SB precision")
     g.add_argument("--max_categories", type=pos_int, default=50)
