@@ -113,16 +113,19 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
     task = str(_get(args, "task", "density") or "density")
     likelihood = str(_get(args, "likelihood", "bernoulli") or "bernoulli")
     components = int(_get(args, "prior_components", 0) or 0)
+    posterior = str(_get(args, "posterior", "normal") or "normal")
     if components and prior != "mog":
         raise ValueError(f"--prior_components {components} needs --prior mog (got --prior {prior})")
-    if likelihood != "bernoulli" or components:
+    if likelihood != "bernoulli" or components or posterior != "normal":
         if name != "vae" or task != "density":
-            raise ValueError(f"--likelihood {likelihood} / --prior_components are read by --model vae "
-                             f"(--task density) only; got --model {name}, --task {task}")
+            raise ValueError(f"--likelihood {likelihood} / --prior_components / --posterior {posterior} are "
+                             f"read by --model vae (--task density) only; got --model {name}, --task {task}")
         from ovis.models.likelihoods import LikelihoodVAE
 
         return LikelihoodVAE(x_shape, prior=prior, N=N, K=components or K, hdim=hdim, nlayers=nlayers,
-                             learn_prior=learn_prior, x_mean=x_mean, tau=tau, likelihood=likelihood)
+                             learn_prior=learn_prior, x_mean=x_mean, tau=tau, likelihood=likelihood,
+                             posterior=posterior,
+                             posterior_components=int(_get(args, "posterior_components", 2)))
     if task not in TASKS:
         raise ValueError(f"unknown --task {task!r}; valid tasks are {list(TASKS)}")
     if task == "conditional":

@@ -12,6 +12,7 @@ MNIST intensities in ``[0, 1]`` (the ``fashion`` data set of :mod:`ovis.datasets
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,30 +20,77 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, ContinuousBernoulli, Distribution, Independent
+from torch.distributions import (
+    Bernoulli,
+    Categorical,
+    ContinuousBernoulli,
+    Distribution,
+    Independent,
+    MixtureSameFamily,
+    Normal,
+)
 
-from ovis.models.vae import VAE
+from ovis.models.vae import VAE, mlp
 
-__all__ = ["LIKELIHOODS", "LikelihoodVAE", "load_grey_levels", "image_grid"]
+__all__ = ["LIKELIHOODS", "POSTERIORS", "LikelihoodVAE", "load_grey_levels", "image_grid"]
 
 #: valid ``--likelihood`` values
 LIKELIHOODS = ("bernoulli", "cbernoulli")
+#: valid ``--posterior`` values
+POSTERIORS = ("normal", "mog")
 
 
 class LikelihoodVAE(VAE):
-    r"""A :class:`~ovis.models.vae.VAE` whose observation model is ``likelihood``.
+    r"""A :class:`~ovis.models.vae.VAE` whose observation model is ``likelihood``, optionally with a
+    mixture-of-Gaussians posterior.
+
+    * ``posterior="mog"``: :math:`q(z|x) = \sum_c \pi_c(x)\,\mathcal{N}(z; \mu_c(x),
+      \mathrm{diag}\,\sigma_c(x)^2)` with ``posterior_components`` components
+      (``MixtureSameFamily``; the MLP encoder outputs ``C (1 + 2N)`` numbers).  It has no
+      ``rsample``: train it with a score-function estimator (``reinforce``, ``vimco-*``,
+      ``ovis-*``); a pathwise estimator is refused with a clear error.  The hybrid estimator
+      (score function for the component, reparameterisation within it) is
+      :func:`ovis.distributions.mixture.hybrid_elbo_surrogate` (a model-level loss).
 
     Args:
         likelihood: ``bernoulli`` or ``cbernoulli`` (see the module docstring).
+        posterior: ``normal`` or ``mog`` (needs ``prior`` ``normal`` or ``mog`` and the MLP encoder).
+        posterior_components: ``C >= 1`` for ``posterior="mog"``.
         *args, **kwargs: those of :class:`~ovis.models.vae.VAE` (``prior="mog"`` with ``K``
             components gives a learned mixture prior).
     """
 
-    def __init__(self, *args: Any, likelihood: str = "bernoulli", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, likelihood: str = "bernoulli", posterior: str = "normal",
+                 posterior_components: int = 2, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; valid likelihoods are {list(LIKELIHOODS)}")
+        if posterior not in POSTERIORS:
+            raise ValueError(f"unknown posterior {posterior!r}; valid posteriors are {list(POSTERIORS)}")
         self.likelihood = likelihood
+        self.posterior_family = posterior
+        self.posterior_components = int(posterior_components)
+        if posterior == "mog":
+            if self.prior_family not in ("normal", "mog"):
+                raise ValueError(f"a mixture-of-Gaussians posterior needs Gaussian latents (--prior normal "
+                                 f"or mog), got --prior {self.prior_family}")
+            if not self._flatten_input:
+                raise ValueError("a mixture-of-Gaussians posterior is built with the MLP encoder only")
+            if self.posterior_components < 1:
+                raise ValueError(f"posterior_components must be >= 1, got {posterior_components}")
+            D = int(math.prod(self.x_shape))
+            hdim, nlayers = kwargs.get("hdim", 64), kwargs.get("nlayers", 2)
+            self.inference_network = mlp(D, self.posterior_components * (1 + 2 * self.N), hdim, nlayers)
+
+    def posterior(self, x: Tensor, relaxed: bool = False, tau: Tensor | None = None) -> Distribution:
+        r"""``q(z|x)``, batch ``[n]``."""
+        if self.posterior_family != "mog":
+            return super().posterior(x, relaxed=relaxed, tau=tau)
+        C, N = self.posterior_components, self.N
+        h = self.inference_network(x.reshape(x.shape[0], -1))
+        logits, rest = h[:, :C], h[:, C:].reshape(-1, C, 2 * N)
+        loc, log_scale = rest.chunk(2, dim=-1)
+        return MixtureSameFamily(Categorical(logits=logits), Independent(Normal(loc, log_scale.exp()), 1))
 
     def observation_model(self, z: Tensor) -> Distribution:
         r"""``p(x|z)``, batch ``[n]``, event ``x_shape``."""

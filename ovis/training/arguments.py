@@ -156,6 +156,11 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--likelihood", default="bernoulli", choices=("bernoulli", "cbernoulli"),
                    help="--model vae observation model: bernoulli, or cbernoulli (continuous "
                         "Bernoulli, for grey levels in [0, 1])")
+    g.add_argument("--posterior", default="normal", choices=("normal", "mog"),
+                   help="--model vae q(z|x): normal, or mog (mixture of Gaussians; score-function "
+                        "estimators only)")
+    g.add_argument("--posterior_components", type=pos_int, default=2,
+                   help="mixture components of --posterior mog")
     g.add_argument("--relaxation", default="gs", choices=("gs", "igr-i", "igr-planar", "igr-sb"))
     g.add_argument("--threshold", type=unit_interval, default=0.99, help="IGR-SB precision")
     g.add_argument("--max_categories", type=pos_int, default=50)
@@ -257,6 +262,11 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             "run.py: error: argument --npoints_au_analysis: needs >= 2 data points to estimate a "
             "covariance (0 skips the active-unit analysis)"
         )
+    if args.posterior == "mog" and getattr(cls, "reparameterised", False):
+        raise RunArgumentError(
+            f"run.py: error: argument --posterior: a mixture-of-Gaussians posterior has no "
+            f"reparameterisation; estimator {args.estimator!r} needs one: use a score-function "
+            "estimator (reinforce, vimco-arithmetic, ovis-gamma1, ...)")
     if args.reward_transforms:
         from ovis.estimators.reward_transforms import parse_reward_transforms
 
