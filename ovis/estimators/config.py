@@ -19,6 +19,7 @@ grammar                                    family
 ``stl``, ``dreg``                          sticking the landing, doubly reparameterised
 ``nvil``, ``muprop``, ``simple-muprop``, ``concrete``, ``gumbel-softmax``, ``straight-through``,
 ``rebar``, ``dynamic-rebar``, ``relax``, ``arm``, ``disarm``   the REBAR line (discrete latents)
+``hybrid-mixture``                         ELBO of a mixture-of-Gaussians q (score function + reparameterisation)
 =========================================  ====================================================
 """
 from __future__ import annotations
@@ -130,6 +131,8 @@ REGISTRY: List[EstimatorFamily] = [
     _family("relax", "relax", r"relax", "ovis.estimators.rebar:Relax"),
     _family("arm", "arm | disarm", r"(?P<variant>dis)?arm", "ovis.estimators.discrete:ARM",
             lambda m: {"disarm": m.group("variant") is not None}),
+    _family("hybrid-mixture", "hybrid-mixture", r"hybrid-mixture",
+            "ovis.estimators.hybrid_mixture:HybridMixtureELBO"),
 ]
 
 
