@@ -217,7 +217,7 @@ def test_run_trains_reinforce_with_every_transform(tmp_path, data_root):
             "--max_eval", "20", "--silent", "--no_tensorboard", "--no_flush_denormal",
             "--root", str(tmp_path / "runs"), "--data_root", str(data_root), "--exp", "t",
             "--estimator", "reinforce", "--iw", "3", "--nsteps", "6", "--eval_freq", "100",
-            "--reward_transforms", "centred,scaled,self-critic,baseline"]
+            "--reward_transforms", "centred,scaled,self-critic,baseline", "--grad_samples", "3", "--grad_bs", "4"]
     assert main(argv) == 0
     d = tmp_path / "runs" / "t" / compute_run_id(parse_run_args(argv))
     status = json.loads((d / "status.json").read_text())
@@ -226,7 +226,8 @@ def test_run_trains_reinforce_with_every_transform(tmp_path, data_root):
     keys = set(last["estimator"])
     assert {"chain.transforms.0.m1", "chain.transforms.1.m2"} <= keys
     assert any(k.startswith("chain.transforms.3.net") for k in keys)
-    assert float(last["estimator"]["chain.transforms.0.weight"]) > 0  # updated while training
+    # updated at each of the 6 training steps, not by the 3 draws of the gradient analysis
+    assert float(last["estimator"]["chain.transforms.0.weight"]) == pytest.approx(1 - 0.99 ** 6)
     assert len(last["optimizer"]["param_groups"]) == 2
     lines = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines() if l.strip()]
     train = lines[0]["metrics"]

@@ -453,8 +453,13 @@ class Trainer:
                 from ovis.analysis.gradients import get_gradients_statistics
 
                 x = fetch_batch(self.data.train, self.idx_grad).to(self.device)
-                stats, _ = get_gradients_statistics(self.estimator, self.model, x, mc_samples=a.grad_samples,
-                                                    key_filter=a.grad_key, epsilon=a.grad_epsilon, **rt)
+                was_training = self.estimator.training
+                self.estimator.eval()  # no running-statistics update (nvil, reward transforms)
+                try:
+                    stats, _ = get_gradients_statistics(self.estimator, self.model, x, mc_samples=a.grad_samples,
+                                                        key_filter=a.grad_key, epsilon=a.grad_epsilon, **rt)
+                finally:
+                    self.estimator.train(was_training)
                 train.update({f"grads/{k}": float(v) for k, v in stats.items()})
                 self.check_stop()
             if a.mc_au_analysis > 0 and a.npoints_au_analysis > 0:
