@@ -132,8 +132,11 @@ def test_transform_reduces_the_variance_of_reinforce(chain, model_name, K):
     model, x, params, is_phi = setup(model_name)
     n = 200
     plain = build_estimator("reinforce", mc=1, iw=K)
+    # warm up (and train the baseline) with 50 outer samples per step, then draw with mc = 1
+    warm = ReinforceTransformed(mc=50, iw=K, reward_transforms=chain, x_shape=(4,))
+    warm_up(warm, model, x, steps=300 if chain == "baseline" else 20, train_baseline=chain == "baseline")
     est = ReinforceTransformed(mc=1, iw=K, reward_transforms=chain, x_shape=(4,))
-    warm_up(est, model, x, steps=300 if chain == "baseline" else 20, train_baseline=chain == "baseline")
+    est.load_state_dict(warm.state_dict())
     est.eval()
     g0 = gradient_draws(plain, model, x, params, n)[:, is_phi]
     g1 = gradient_draws(est, model, x, params, n)[:, is_phi]
