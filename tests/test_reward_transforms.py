@@ -21,6 +21,7 @@ from ovis.estimators import build_estimator
 from ovis.estimators.reward_transforms import (
     ReinforceTransformed,
     RewardTransformChain,
+    ScaledReward,
     parse_reward_transforms,
 )
 from ovis.testing import (
@@ -79,15 +80,17 @@ def test_transform_keeps_reinforce_unbiased(chain, model_name, K):
 
 
 @pytest.mark.parametrize("chain,model_name,K", [("centred,scaled", "bernoulli", 3)] + [
-    pytest.param(c, m, k, marks=pytest.mark.slow) for c in ("scaled", "centred,scaled")
+    pytest.param(c, m, k, marks=pytest.mark.slow)
+    for c in ("scaled", "centred,scaled", "centred,scaled,self-critic,baseline")
     for m in MODELS for k in (1, 3) if (c, m, k) != ("centred,scaled", "bernoulli", 3)])
 def test_scaled_reward_is_unbiased_up_to_its_frozen_scale(chain, model_name, K):
     model, x, params, is_phi = setup(model_name)
     exact = exact_gradients(exact_bound(model, x, K), params)
-    est = ReinforceTransformed(mc=MC, iw=K, reward_transforms=chain)
-    warm_up(est, model, x)
+    est = ReinforceTransformed(mc=MC, iw=K, reward_transforms=chain, x_shape=(4,))
+    warm_up(est, model, x, train_baseline="baseline" in chain)
     est.eval()  # freeze the running scale
-    scale = float(est.chain.transforms[-1].scale())
+    (scaled,) = [t for t in est.chain.transforms if isinstance(t, ScaledReward)]
+    scale = float(scaled.scale())
     assert scale > 1.2, f"the test needs a scale > 1 to mean anything, got {scale}"
     draws = gradient_draws(est, model, x, params, N_DRAWS)
     draws[:, is_phi] *= scale
