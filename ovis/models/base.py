@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-__all__ = ["TemplateModel", "batch_reduce", "require_hook", "check_model_output"]
+__all__ = ["TemplateModel", "SingleLayerModel", "batch_reduce", "require_hook", "check_model_output"]
 
 
 def batch_reduce(t: Tensor) -> Tensor:
@@ -92,3 +92,34 @@ class TemplateModel(nn.Module):
     def x_shape(self) -> torch.Size:
         r"""The shape of one observation (used to build baselines)."""
         raise NotImplementedError
+
+
+class SingleLayerModel(TemplateModel):
+    r"""A model with one stochastic layer, defined by three distributions.
+
+    Subclasses implement ``posterior(x) -> q(z|x)``, ``prior(n) -> p(z)`` (batch ``n``) and
+    ``observation_model(z) -> p(x|z)``; this class provides the protocol's :meth:`forward`
+    (``rsample`` when ``zgrads``), :meth:`infer` and :meth:`sample_from_prior`.
+    """
+
+    def posterior(self, x: Tensor) -> Distribution:
+        raise NotImplementedError
+
+    def prior(self, n: int) -> Distribution:
+        raise NotImplementedError
+
+    def observation_model(self, z: Tensor) -> Distribution:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
+        qz = self.posterior(x)
+        z = qz.rsample() if zgrads else qz.sample()
+        return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [self.prior(x.shape[0])]}
+
+    def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
+        return [self.posterior(x)]
+
+    def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
+        pz = self.prior(bs)
+        z = pz.sample()
+        return {"px": self.observation_model(z), "z": [z], "pz": [pz]}

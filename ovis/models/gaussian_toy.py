@@ -23,14 +23,14 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
-from ovis.models.base import TemplateModel
+from ovis.models.base import SingleLayerModel
 
 __all__ = ["GaussianToyModel"]
 
 Q_VARIANCE = 2.0 / 3.0
 
 
-class GaussianToyModel(TemplateModel):
+class GaussianToyModel(SingleLayerModel):
     r"""Rainforth et al. (2018)'s linear Gaussian model (see the module docstring).
 
     Args:
@@ -105,18 +105,6 @@ class GaussianToyModel(TemplateModel):
     def observation_model(self, z: Tensor) -> Distribution:
         return Independent(Normal(z, torch.ones_like(z)), 1)
 
-    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
-        qz = self.posterior(x)
-        z = qz.rsample() if zgrads else qz.sample()
-        return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [self.prior(x.shape[0])]}
-
-    def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
-        return [self.posterior(x)]
-
-    def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
-        pz = self.prior(bs)
-        z = pz.sample()
-        return {"px": self.observation_model(z), "z": [z], "pz": [pz]}
 
     def log_evidence(self, x: Tensor) -> Tensor:
         r"""Exact ``log p(x) = log N(x; mu, 2 I)``, ``[n]`` (differentiable in ``mu``)."""

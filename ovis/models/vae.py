@@ -23,7 +23,7 @@ from torch.distributions import (
     RelaxedOneHotCategorical,
 )
 
-from ovis.models.base import TemplateModel
+from ovis.models.base import SingleLayerModel, TemplateModel
 
 __all__ = ["GaussianVAE", "VAE", "LATENT_PRIORS", "mlp", "init_output_bias", "conv_encoder", "conv_decoder"]
 
@@ -60,7 +60,7 @@ def init_output_bias(net: nn.Module, x_mean: Tensor) -> None:
         layer.bias.copy_(torch.log(m) - torch.log1p(-m))
 
 
-class GaussianVAE(TemplateModel):
+class GaussianVAE(SingleLayerModel):
     r"""VAE with ``N`` Gaussian latents and a Bernoulli observation model.
 
     Args:
@@ -108,18 +108,6 @@ class GaussianVAE(TemplateModel):
         loc, log_scale = h.chunk(2, dim=-1)
         return Independent(Normal(loc, log_scale.exp()), 1)
 
-    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
-        qz = self.posterior(x)
-        z = qz.rsample() if zgrads else qz.sample()
-        return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [self.prior(x.shape[0])]}
-
-    def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
-        return [self.posterior(x)]
-
-    def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
-        pz = self.prior(bs)
-        z = pz.sample()
-        return {"px": self.observation_model(z), "z": [z], "pz": [pz]}
 
 
 # ---------------------------------------------------------------------------------- general VAE

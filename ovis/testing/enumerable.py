@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical
 
-from ovis.models.base import TemplateModel
+from ovis.models.base import SingleLayerModel
 
 __all__ = [
     "EnumerableModel",
@@ -34,35 +34,13 @@ __all__ = [
 ]
 
 
-class EnumerableModel(TemplateModel):
-    r"""A model with a finite latent space: subclasses provide :meth:`configurations`,
-    :meth:`posterior` and :meth:`joint_parts` (``log p(x|z)``, ``log p(z)``)."""
+class EnumerableModel(SingleLayerModel):
+    r"""A single-layer model with a finite latent space: subclasses provide
+    :meth:`configurations` and the three distributions of :class:`SingleLayerModel`."""
 
     def configurations(self) -> Tensor:
         r"""Every latent configuration, ``[C, *z_shape]``."""
         raise NotImplementedError
-
-    def posterior(self, x: Tensor) -> Distribution:
-        raise NotImplementedError
-
-    def prior(self, n: int) -> Distribution:
-        raise NotImplementedError
-
-    def observation_model(self, z: Tensor) -> Distribution:
-        raise NotImplementedError
-
-    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
-        qz = self.posterior(x)
-        z = qz.rsample() if zgrads else qz.sample()
-        return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [self.prior(x.shape[0])]}
-
-    def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
-        return [self.posterior(x)]
-
-    def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
-        pz = self.prior(bs)
-        z = pz.sample()
-        return {"px": self.observation_model(z), "z": [z], "pz": [pz]}
 
     def enumerate_log_densities(self, x: Tensor) -> tuple[Tensor, Tensor]:
         r"""``(log q(c|x), log p(x, c))`` for every configuration ``c``, both ``[B, C]``."""
@@ -153,7 +131,7 @@ class CategoricalToyModel(EnumerableModel):
         return Independent(Bernoulli(logits=self.generative_model.decoder(z)), 1)
 
 
-class LinearGaussianModel(TemplateModel):
+class LinearGaussianModel(SingleLayerModel):
     r"""The linear-Gaussian model of Rainforth et al. (2018), with a closed-form ELBO.
 
     ``p(z) = N(mu, I)``, ``p(x|z) = N(z, I)``, ``q(z|x) = N(A x + b, sigma_q^2 I)`` in ``D``
@@ -190,18 +168,6 @@ class LinearGaussianModel(TemplateModel):
     def observation_model(self, z: Tensor) -> Distribution:
         return Independent(Normal(z, torch.ones_like(z)), 1)
 
-    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
-        qz = self.posterior(x)
-        z = qz.rsample() if zgrads else qz.sample()
-        return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [self.prior(x.shape[0])]}
-
-    def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
-        return [self.posterior(x)]
-
-    def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
-        pz = self.prior(bs)
-        z = pz.sample()
-        return {"px": self.observation_model(z), "z": [z], "pz": [pz]}
 
     def exact_elbo(self, x: Tensor) -> Tensor:
         r"""The closed-form ELBO ``E_q[log p(x, z) - log q(z|x)]`` per data point, ``[B]``."""
