@@ -53,45 +53,42 @@ class PathwiseVAE(GradientEstimator):
 
 
 class PathwiseIWAE(GradientEstimator):
-    r"""Reparameterised IW / Renyi bound (``pathwise-iwae``)."""
+    r"""Reparameterised IW / Renyi bound (``pathwise-iwae``).
+
+    Subclasses set ``detach_q`` to evaluate ``log q(z|x)`` with ``q``'s parameters detached
+    (STL, DReG: single-layer models only) and may hook the sampled ``z`` (:meth:`hook_latent`).
+    """
 
     family = "pathwise-iwae"
     reparameterised = True
+    detach_q = False
 
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
-        p = self.evaluate(model, x, params)
+        p = self.evaluate(model, x, params, detach_qz_params=self.detach_q)
+        if self.detach_q and len(p.output["z"]) != 1:
+            raise ValueError(
+                f"{self.family} supports models with one stochastic layer (got {len(p.output['z'])}); "
+                "use pathwise-iwae or a score-function estimator for hierarchical models"
+            )
         log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
+        self.hook_latent(p.output["z"], log_w, params)
         loss = -renyi_bound(log_w, params.alpha).mean()
         return loss, self.base_diagnostics(log_w, kl, p.log_px), p.output
 
-
-def _single_layer(family: str, output: Dict[str, Any]) -> None:
-    if len(output["z"]) != 1:
-        raise ValueError(
-            f"{family} supports models with one stochastic layer (got {len(output['z'])}); "
-            "use pathwise-iwae or a score-function estimator for hierarchical models"
-        )
+    def hook_latent(self, z: Any, log_w: Tensor, params: RuntimeParams) -> None:
+        r"""Called with the sampled latents before the backward pass (nothing by default)."""
 
 
-class StickingTheLanding(GradientEstimator):
+class StickingTheLanding(PathwiseIWAE):
     r"""Sticking the landing (``stl``): ``q``'s parameters detached inside ``log q(z|x)``."""
 
     family = "stl"
-    reparameterised = True
-
-    def compute(
-        self, model: nn.Module, x: Tensor, params: RuntimeParams
-    ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
-        p = self.evaluate(model, x, params, detach_qz_params=True)
-        _single_layer(self.family, p.output)
-        log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
-        loss = -renyi_bound(log_w, params.alpha).mean()
-        return loss, self.base_diagnostics(log_w, kl, p.log_px), p.output
+    detach_q = True
 
 
-class DoublyReparameterised(GradientEstimator):
+class DoublyReparameterised(PathwiseIWAE):
     r"""Doubly reparameterised gradient estimator (``dreg``).
 
     One forward and one backward pass: the surrogate is the (Renyi) bound computed with ``q``'s
@@ -102,20 +99,13 @@ class DoublyReparameterised(GradientEstimator):
     """
 
     family = "dreg"
-    reparameterised = True
+    detach_q = True
 
-    def compute(
-        self, model: nn.Module, x: Tensor, params: RuntimeParams
-    ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
-        p = self.evaluate(model, x, params, detach_qz_params=True)
-        _single_layer(self.family, p.output)
-        log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
-        z = p.output["z"][0]
+    def hook_latent(self, z: Any, log_w: Tensor, params: RuntimeParams) -> None:
+        z = z[0]
         if z.requires_grad:
             with torch.no_grad():
                 v = normalized_weights(log_w, params.alpha)
                 scale = (params.alpha + (1.0 - params.alpha) * v).reshape(-1)
             scale = scale.view(-1, *([1] * (z.dim() - 1)))
             z.register_hook(lambda g: g * scale)
-        loss = -renyi_bound(log_w, params.alpha).mean()
-        return loss, self.base_diagnostics(log_w, kl, p.log_px), p.output
