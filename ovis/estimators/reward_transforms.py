@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from ovis.estimators.base import Diagnostics, RuntimeParams
 from ovis.estimators.importance import log_weights, normalized_weights, renyi_bound
-from ovis.estimators.score_function import Reinforce
+from ovis.estimators.score_function import Reinforce, baseline_mlp
 
 __all__ = [
     "REWARD_TRANSFORMS",
@@ -194,10 +194,7 @@ class BaselineReward(RewardTransform):
             self._build(int(math.prod(x_shape)))
 
     def _build(self, dim: int, like: Optional[Tensor] = None) -> None:
-        net = nn.Sequential(nn.Linear(dim, self.hdim), nn.Tanh(), nn.Linear(self.hdim, 1))
-        if like is not None:
-            net = net.to(device=like.device, dtype=like.dtype)
-        self.net = net
+        self.net = baseline_mlp(dim, self.hdim, like)
 
     def apply(self, r: Tensor, ctx: RewardContext, update: bool) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
         flat = ctx.x.reshape(ctx.x.shape[0], -1)

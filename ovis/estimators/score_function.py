@@ -30,7 +30,14 @@ from torch import Tensor, nn
 from ovis.estimators.base import Diagnostics, GradientEstimator, Particles, RuntimeParams
 from ovis.estimators.importance import log_weights, normalized_weights, renyi_bound
 
-__all__ = ["ScoreFunctionEstimator", "Reinforce", "ReinforceBaseline"]
+__all__ = ["ScoreFunctionEstimator", "Reinforce", "ReinforceBaseline", "baseline_mlp"]
+
+
+def baseline_mlp(dim: int, hdim: int, like: Optional[Tensor] = None) -> nn.Sequential:
+    r"""The input-dependent baseline :math:`b_\psi(x)`: ``dim -> hdim (tanh) -> 1``, on the device
+    and dtype of ``like`` when given."""
+    net = nn.Sequential(nn.Linear(dim, hdim), nn.Tanh(), nn.Linear(hdim, 1))
+    return net if like is None else net.to(device=like.device, dtype=like.dtype)
 
 
 class ScoreFunctionEstimator(GradientEstimator):
@@ -107,10 +114,7 @@ class ReinforceBaseline(ScoreFunctionEstimator):
             self._build(int(math.prod(x_shape)))
 
     def _build(self, dim: int, like: Optional[Tensor] = None) -> None:
-        net = nn.Sequential(nn.Linear(dim, self.hdim), nn.Tanh(), nn.Linear(self.hdim, 1))
-        if like is not None:
-            net = net.to(device=like.device, dtype=like.dtype)
-        self.baseline = net
+        self.baseline = baseline_mlp(dim, self.hdim, like)
 
     def control_variate(
         self, log_w: Tensor, d: Tensor, x: Tensor, params: RuntimeParams

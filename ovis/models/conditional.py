@@ -230,24 +230,12 @@ class ConditionalSBN(SigmoidBeliefNetwork):
         ``particles = n``: as :meth:`SigmoidBeliefNetwork.forward` (``x`` un-expanded, ``B * n``
         rows, row ``b * n + j``); the prior network is also evaluated once per data point.
         """
-        if particles < 1:
-            raise ValueError(f"particles must be >= 1, got {particles}")
+        z, qz = self.sample_posterior(x, particles)
         x_top, _ = self.split(x)
-        h = x.reshape(x.shape[0], -1)
         prior_logits = self.prior_logits_given(x_top)
         if particles > 1:
             prior_logits = prior_logits.repeat_interleave(particles, 0)
             x_top = x_top.repeat_interleave(particles, 0)
-        qz: List[Distribution] = []
-        z: List[Tensor] = []
-        for l in range(self.depth):
-            if l == 0 and particles > 1:
-                q = self._bernoulli(self.inference_network.layers[0](2 * h - 1).repeat_interleave(particles, 0))
-            else:
-                q = self._q(l, h)
-            h = sample_bernoulli(q)
-            qz.append(q)
-            z.append(h)
         return {"px": self.observation_model(z[0], x_top), "z": z, "qz": qz,
                 "pz": self._generative_given(z, prior_logits)}
 

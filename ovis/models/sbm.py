@@ -26,7 +26,7 @@ the means.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +126,12 @@ class SigmoidBeliefNetwork(TemplateModel):
         inference layer is evaluated once per data point and its logits repeated, which saves
         ``n - 1`` of ``n`` evaluations of the largest map (784 x N) and of its weight gradient.
         """
+        z, qz = self.sample_posterior(x, particles)
+        return {"px": self.observation_model(z[0]), "z": z, "qz": qz, "pz": self._generative(z)}
+
+    def sample_posterior(self, x: Tensor, particles: int = 1) -> Tuple[List[Tensor], List[Distribution]]:
+        r"""``([z_1..z_L], [q(z_1|x), q(z_2|z_1), ...])`` on ``B * particles`` rows (row
+        ``b * particles + j``); the first layer is evaluated once per data point."""
         if particles < 1:
             raise ValueError(f"particles must be >= 1, got {particles}")
         h = x.reshape(x.shape[0], -1)
@@ -139,7 +145,7 @@ class SigmoidBeliefNetwork(TemplateModel):
             h = sample_bernoulli(q)
             qz.append(q)
             z.append(h)
-        return {"px": self.observation_model(z[0]), "z": z, "qz": qz, "pz": self._generative(z)}
+        return z, qz
 
     def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
         r"""``[q(z_1|x), q(z_2|z_1), ...]`` evaluated along the given ``z`` (wake-sleep)."""
