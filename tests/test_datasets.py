@@ -323,4 +323,43 @@ def test_shapes_binary_images() -> None:
 def test_unknown_name_and_every_name_listed() -> None:
     with pytest.raises(ValueError, match="valid names"):
         load_dataset("cifar", "data")
-    assert set(DATASETS) == {"binmnist", "mnist", "fashion", "omniglot", "shapes", "gmm", "gaussian-toy"}
+    assert set(DATASETS) == {"binmnist", "mnist", "fashion", "mnist-grey", "fashion-grey", "omniglot", "shapes",
+                             "gmm", "gaussian-toy"}
+
+
+@pytest.mark.parametrize("name", ["fashion-grey", "mnist-grey"])
+def test_grey_level_sets_are_the_intensities(data_root: Path, name: str) -> None:
+    """``fashion-grey`` / ``mnist-grey``: the IDX images / 255 in [0, 1], not binarised; the same
+    images as the binarised set (Fashion-MNIST: its threshold at 0.5 gives ``fashion``); the
+    same values as load_grey_levels."""
+    from ovis.datasets import load_grey_levels
+
+    d = load_dataset(name, data_root, mini=True)
+    assert d.name == name and d.x_shape == (1, 28, 28)
+    assert (len(d.train), len(d.valid), len(d.test)) == (1000, 200, 200)
+    x = stack(d.train, 1000)
+    assert torch.equal(x, stack(d.train, 1000))  # no random binarisation
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert len(x.unique()) > 200 and float(((x > 0) & (x < 1)).float().mean()) > 0.1  # grey levels
+    assert torch.equal(x * 255, (x * 255).round())  # whole bytes / 255
+    base = name[:-len("-grey")]
+    assert torch.equal(x, load_grey_levels(data_root, base, n=1000))
+    assert torch.equal(stack(d.test, 200), load_grey_levels(data_root, name, n=200, split="test"))
+    assert torch.allclose(d.train_mean, x.mean(0), atol=1e-6)
+    assert d.description["binarization"].startswith("none")
+    if base == "fashion":
+        binary = stack(load_dataset("fashion", data_root, mini=True).train, 1000)
+        assert torch.equal(binary, (x > 0.5).float())
+    with pytest.raises(ValueError, match="split must be"):
+        load_grey_levels(data_root, base, split="valid")
+    with pytest.raises(ValueError, match="grey levels exist"):
+        load_grey_levels(data_root, "omniglot")
+
+
+def test_grey_level_sets_need_a_grey_level_likelihood() -> None:
+    from ovis.training.arguments import RunArgumentError, parse_run_args
+
+    with pytest.raises(RunArgumentError, match="add --likelihood cbernoulli"):
+        parse_run_args(["--dataset", "fashion-grey"])
+    args = parse_run_args(["--dataset", "fashion-grey", "--likelihood", "cbernoulli", "--prior", "mog"])
+    assert args.dataset == "fashion-grey"

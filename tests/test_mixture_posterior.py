@@ -224,7 +224,7 @@ def test_run_flags_build_the_likelihood_vae():
                            "--likelihood", "cbernoulli", "--N", "4", "--K", "7"])
     model = build_model(args, data)
     assert isinstance(model, LikelihoodVAE) and model.likelihood == "cbernoulli"
-    assert model.generative_model.prior_locs.shape == (3, 4)
+    assert model.generative_model.prior.locs.shape == (3, 4)
     assert isinstance(model.sample_from_prior(2)["px"].base_dist, torch.distributions.ContinuousBernoulli)
     with pytest.raises(ValueError, match="needs --prior mog"):
         build_model(parse_run_args(["--model", "vae", "--prior_components", "3"]), data)
@@ -270,7 +270,7 @@ def test_run_py_trains_a_cbernoulli_mixture_prior_vae(tmp_path, data_root, extra
     assert json.loads((d / "status.json").read_text())["status"] == "success"
     assert list((d / "samples").glob("prior-step*.png"))
     last = torch.load(d / "last.pt", weights_only=True)
-    assert last["model"]["generative_model.prior_locs"].shape == (3, 4)
+    assert last["model"]["generative_model.prior.locs"].shape == (3, 4)
 
 
 # ------------------------------------------------------- mixture posterior of the VAE (--posterior mog)

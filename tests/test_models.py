@@ -129,7 +129,7 @@ def test_output_bias_at_logit_of_train_mean() -> None:
     sbm = build_model(args_of("--model", "sbm", "--N", "5", "--nlayers", "0"), data)
     assert torch.allclose(sbm.generative_model.layers[0][-1].bias, logit, atol=1e-5)
     vae = build_model(args_of("--model", "vae", "--N", "5"), data)
-    assert torch.allclose(vae.generative_model.decoder[-1].bias, logit, atol=1e-5)
+    assert torch.allclose(vae.generative_model.observation.net.layers[-1].bias, logit, atol=1e-5)
     # inputs are fed as 2x - 1: a zero x gives the same q as -1 inputs
     x = torch.zeros(1, 1, 28, 28)
     w = sbm.inference_network.layers[0][0]
@@ -152,7 +152,7 @@ def test_categorical_vae_relaxed_when_zgrads() -> None:
     assert float(model(x, zgrads=True)["qz"][0].base_dist.temperature) == pytest.approx(0.5)
     # the pathwise estimator runs and sends gradients to the inference network
     build_estimator("pathwise-iwae", iw=3)(model, x, backward=True, tau=0.5)
-    assert model.inference_network[0].weight.grad.abs().sum() > 0
+    assert model.inference_network.net.layers[0].weight.grad.abs().sum() > 0
 
 
 def test_mog_prior_is_learned_mixture() -> None:
@@ -163,11 +163,11 @@ def test_mog_prior_is_learned_mixture() -> None:
     assert isinstance(p, MixtureSameFamily) and p.batch_shape == (5,) and p.event_shape == (4,)
     z = torch.randn(5, 4)
     g = model.generative_model
-    comp = torch.distributions.Normal(g.prior_locs, g.prior_log_scales.exp())
-    manual = torch.logsumexp(g.prior_mixture_logits.log_softmax(-1) + comp.log_prob(z[:, None]).sum(-1), -1)
+    comp = torch.distributions.Normal(g.prior.locs, g.prior.log_scales.exp())
+    manual = torch.logsumexp(g.prior.logits.log_softmax(-1) + comp.log_prob(z[:, None]).sum(-1), -1)
     assert torch.allclose(p.log_prob(z), manual, atol=1e-5)
     build_estimator("pathwise-iwae", iw=2)(model, binary_batch(2), backward=True)
-    assert g.prior_locs.grad is not None and g.prior_mixture_logits.grad is not None
+    assert g.prior.locs.grad is not None and g.prior.logits.grad is not None
 
 
 def test_build_model_rejects_mismatches() -> None:

@@ -166,6 +166,7 @@ def test_chunked_accumulation_equals_direct(float64):
         assert torch.allclose(s["L_k"], torch.logsumexp(log_w, 1) - math.log(K), atol=1e-10, rtol=0)
         assert torch.allclose(s["elbo"], log_w.mean(1), atol=1e-10)
         assert torch.allclose(s["kl"], kl.mean(1), atol=1e-10)
+        assert torch.allclose(s["distortion"], -(log_w + kl).mean(1), atol=1e-10)
         w = torch.softmax(log_w, 1)
         assert torch.allclose(s["ess"], 1 / (w ** 2).sum(1), atol=1e-8)
 
@@ -200,7 +201,9 @@ def test_chunked_test_evaluation_equals_unchunked(float64):
     model.pos = 0
     chunked = evaluate_bound(model, data, torch.arange(5), 1, K, max_rows=7, device=torch.device("cpu"))
     assert model.pos == 5 * K
-    assert set(full) == {"loss/L_k", "loss/elbo", "loss/kl", "loss/kl_q_p", "loss/ess"}
+    assert set(full) == {"loss/L_k", "loss/elbo", "loss/kl", "loss/kl_q_p", "loss/ess", "loss/distortion",
+                         "loss/rate"}
+    assert full["loss/distortion"] + full["loss/rate"] == pytest.approx(-full["loss/elbo"], rel=1e-9)
     for k in full:
         assert chunked[k] == pytest.approx(full[k], rel=1e-6, abs=1e-6), k
     # and the bound is the direct log-mean-exp of the same particles

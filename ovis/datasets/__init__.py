@@ -1,4 +1,5 @@
-r"""Data sets: ``binmnist``, ``mnist``, ``fashion``, ``omniglot``, ``shapes``, ``gmm``, ``gaussian-toy``.
+r"""Data sets: ``binmnist``, ``mnist``, ``fashion``, ``mnist-grey``, ``fashion-grey`` (grey levels in
+``[0, 1]``), ``omniglot``, ``shapes``, ``gmm``, ``gaussian-toy``.
 
 Use :func:`load_dataset`; every loader returns a :class:`DataSplits`.  File-based sets are
 looked for under the data root (layout: ``mnist/``, ``fashion-mnist/``, ``binarized_mnist/``,
@@ -15,24 +16,27 @@ from typing import Callable, Dict
 from ovis.datasets.core import DataSplits, TensorImageDataset
 from ovis.datasets.errors import DatasetCorruptError, DatasetNotFoundError
 from ovis.datasets.files import clear_cache
-from ovis.datasets.mnist import load_binmnist, load_labels, load_mnist_like, read_amat
+from ovis.datasets.mnist import GREY_DATASETS, load_binmnist, load_grey_levels, load_labels, load_mnist_like, read_amat
 from ovis.datasets.idx import read_idx
 
 __all__ = [
     "DATASETS",
+    "GREY_DATASETS",
     "DataSplits",
     "DatasetCorruptError",
     "DatasetNotFoundError",
     "TensorImageDataset",
     "clear_cache",
     "load_dataset",
+    "load_grey_levels",
     "load_labels",
     "read_amat",
     "read_idx",
 ]
 
 #: every data set name accepted by :func:`load_dataset`
-DATASETS = ("binmnist", "mnist", "fashion", "omniglot", "shapes", "gmm", "gaussian-toy")
+DATASETS = ("binmnist", "mnist", "fashion", "mnist-grey", "fashion-grey", "omniglot", "shapes", "gmm",
+            "gaussian-toy")
 
 
 def load_dataset(name: str, data_root: str | os.PathLike = "data/", mini: bool = False,
@@ -58,7 +62,7 @@ def load_dataset(name: str, data_root: str | os.PathLike = "data/", mini: bool =
         raise ValueError(f"unknown data set {name!r}; valid names are {list(DATASETS)}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    if name in ("mnist", "fashion"):
+    if name in ("mnist", "fashion", *GREY_DATASETS):
         data = load_mnist_like(name, data_root, mini=mini, verify_checksums=verify_checksums)
     elif name == "binmnist":
         data = load_binmnist(data_root, mini=mini, seed=seed, verify_checksums=verify_checksums)

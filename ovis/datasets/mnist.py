@@ -4,6 +4,9 @@ r"""MNIST, Fashion-MNIST and binarized MNIST.
   (``x ~ Bernoulli(intensity)`` at every access).
 * ``fashion``: Fashion-MNIST (Xiao et al. 2017) from the IDX files, **thresholded**:
   ``x = 1[intensity > 0.5]``.
+* ``mnist-grey`` / ``fashion-grey``: the same images as **grey levels** in ``[0, 1]``
+  (``intensity / 255``, no binarisation), for likelihoods of grey levels such as the Continuous
+  Bernoulli (``run.py --likelihood cbernoulli``).
 * ``binmnist``: the fixed binarisation of Larochelle & Murray (2011), read from
   ``binarized_mnist/binarized_mnist_{train,valid,test}.amat`` when present (verified by size and
   sha256); otherwise a fixed-seed Bernoulli binarisation of the MNIST intensities, recorded as
@@ -30,6 +33,8 @@ from ovis.datasets.idx import read_bytes, read_idx, sha256_hex
 
 __all__ = [
     "load_mnist_like",
+    "load_grey_levels",
+    "GREY_DATASETS",
     "load_binmnist",
     "load_idx_set",
     "load_labels",
@@ -101,6 +106,30 @@ def load_idx_set(name: str, data_root: os.PathLike | str,
     return cached(("idx", name, verify_checksums), list(paths.values()), build)
 
 
+#: the grey-level data sets: name -> the IDX data set they read
+GREY_DATASETS = {"mnist-grey": "mnist", "fashion-grey": "fashion"}
+
+
+def load_grey_levels(data_root: os.PathLike | str, name: str = "fashion", n: Optional[int] = 1000,
+                     split: str = "train", verify_checksums: bool = True) -> torch.Tensor:
+    r"""The first ``n`` images (all when ``n`` is ``None``) of the ``train`` (60k) or ``test``
+    (10k) IDX file of ``fashion`` (Fashion-MNIST) or ``mnist`` as grey levels in ``[0, 1]``:
+    ``[n, 1, 28, 28]`` float32 ``intensity / 255``, files found and verified as by
+    :func:`load_idx_set`."""
+    base = GREY_DATASETS.get(name, name)
+    if base not in IDX_FILES:
+        raise ValueError(f"grey levels exist for {sorted(IDX_FILES)} (or {sorted(GREY_DATASETS)}), got {name!r}")
+    stem = {"train": "train", "test": "t10k"}.get(split)
+    if stem is None:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if n is not None and (isinstance(n, bool) or int(n) != n or n < 0):
+        raise ValueError(f"n must be an integer >= 0 or None, got {n!r}")
+    arrays, _ = load_idx_set(base, data_root, verify_checksums=verify_checksums)
+    images = arrays[f"{stem}-images-idx3-ubyte"]
+    images = images if n is None else images[:int(n)]
+    return torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0)[:, None]
+
+
 def load_labels(name: str, data_root: os.PathLike | str, split: str = "train") -> np.ndarray:
     r"""The class labels (``uint8``, 0..9) of the ``train`` (60k file), ``valid`` / ``train50k``
     (last 10k / first 50k of the training file) or ``test`` (10k file) images of ``mnist`` /
@@ -121,15 +150,21 @@ def _subset(n: Tuple[int, int, int], mini: bool) -> Tuple[int, int, int]:
 
 def load_mnist_like(name: str, data_root: os.PathLike | str, mini: bool = False,
                     verify_checksums: bool = True) -> DataSplits:
-    r"""``mnist`` (dynamic binarisation) or ``fashion`` (thresholded at 0.5); see the module doc."""
-    arrays, info = load_idx_set(name, data_root, verify_checksums=verify_checksums)
+    r"""``mnist`` (dynamic binarisation), ``fashion`` (thresholded at 0.5) or their grey levels
+    ``mnist-grey`` / ``fashion-grey`` (``intensity / 255``); see the module doc."""
+    grey = name in GREY_DATASETS
+    base = GREY_DATASETS.get(name, name)
+    arrays, info = load_idx_set(base, data_root, verify_checksums=verify_checksums)
     images = arrays["train-images-idx3-ubyte"]
     test = arrays["t10k-images-idx3-ubyte"]
     ntr, nva, nte = _subset((N_TRAIN, N_VALID, N_TEST), mini)
     tr = torch.from_numpy(images[:ntr])[:, None]
     va = torch.from_numpy(images[N_TRAIN:N_TRAIN + nva])[:, None]
     te = torch.from_numpy(test[:nte])[:, None]
-    if name == "mnist":
+    if grey:
+        splits = [TensorImageDataset(t, scale=255.0, binarization="none") for t in (tr, va, te)]
+        binarization = "none (grey levels intensity/255 in [0, 1])"
+    elif name == "mnist":
         splits = [TensorImageDataset(t, scale=255.0, binarization="dynamic") for t in (tr, va, te)]
         binarization = "dynamic"
     else:

@@ -96,7 +96,10 @@ def unit_interval_open(value: str) -> float:
     return f
 
 
-DATASETS = ("binmnist", "mnist", "fashion", "omniglot", "shapes", "gmm", "gaussian-toy")
+DATASETS = ("binmnist", "mnist", "fashion", "mnist-grey", "fashion-grey", "omniglot", "shapes", "gmm",
+            "gaussian-toy")
+#: data sets of grey levels in [0, 1] (need a likelihood of grey levels, --likelihood cbernoulli)
+GREY_DATASETS = ("mnist-grey", "fashion-grey")
 MODELS = ("sbm", "vae", "gaussian-vae", "conv-vae", "gmm", "gaussian-toy", "discrete-vae")
 PRIORS = ("normal", "bernoulli", "categorical", "mog")
 OPTIMIZERS = ("adam", "sgd", "adamax", "rmsprop")
@@ -136,6 +139,8 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--eval_chunk", type=pos_int, default=10000,
                    help="max particles x data points per forward pass at evaluation (memory cap)")
     g.add_argument("--no_tensorboard", action="store_true", help="write no TensorBoard events")
+    g.add_argument("--no_samples", action="store_true",
+                   help="write no sample grids (samples/prior.png, samples/reconstruction.png) for image data")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="binmnist", choices=DATASETS)
@@ -267,6 +272,11 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             f"run.py: error: argument --posterior: a mixture-of-Gaussians posterior has no "
             f"reparameterisation; estimator {args.estimator!r} needs one: use a score-function "
             "estimator (reinforce, vimco-arithmetic, ovis-gamma1, ...)")
+    if args.dataset in GREY_DATASETS and args.likelihood != "cbernoulli":
+        raise RunArgumentError(
+            f"run.py: error: argument --dataset: {args.dataset} holds grey levels in [0, 1], which a "
+            f"--likelihood {args.likelihood} decoder cannot model; add --likelihood cbernoulli (--model vae), "
+            f"or use the binarised --dataset {args.dataset[:-len('-grey')]}")
     if args.reward_transforms:
         from ovis.estimators.reward_transforms import parse_reward_transforms
 
@@ -300,7 +310,8 @@ def parse_tracked_estimators(text: str) -> List[str]:
 # they are left out of the run id.
 NON_IDENTITY_FLAGS = frozenset(
     {"root", "data_root", "exp", "silent", "rf", "workers", "device", "deterministic",
-     "checkpoint_every", "checkpoint_steps", "log_freq", "eval_chunk", "no_tensorboard"}
+     "checkpoint_every", "checkpoint_steps", "log_freq", "eval_chunk", "no_tensorboard",
+     "no_samples"}
 )
 # Defaults of the flags, used so that adding a new flag (with its default) does not change ids.
 RUN_IDENTITY_DEFAULTS = {a.dest: a.default for a in build_run_parser()._actions if a.dest != "help"}

@@ -11,8 +11,18 @@ B``, at least 1) and only running reductions are kept, in float64:
 
 where the log-sum-exps are combined across chunks with ``logaddexp``; the ELBO
 (:math:`\frac1K\sum_k \log w_k`) and the KL term (:math:`\frac1K\sum_k \log q - \log p`) are running
-sums.  Memory is that of one chunk, whatever ``K``.  Evaluation bounds use ``beta = 1``, no free
-bits and ``alpha = 0`` (the true IW bound); ``loss/kl_q_p = L_K - ELBO`` estimates
+sums.  Memory is that of one chunk, whatever ``K``.  The same particles give the
+**distortion** and the **rate** (Alemi et al. 2018, "Fixing a broken ELBO"):
+
+.. math::
+
+    D = -\frac1K\sum_k \log p(x|z_k),\qquad R = \frac1K\sum_k \log q(z_k|x) - \log p(z_k),
+    \qquad D + R = -\mathrm{ELBO},
+
+(``R`` sums every stochastic layer; ``log p(x|z_k) = log w_k + (log q - log p)``), logged as
+``loss/distortion`` and ``loss/rate``; :math:`L = \mathcal{L}_K` is ``loss/L_k``.
+
+Evaluation bounds use ``beta = 1``, no free bits and ``alpha = 0`` (the true IW bound); ``loss/kl_q_p = L_K - ELBO`` estimates
 :math:`\mathrm{KL}(q(z|x) \| p(z|x))`.
 
 **Active units** (Burda et al. 2016): unit :math:`u` is active when
@@ -73,7 +83,8 @@ def accumulate_chunked_bound(log_weight_fn: Callable[[int], Tuple[Tensor, Tensor
         chunk: particles per call (the last call gets the remainder).
 
     Returns:
-        ``{"L_k", "elbo", "kl", "ess"}``, each ``[B]`` float64.
+        ``{"L_k", "elbo", "kl", "distortion", "ess"}``, each ``[B]`` float64
+        (``distortion = -(elbo + kl)``, the mean of ``-log p(x|z_k) = -(log w_k + kl_k)``).
     """
     if K < 1 or chunk < 1:
         raise ValueError(f"K and chunk must be >= 1, got K={K}, chunk={chunk}")
@@ -96,7 +107,7 @@ def accumulate_chunked_bound(log_weight_fn: Callable[[int], Tuple[Tensor, Tensor
             sum_w, sum_kl = sum_w + log_w.sum(1), sum_kl + kl.sum(1)
         done += k
     return {"L_k": lse - math.log(K), "elbo": sum_w / K, "kl": sum_kl / K,
-            "ess": torch.exp(2 * lse - lse2)}
+            "distortion": -(sum_w + sum_kl) / K, "ess": torch.exp(2 * lse - lse2)}
 
 
 _EVALUATOR = GradientEstimator(mc=1, iw=1)
@@ -114,9 +125,9 @@ def model_log_weights(model: nn.Module, x: Tensor, k: int, tau: Optional[float] 
 def evaluate_bound(model: nn.Module, dataset: Dataset, indices: Tensor, batch_size: int, K: int,
                    max_rows: int, device: torch.device, tau: Optional[float] = None,
                    extra_metrics: bool = True, stop_check: StopCheck = None) -> Dict[str, float]:
-    r"""``loss/L_k`` (``K`` particles), ``loss/elbo``, ``loss/kl``, ``loss/kl_q_p``, ``loss/ess``
-    averaged over the data points ``indices`` of ``dataset``, plus the model's
-    ``extra_metrics(x)`` when it has one (weighted by batch size).
+    r"""``loss/L_k`` (``K`` particles), ``loss/elbo``, ``loss/kl``, ``loss/kl_q_p``, ``loss/ess``,
+    ``loss/distortion`` and ``loss/rate`` (``= loss/kl``; see the module docstring) averaged over
+    the data points ``indices`` of ``dataset``, plus the model's ``extra_metrics(x)`` when it has one (weighted by batch size).
 
     ``max_rows`` caps the rows (data points x particles) of one forward pass.  Runs under
     ``torch.inference_mode``; the caller owns the RNG (see :mod:`ovis.training.run`).
@@ -139,6 +150,8 @@ def evaluate_bound(model: nn.Module, dataset: Dataset, indices: Tensor, batch_si
                 "loss/kl": stats["kl"].sum().item(),
                 "loss/kl_q_p": (stats["L_k"] - stats["elbo"]).sum().item(),
                 "loss/ess": stats["ess"].sum().item(),
+                "loss/distortion": stats["distortion"].sum().item(),
+                "loss/rate": stats["kl"].sum().item(),
             }
             if callable(extra_fn):
                 for name, v in extra_fn(x).items():
