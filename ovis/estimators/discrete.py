@@ -1,22 +1,47 @@
-r"""Score-function estimators for Bernoulli latents of the REBAR line: ``nvil``, ``muprop``,
+r"""Score-function estimators for discrete latents of the REBAR line: ``nvil``, ``muprop``,
 ``simple-muprop``, ``arm``, ``disarm``; and the discrete-latent model protocol they share with
 :mod:`ovis.estimators.relaxed` and :mod:`ovis.estimators.rebar`.
 
 Model protocol (the *discrete hooks*; implemented by
-:class:`ovis.models.sbm.SigmoidBeliefNetwork` and :class:`ovis.testing.BernoulliToyModel`)
+:class:`ovis.models.sbm.SigmoidBeliefNetwork`, :class:`ovis.testing.BernoulliToyModel` (Bernoulli),
+:class:`ovis.models.discrete_vae.DiscreteVAE` with ``relaxation="gs"`` and
+:class:`ovis.testing.CategoricalToyModel` (categorical))
 -----------------------------------------------------------------------------------------
 
-* ``model.latent_depth -> int``: the number ``L`` of stochastic Bernoulli layers.
-* ``model.q_logits(l, h) -> Tensor [n, N_l]``: the Bernoulli logits of
-  :math:`q(z_{l+1} | h)` (``l`` 0-based), where ``h`` is the observation batch ``[n, *x_shape]``
-  for ``l = 0`` and the (possibly relaxed, continuous) sample ``z_l`` ``[n, N_{l-1}]`` otherwise.
+* ``model.latent_depth -> int``: the number ``L`` of stochastic layers.
+* ``model.latent_categories -> int | None`` (optional; absent or ``None``: Bernoulli latents):
+  ``C >= 2`` when every stochastic layer is made of categorical variables of ``C`` classes.
+* ``model.q_logits(l, h) -> Tensor``: the logits of :math:`q(z_{l+1} | h)` (``l`` 0-based), where
+  ``h`` is the observation batch ``[n, *x_shape]`` for ``l = 0`` and the (possibly relaxed,
+  continuous) sample ``z_l`` otherwise.  Bernoulli: ``[n, N_l]``, :math:`q(z=1) = \sigma(a)`;
+  categorical: ``[n, N_l, C]``, :math:`q(z = e_c) = \mathrm{softmax}(a)_c` (unnormalised logits).
 * ``model.log_joint_at(x, z) -> (log_px [n], log_pz [n, L])``: :math:`\log p(x|z_1)` and
   :math:`\log p(z_l | z_{l+1})` (the prior for the top layer) at GIVEN ``z = [z_1..z_L]``, which
-  may be relaxed values in ``[0, 1]``: the Bernoulli log mass is extended continuously,
-  :math:`z \log\sigma(\eta) + (1-z)\log\sigma(-\eta)` (as REBAR's relaxed forward pass).
+  may be relaxed values.  Bernoulli: ``z_l`` ``[n, N_l]`` in ``[0, 1]``, the log mass extended
+  continuously as :math:`z \log\sigma(\eta) + (1-z)\log\sigma(-\eta)` (as REBAR's relaxed forward
+  pass); categorical: ``z_l`` ``[n, N_l, C]``, one-hot or a point of the simplex, the log mass
+  extended as :math:`\sum_c z_c \log\mathrm{softmax}(\eta)_c`.
 
 :math:`\log q(z|x)` at given ``z`` is computed by the estimators from ``q_logits`` with the same
-extension (:func:`bernoulli_log_prob`).  A model without a hook raises a ``TypeError`` naming it.
+extension (:func:`bernoulli_log_prob`, :func:`categorical_log_prob`).  A model without a hook
+raises a ``TypeError`` naming it.
+
+Categorical latents (``latent_categories = C``)
+------------------------------------------------
+===========================================  ==========================================================
+estimator                                    categorical support
+===========================================  ==========================================================
+``concrete`` / ``gumbel-softmax``            any depth: :math:`y = \mathrm{softmax}((a + g)/\tau)`
+``straight-through``                         any depth: :math:`b + y - \mathrm{sg}(y)`, ``b`` one-hot argmax
+``rebar``, ``dynamic-rebar``, ``relax``      one layer: categorical REBAR (:mod:`ovis.estimators.rebar`)
+``muprop``, ``simple-muprop``                one layer: mean-field point :math:`\mathrm{softmax}(a)`
+``nvil``                                     any depth (generic score function through ``forward``)
+``arm``, ``disarm``                          refused: binary only (the categorical extension, ARSM of
+                                             Yin et al. 2019, is not implemented)
+===========================================  ==========================================================
+
+Deeper categorical models raise ``NotImplementedError`` for the single-layer estimators (their
+layer-wise scheme, :meth:`BernoulliEstimator.layerwise_smooth`, is written for Bernoulli layers).
 
 Objective
 ---------
@@ -25,20 +50,22 @@ All estimators here (and in ``relaxed``/``rebar``) target the importance-weighte
 (``alpha = 0`` only); with ``iw = 1`` (the papers' setting) this is the ELBO.  The gradient is split
 into the direct term :math:`E[\nabla f(b)]` (``theta``, and ``phi`` through the ``-log q`` inside
 ``w``; computed by autograd at the sample) and the score part
-:math:`\nabla_a E_{b \sim \mathrm{Bern}(\sigma(a))}[\bar f(b)]` with respect to the logits ``a`` of
+:math:`\nabla_a E_{b \sim q_a}[\bar f(b)]` with respect to the logits ``a`` of
 ``q`` (``\bar f``: ``f`` with its parameters held fixed), which each estimator estimates as a tensor
-``g_a`` ``[B*M*K, N]`` (the gradient for each particle's logits).  The surrogate loss is
+``g_a`` of the logits' shape (``[B*M*K, N]``, categorical ``[B*M*K, N, C]``; the gradient for each
+particle's logits).  The surrogate loss is
 
 .. math::  -\frac{1}{BM}\sum \mathrm{sg}(g_a)\, a \;-\; \mathrm{mean}_{B,M}\, f(b)
 
 so that its gradient is minus the estimate.  The ARM-family estimators treat the ``K*N`` bits of
 one outer sample jointly (they are independent Bernoullis for a single-layer model).  Models with
-``L > 1`` layers are handled layer-wise (ARM/DisARM: :meth:`ARM.compute_layerwise`; MuProp,
-REBAR, RELAX: :meth:`BernoulliEstimator.layerwise_smooth`), as the papers do.
+``L > 1`` Bernoulli layers are handled layer-wise (ARM/DisARM: :meth:`ARM.compute_layerwise`;
+MuProp, REBAR, RELAX: :meth:`BernoulliEstimator.layerwise_smooth`), as the papers do.
 
 Tests: ``tests/test_discrete_estimators.py`` (exact gradients on the Bernoulli toy model and a
-2-layer SBN, relaxation bias, variance vs ``reinforce``) and
-``tests/test_discrete_estimators_training.py`` (binarized MNIST).
+2-layer SBN, relaxation bias, variance vs ``reinforce``), ``tests/test_categorical_estimators.py``
+(the same on the categorical toy model, a replay of one categorical REBAR draw, training the
+Gumbel-softmax discrete VAE) and ``tests/test_discrete_estimators_training.py`` (binarized MNIST).
 """
 from __future__ import annotations
 
@@ -54,8 +81,8 @@ from ovis.estimators.importance import log_mean_exp, log_weights
 from ovis.estimators.score_function import ReinforceBaseline
 from ovis.models.base import require_hook
 
-__all__ = ["bernoulli_log_prob", "check_discrete_model", "BernoulliEstimator", "ARM", "MuProp", "NVIL",
-           "log_gradient_variances"]
+__all__ = ["bernoulli_log_prob", "categorical_log_prob", "check_discrete_model", "check_latent_categories",
+           "BernoulliEstimator", "ARM", "MuProp", "NVIL", "log_gradient_variances"]
 
 
 def bernoulli_log_prob(logits: Tensor, z: Tensor) -> Tensor:
@@ -63,6 +90,47 @@ def bernoulli_log_prob(logits: Tensor, z: Tensor) -> Tensor:
     (and differentiable) for relaxed ``z`` in ``[0, 1]`` too."""
     # z * a - softplus(a) (F.binary_cross_entropy_with_logits is ~100x slower on CPU here)
     return (z * logits - F.softplus(logits)).reshape(z.shape[0], -1).sum(-1)
+
+
+def categorical_log_prob(logits: Tensor, z: Tensor) -> Tensor:
+    r""":math:`\sum_{i,c} z_{ic} \log\mathrm{softmax}(a_i)_c`, ``[n, N, C] -> [n]``; defined (and
+    differentiable) for relaxed ``z`` on the simplex too (the continuous extension of the
+    categorical log mass used by the relaxed estimators)."""
+    return (z * torch.log_softmax(logits, dim=-1)).reshape(z.shape[0], -1).sum(-1)
+
+
+def discrete_log_prob(logits: Tensor, z: Tensor, categorical: bool) -> Tensor:
+    r""":func:`categorical_log_prob` if ``categorical`` else :func:`bernoulli_log_prob`, ``[n]``."""
+    return categorical_log_prob(logits, z) if categorical else bernoulli_log_prob(logits, z)
+
+
+def gumbel_noise(shape: Sequence[int], like: Tensor) -> Tensor:
+    r"""Standard Gumbel noise :math:`-\log(-\log u)`, ``u ~ U(0, 1)`` clamped away from 0 and 1."""
+    return -torch.log(-torch.log(_uniform(shape, like)))
+
+
+def one_hot_argmax(z: Tensor) -> Tensor:
+    r"""``onehot(argmax_c z_c)`` ``[..., C]`` in ``z``'s dtype (the hard categorical sample of the
+    Gumbel-max trick when ``z = a + Gumbel``)."""
+    return F.one_hot(z.argmax(-1), z.shape[-1]).to(z.dtype)
+
+
+def check_latent_categories(model: nn.Module, family: str) -> Optional[int]:
+    r"""The model's ``latent_categories`` (module docstring): ``None`` for Bernoulli latents, else
+    the number ``C >= 2`` of classes of its categorical latents.
+
+    Raises:
+        TypeError: ``latent_categories`` is neither ``None`` nor an int ``>= 2``.
+    """
+    C = getattr(model, "latent_categories", None)
+    if C is None:
+        return None
+    if isinstance(C, bool) or not isinstance(C, int) or C < 2:
+        raise TypeError(
+            f"estimator {family!r}: {type(model).__name__}.latent_categories must be None (Bernoulli "
+            f"latents) or an int >= 2 (categorical latents of that many classes), got {C!r}"
+        )
+    return C
 
 
 def check_discrete_model(model: nn.Module, family: str, max_depth: Optional[int] = None) -> int:
@@ -75,9 +143,9 @@ def check_discrete_model(model: nn.Module, family: str, max_depth: Optional[int]
     depth = getattr(model, "latent_depth", None)
     if not isinstance(depth, int) or depth < 1:
         raise TypeError(
-            f"estimator {family!r} needs Bernoulli latents and the model attribute latent_depth "
-            f"(and the methods q_logits(l, h), log_joint_at(x, z); see ovis.estimators.discrete); "
-            f"{type(model).__name__} has none"
+            f"estimator {family!r} needs discrete (Bernoulli or categorical) latents and the model "
+            f"attribute latent_depth (and the methods q_logits(l, h), log_joint_at(x, z); see "
+            f"ovis.estimators.discrete); {type(model).__name__} has none (latent_depth={depth!r})"
         )
     require_hook(model, "q_logits", family)
     require_hook(model, "log_joint_at", family)
@@ -96,16 +164,39 @@ def _uniform(shape: Sequence[int], like: Tensor) -> Tensor:
 
 
 class BernoulliEstimator(GradientEstimator):
-    r"""Base of the Bernoulli estimators ARM, DisARM, MuProp, REBAR, RELAX.
+    r"""Base of the discrete-latent estimators ARM, DisARM, MuProp, REBAR, RELAX.
 
-    Subclasses implement :meth:`score_gradient` (one layer) and, for ``latent_depth > 1``,
-    :meth:`compute_layerwise` (with ``max_depth = None``).  Requires ``alpha = 0``.
+    Subclasses implement :meth:`score_gradient` (one layer; Bernoulli logits ``[n, N]`` or
+    categorical logits ``[n, N, C]``) and, for ``latent_depth > 1`` Bernoulli models,
+    :meth:`compute_layerwise` (with ``max_depth = None``).  Categorical models
+    (``latent_categories = C``) are accepted with one stochastic layer (:meth:`check_categorical`,
+    which ARM/DisARM override to refuse them).  Requires ``alpha = 0``.
     """
 
     family = "bernoulli"
     supports_alpha = False
     #: the deepest model supported (``None``: any, through :meth:`compute_layerwise`)
     max_depth: Optional[int] = 1
+
+    def check_categorical(self, depth: int, C: int) -> None:
+        r"""Called for a categorical model (``C`` classes, ``depth`` layers) before estimation.
+
+        Raises:
+            NotImplementedError: ``depth > 1`` (the layer-wise scheme is Bernoulli-only).
+        """
+        if depth > 1:
+            raise NotImplementedError(
+                f"{self.family} supports categorical latents (latent_categories={C}) with one stochastic "
+                f"layer only, got latent_depth={depth}; use concrete, gumbel-softmax, straight-through or "
+                "nvil (any depth), or a single-layer categorical model"
+            )
+
+    @staticmethod
+    def per_unit(v: Tensor, shape: Tuple[int, int, int], like: Tensor) -> Tensor:
+        r"""Broadcast a per-outer-sample value ``[B, M]`` to the logits' shape ``like``
+        (``[B*M*K, N]`` or ``[B*M*K, N, C]``)."""
+        B, M, K = shape
+        return v[:, :, None].expand(B, M, K).reshape(B * M * K, *([1] * (like.dim() - 1))).expand_as(like)
 
     def compute_layerwise(
         self, model: nn.Module, x: Tensor, params: RuntimeParams, depth: int
@@ -185,20 +276,28 @@ class BernoulliEstimator(GradientEstimator):
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
-        depth = check_discrete_model(model, self.family, max_depth=self.max_depth)
+        depth = check_discrete_model(model, self.family, max_depth=None)
+        C = check_latent_categories(model, self.family)
+        if C is not None:
+            self.check_categorical(depth, C)
+        check_discrete_model(model, self.family, max_depth=self.max_depth)
         if depth > 1:
             return self.compute_layerwise(model, x, params, depth)
         B, M, K = x.shape[0], self.mc, self.iw
         x_exp = self.expand(x, M, K)
-        a = model.q_logits(0, x_exp)  # [n, N], attached to phi
-        if a.dim() != 2 or a.shape[0] != B * M * K:
-            raise ValueError(f"{type(model).__name__}.q_logits(0, x) must return [n, N], got {tuple(a.shape)}")
+        a = model.q_logits(0, x_exp)  # [n, N] or [n, N, C], attached to phi
+        categorical = C is not None
+        if (a.dim() != (3 if categorical else 2) or a.shape[0] != B * M * K
+                or (categorical and a.shape[-1] != C)):
+            expected = f"[n, N, C={C}] (categorical)" if categorical else "[n, N] (Bernoulli)"
+            raise ValueError(f"{type(model).__name__}.q_logits(0, x) must return {expected} with n = "
+                             f"{B * M * K}, got {tuple(a.shape)}")
         a_fixed = a.detach()
 
         def f(z: Tensor, logits: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-            r"""``f(z)`` ``[B, M]`` at ``z`` ``[n, N]`` (and ``log_w``, ``kl``, ``log_px``, ``[B, M, K]``);
-            ``logits``: those of ``log q`` (default: fixed, no gradient to ``phi``)."""
-            lq = bernoulli_log_prob(a_fixed if logits is None else logits, z)
+            r"""``f(z)`` ``[B, M]`` at ``z`` (the logits' shape) (and ``log_w``, ``kl``, ``log_px``,
+            ``[B, M, K]``); ``logits``: those of ``log q`` (default: fixed, no gradient to ``phi``)."""
+            lq = discrete_log_prob(a_fixed if logits is None else logits, z, categorical)
             log_px, log_pz = model.log_joint_at(x_exp, [z])
             log_w, kl = log_weights(log_px.view(B, M, K), lq.view(B, M, K, 1), log_pz.view(B, M, K, 1),
                                     params.beta, params.freebits)
@@ -233,9 +332,11 @@ class BernoulliEstimator(GradientEstimator):
     def score_gradient(
         self, fbar: Callable[[Tensor], Tensor], a: Tensor, shape: Tuple[int, int, int], params: RuntimeParams
     ) -> Tuple[Tensor, List[Tensor], Optional[Tensor], Dict[str, Tensor]]:
-        r"""Return ``(g_a [n, N], samples, aux_loss, extra_diagnostics)``: the estimate of
-        :math:`\nabla_a E_{b\sim\mathrm{Bern}(\sigma(a))}[\bar f(b)]`, the samples ``b`` (``[n, N]``)
-        at which the direct term is averaged, an auxiliary loss (or ``None``) and diagnostics."""
+        r"""Return ``(g_a, samples, aux_loss, extra_diagnostics)``: the estimate ``g_a`` (``a``'s
+        shape) of :math:`\nabla_a E_{b\sim q_a}[\bar f(b)]`, the samples ``b`` (``a``'s shape) at
+        which the direct term is averaged, an auxiliary loss (or ``None``) and diagnostics.
+        ``a`` is ``[n, N]`` (Bernoulli, :math:`q_a = \mathrm{Bern}(\sigma(a))`) or ``[n, N, C]``
+        (categorical, :math:`q_a = \mathrm{Cat}(\mathrm{softmax}(a))`, one-hot samples)."""
         raise NotImplementedError
 
 
@@ -273,6 +374,15 @@ class ARM(BernoulliEstimator):
         self.disarm = bool(disarm)
         if self.disarm:
             self.family = "disarm"
+
+    def check_categorical(self, depth: int, C: int) -> None:
+        r"""ARM and DisARM are defined for binary latents only: always raises ``TypeError``."""
+        raise TypeError(
+            f"{self.family} is defined for binary (Bernoulli) latents only, and this model has categorical "
+            f"latents (latent_categories={C}); the categorical extension of ARM is ARSM (Yin, Yue & Zhou "
+            "2019, augment-REINFORCE-swap-merge), which is not implemented: use rebar, dynamic-rebar, relax, "
+            "muprop, nvil (unbiased) or gumbel-softmax / straight-through (relaxed)"
+        )
 
     def score_gradient(self, fbar, a, shape, params):  # type: ignore[no-untyped-def]
         u = _uniform(a.shape, a)
@@ -348,20 +458,26 @@ class ARM(BernoulliEstimator):
 
 
 class MuProp(BernoulliEstimator):
-    r"""MuProp (Gu et al. 2016) for Bernoulli latents (multi-layer: :meth:`compute_layerwise`).
+    r"""MuProp (Gu et al. 2016) for Bernoulli latents (multi-layer: :meth:`compute_layerwise`) and
+    single-layer categorical latents.
 
-    With the mean-field point :math:`\bar\mu = \sigma(a)` (the deterministic mean-field forward
-    pass: the model evaluated at the means, through :meth:`log_joint_at`) and
-    :math:`\bar f'(\bar\mu)` its gradient:
+    With the mean-field point :math:`\bar\mu = \mathbb{E}_q[b]` (Bernoulli :math:`\sigma(a)`,
+    categorical :math:`\mathrm{softmax}(a)` per variable: the deterministic mean-field forward pass,
+    the model evaluated at the means through :meth:`log_joint_at`) and :math:`\bar f'(\bar\mu)` its
+    gradient, the first-order Taylor control variate
+    :math:`h(b) = \bar f(\bar\mu) + \bar f'(\bar\mu)^\top (b - \bar\mu)` (with :math:`\bar\mu` held
+    fixed) has the analytic mean gradient :math:`J^\top \bar f'(\bar\mu)`, ``J`` the Jacobian of
+    :math:`E_q[b]` in ``a``:
 
     .. math::
 
-        g_a = \big(\bar f(b) - \bar f(\bar\mu) - \bar f'(\bar\mu)^\top (b - \bar\mu)\big)(b - \sigma(a))
-              + \bar f'(\bar\mu) \odot \sigma(a)(1 - \sigma(a)),
+        g_a = \big(\bar f(b) - h(b)\big)\,\nabla_a\log q(b) + J^\top \bar f'(\bar\mu),
 
-    unbiased (the first-order Taylor control variate's mean is added back analytically).
-    ``simple-muprop`` (as in the REBAR code): the mean-field value only, as a baseline:
-    :math:`g_a = (\bar f(b) - \bar f(\bar\mu))(b - \sigma(a))`.
+    Bernoulli: :math:`\nabla_a\log q(b) = b - \sigma(a)`, :math:`J^\top v = \sigma(a)(1-\sigma(a))\,v`;
+    categorical (one-hot ``b``, :math:`\theta = \mathrm{softmax}(a)` per variable):
+    :math:`\nabla_a\log q(b) = b - \theta`, :math:`(J^\top v)_c = \theta_c (v_c - \sum_{c'}\theta_{c'} v_{c'})`.
+    Unbiased.  ``simple-muprop`` (as in the REBAR code): the mean-field value only, as a baseline:
+    :math:`g_a = (\bar f(b) - \bar f(\bar\mu))\,\nabla_a\log q(b)`.
 
     Args:
         simple: the simple variant.
@@ -384,15 +500,19 @@ class MuProp(BernoulliEstimator):
 
     def score_gradient(self, fbar, a, shape, params, fsmooth=None):  # type: ignore[no-untyped-def]
         fsmooth = fbar if fsmooth is None else fsmooth
-        theta = torch.sigmoid(a)
-        b = torch.bernoulli(theta)
-        N = a.shape[1]
+        categorical = a.dim() == 3
+        if categorical:
+            theta = torch.softmax(a, dim=-1)
+            b = one_hot_argmax(a + gumbel_noise(a.shape, a))
+        else:
+            theta = torch.sigmoid(a)
+            b = torch.bernoulli(theta)
         with torch.no_grad():
             fb = fbar(b)
         if self.simple:
             with torch.no_grad():
                 fm = fsmooth(theta)
-            g = self.per_bit(fb - fm, shape, N) * (b - theta)
+            g = self.per_unit(fb - fm, shape, a) * (b - theta)
             return g, [b], None, {"signal_abs": (fb - fm).abs().mean(1)}
         with torch.enable_grad():
             mu = theta.clone().requires_grad_(True)
@@ -400,9 +520,13 @@ class MuProp(BernoulliEstimator):
             (fprime,) = torch.autograd.grad(fm_t.sum(), mu)
         fm = fm_t.detach()
         B, M, K = shape
-        taylor = (fprime * (b - theta)).view(B, M, K * N).sum(-1)
+        taylor = (fprime * (b - theta)).view(B, M, -1).sum(-1)
         signal = fb - fm - taylor
-        g = self.per_bit(signal, shape, N) * (b - theta) + fprime * theta * (1 - theta)
+        if categorical:
+            mean_term = theta * (fprime - (theta * fprime).sum(-1, keepdim=True))
+        else:
+            mean_term = fprime * theta * (1 - theta)
+        g = self.per_unit(signal, shape, a) * (b - theta) + mean_term
         return g, [b], None, {"signal_abs": signal.abs().mean(1)}
 
 
@@ -419,7 +543,8 @@ class NVIL(ReinforceBaseline):
     estimate divided by ``s`` (``theta``'s gradient is not scaled); with ``freeze = True`` (or in
     ``eval()`` mode) the running statistics are not updated, so ``s * estimate`` is unbiased.
     ``b_psi`` (an MLP as in ``reinforce-baseline``) is trained by MSE to :math:`d_k - \mu`.
-    Works for any depth and ``K``.
+    Works for any depth and ``K``, and for any latents the model samples in ``forward`` (Bernoulli,
+    categorical, ...: it needs no discrete hooks; tested on the categorical toy model too).
 
     Args:
         x_shape, hdim: as :class:`~ovis.estimators.score_function.ReinforceBaseline`.

@@ -1,27 +1,46 @@
 r"""REBAR (Tucker et al. 2017), dynamic REBAR, and RELAX (Grathwohl et al. 2018) for Bernoulli
-latents (the formulas below are for one layer).
+latents (any depth) and categorical latents (one stochastic layer).
 
-Multi-layer models are handled layer-wise (:meth:`Rebar.compute_layerwise`).
+Multi-layer Bernoulli models are handled layer-wise (:meth:`Rebar.compute_layerwise`); a
+categorical model with ``latent_depth > 1`` raises ``NotImplementedError``.
 
 Uses the discrete hooks and the objective of :mod:`ovis.estimators.discrete` (:math:`\mathcal{L}_K`;
-``iw = 1``: the ELBO, as in the papers).  For the logits ``a`` of the ``K*N`` bits of one outer
-sample, with :math:`\theta = \sigma(a)`, :math:`u, v \sim U(0,1)`:
+``iw = 1``: the ELBO, as in the papers).
+
+**Bernoulli** (one layer).  For the logits ``a`` of the ``K*N`` bits of one outer sample, with
+:math:`\theta = \sigma(a)`, :math:`u, v \sim U(0,1)`:
 
 * :math:`z = a + \mathrm{logit}(u)`, :math:`b = H(z) = 1[z > 0] \sim q`;
 * the conditional relaxed sample :math:`\tilde z \sim p(z | b)`: :math:`\tilde z = a +
   \mathrm{logit}(u')` with :math:`u' = (1-\theta) + v\theta` if ``b = 1`` and :math:`u' = v(1-\theta)`
   if ``b = 0`` (reparameterised in ``a`` with ``b``, ``v`` held fixed);
-* the estimate of :math:`\nabla_a E[\bar f(b)]`:
+* the relaxation :math:`\sigma_\lambda(z) = \sigma(z/\lambda)` and the score :math:`b - \theta`.
 
-  .. math::
+**Categorical** (Tucker et al. 2017, appendix; Grathwohl et al. 2018).  Per variable, logits
+``a`` ``[C]``, :math:`\theta = \mathrm{softmax}(a)`, :math:`u, v \sim U(0,1)^C`:
 
-      g_a = \big(\bar f(b) - c(\tilde z)\big)(b - \theta) + \nabla_a c(z) - \nabla_a c(\tilde z)
+* :math:`z = \log\theta + g`, :math:`g_c = -\log(-\log u_c)` (Gumbel), :math:`b = \arg\max_c z_c
+  \sim \mathrm{Cat}(\theta)` (one-hot);
+* the conditional sample :math:`\tilde z \sim p(z | b)`: :math:`\tilde z_b = -\log(-\log v_b)` and
+  :math:`\tilde z_i = -\log\big(-\frac{\log v_i}{\theta_i} - \log v_b\big)` for :math:`i \neq b`
+  (the max of the Gumbels is a standard Gumbel independent of the argmax; the others are Gumbels of
+  location :math:`\log\theta_i` truncated below it), reparameterised in ``a`` with ``b``, ``v`` fixed;
+* the relaxation :math:`\sigma_\lambda(z) = \mathrm{softmax}(z/\lambda)` and the score
+  :math:`\nabla_a \log q(b) = \mathrm{onehot}(b) - \theta`.
 
-  unbiased for any control variate ``c``.  REBAR: :math:`c(z) = \eta\,\bar f(\sigma(z/\lambda))`
-  (the objective's integrand at the relaxed sample, extended Bernoulli log mass).  RELAX:
-  :math:`c(z) = \eta\,\bar f(\sigma(z/\lambda)) + \sum_{k,i} r_\psi(\sigma(z_{ki}/\lambda), a_{ki})`,
-  ``r_psi`` a small MLP shared by all bits (dimension-free, so it is built at construction;
-  Grathwohl et al. use an MLP on the whole ``z``).
+In both cases the estimate of :math:`\nabla_a E[\bar f(b)]` is
+
+.. math::
+
+    g_a = \big(\bar f(b) - c(\tilde z)\big)\,\nabla_a\log q(b) + \nabla_a c(z) - \nabla_a c(\tilde z),
+
+unbiased for any control variate ``c`` (:math:`\nabla_a E[c(z)] = E[c(\tilde z)\nabla_a\log q(b)]
++ E[\nabla_a c(\tilde z)]`).  REBAR: :math:`c(z) = \eta\,\bar f(\sigma_\lambda(z))` (the
+objective's integrand at the relaxed sample, with the continuously extended log mass).  RELAX:
+:math:`c(z) = \eta\,\bar f(\sigma_\lambda(z)) + \sum_{j} r_\psi(\sigma_\lambda(z)_j, \alpha_j)`,
+``r_psi`` a small MLP shared by all units ``j`` (bits; for categorical latents, the classes of every
+variable, with :math:`\alpha = \log\theta`; Bernoulli: :math:`\alpha = a`), dimension-free, so it is
+built at construction (Grathwohl et al. use an MLP on the whole ``z``).
 
 The control-variate parameters (``eta``; ``log_tau`` for ``dynamic-rebar`` and ``relax``; ``psi``)
 are parameters of the estimator (``estimator.parameters()``; ``run.py`` optimises them with
@@ -34,6 +53,10 @@ the surrogate loss carries a term whose gradient w.r.t. these parameters is
 ``rebar`` adapts ``eta`` only and uses the runtime temperature ``tau`` (default 0.5);
 ``dynamic-rebar`` also adapts the temperature (``log_tau``, initialised at ``tau_init``; the
 runtime ``tau`` is then ignored).  ``relax`` adapts ``eta``, ``log_tau`` and ``psi``.
+
+Tests: ``tests/test_discrete_estimators.py`` (Bernoulli) and ``tests/test_categorical_estimators.py``
+(exact gradients on the categorical toy model, a replay of one categorical draw against the formula
+written with explicit loops, variance against ``reinforce``).
 """
 from __future__ import annotations
 
@@ -44,7 +67,7 @@ import torch
 from torch import Tensor, nn
 
 from ovis.estimators.base import RuntimeParams
-from ovis.estimators.discrete import BernoulliEstimator, _uniform
+from ovis.estimators.discrete import BernoulliEstimator, _uniform, one_hot_argmax
 from ovis.estimators.relaxed import DEFAULT_TAU
 
 __all__ = ["Rebar", "Relax"]
@@ -88,9 +111,16 @@ class Rebar(BernoulliEstimator):
     def cv_parameters(self) -> List[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    @staticmethod
+    def relax(z: Tensor, tau: Tensor) -> Tensor:
+        r""":math:`\sigma_\lambda(z)`: ``sigmoid(z / tau)`` (Bernoulli, ``[n, N]``) or
+        ``softmax(z / tau)`` over the last axis (categorical, ``[n, N, C]``)."""
+        return torch.softmax(z / tau, dim=-1) if z.dim() == 3 else torch.sigmoid(z / tau)
+
     def control_variate(self, fbar: Any, z: Tensor, a: Tensor, tau: Tensor) -> Tensor:
-        r"""``c(z)`` per outer sample ``[B, M]``."""
-        return self.eta * fbar(torch.sigmoid(z / tau))
+        r"""``c(z)`` per outer sample ``[B, M]`` (``a``: the fixed logits, Bernoulli, or
+        log-probabilities, categorical, with ``z``'s shape)."""
+        return self.eta * fbar(self.relax(z, tau))
 
     # --------------------------------------------------------------- multi-layer
     def compute_layerwise(self, model, x, params, depth):  # type: ignore[no-untyped-def]
@@ -104,31 +134,39 @@ class Rebar(BernoulliEstimator):
 
     # --------------------------------------------------------------- estimator
     def score_gradient(self, fbar, a, shape, params, fsmooth=None):  # type: ignore[no-untyped-def]
-        r"""As :meth:`BernoulliEstimator.score_gradient`; ``fsmooth`` (default ``fbar``) is the
-        function evaluated at relaxed samples in the control variate."""
+        r"""As :meth:`BernoulliEstimator.score_gradient` (``a``: ``[n, N]`` Bernoulli or ``[n, N, C]``
+        categorical logits); ``fsmooth`` (default ``fbar``) is the function evaluated at relaxed
+        samples in the control variate."""
         fsmooth = fbar if fsmooth is None else fsmooth
-        N = a.shape[1]
+        categorical = a.dim() == 3
         tau = self.temperature(params)
         u, v = _uniform(a.shape, a), _uniform(a.shape, a)
         with torch.no_grad():
-            b = (a + torch.log(u) - torch.log1p(-u) > 0).to(a.dtype)
+            if categorical:
+                b = one_hot_argmax(torch.log_softmax(a, -1) - torch.log(-torch.log(u)))
+            else:
+                b = (a + torch.log(u) - torch.log1p(-u) > 0).to(a.dtype)
             fb = fbar(b)
         train_cv = self.adapt and self.training and torch.is_grad_enabled() and bool(self.cv_parameters())
         with torch.enable_grad():
             a_leaf = a.detach().requires_grad_(True)
-            theta = torch.sigmoid(a_leaf)
-            z = a_leaf + torch.log(u) - torch.log1p(-u)
-            up = torch.where(b > 0, (1 - theta) + v * theta, v * (1 - theta))
-            eps = torch.finfo(a.dtype).eps
-            up = up.clamp(eps, 1 - eps)
-            zt = a_leaf + torch.log(up) - torch.log1p(-up)
-            c_z = self.control_variate(fsmooth, z, a, tau)
-            c_zt = self.control_variate(fsmooth, zt, a, tau)
+            if categorical:
+                z, zt, theta, alpha = self._categorical_pair(a_leaf, u, v, b)
+            else:
+                theta = torch.sigmoid(a_leaf)
+                z = a_leaf + torch.log(u) - torch.log1p(-u)
+                up = torch.where(b > 0, (1 - theta) + v * theta, v * (1 - theta))
+                eps = torch.finfo(a.dtype).eps
+                up = up.clamp(eps, 1 - eps)
+                zt = a_leaf + torch.log(up) - torch.log1p(-up)
+                alpha = a
+            c_z = self.control_variate(fsmooth, z, alpha, tau)
+            c_zt = self.control_variate(fsmooth, zt, alpha, tau)
             (dc,) = torch.autograd.grad((c_z - c_zt).sum(), a_leaf, create_graph=train_cv)
-            g = self.per_bit(fb - c_zt, shape, N) * (b - theta.detach()) + dc
+            g = self.per_unit(fb - c_zt, shape, a) * (b - theta.detach()) + dc
             aux: Optional[Tensor] = None
             B, M, K = shape
-            second_moment = (g ** 2).view(B, M, K * N).sum(-1)  # [B, M]
+            second_moment = (g ** 2).view(B, M, -1).sum(-1)  # [B, M]
             if train_cv:
                 cv_params = self.cv_parameters()
                 grads = torch.autograd.grad(second_moment.mean(), cv_params, allow_unused=True)
@@ -139,12 +177,27 @@ class Rebar(BernoulliEstimator):
                  "tau": tau.detach().expand(shape[0])}
         return g.detach(), [b], aux, extra
 
+    @staticmethod
+    def _categorical_pair(a: Tensor, u: Tensor, v: Tensor, b: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""The categorical ``(z, z~, theta, log theta (detached))`` of the module docstring, ``[n, N, C]``
+        each, differentiable in ``a`` (``u``, ``v`` uniforms, ``b`` the one-hot argmax of ``z``)."""
+        log_theta = torch.log_softmax(a, dim=-1)
+        theta = log_theta.exp()
+        z = log_theta - torch.log(-torch.log(u))
+        log_v = torch.log(v)
+        log_vb = (log_v * b).sum(-1, keepdim=True)  # log v_b, [n, N, 1]
+        zt_b = -torch.log(-log_vb)  # a standard Gumbel: independent of a
+        zt_other = -torch.log(-log_v / theta - log_vb)  # Gumbel(log theta_i) truncated below z~_b
+        zt = torch.where(b > 0, zt_b.expand_as(zt_other), zt_other)
+        return z, zt, theta, log_theta.detach()
+
 
 class Relax(Rebar):
     r"""RELAX: REBAR's control variate plus a learned network ``r_psi`` (module docstring).
 
     Args:
-        hdim: hidden units of ``r_psi`` (input: the relaxed bit and its logit; tanh).
+        hdim: hidden units of ``r_psi`` (input: the relaxed unit and its logit, or for categorical
+            latents the relaxed class probability and its log-probability; tanh).
         eta_init, tau_init, adapt: as :class:`Rebar` (``eta`` and ``log_tau`` are adapted).
     """
 
@@ -160,15 +213,15 @@ class Relax(Rebar):
         self._shape: Tuple[int, int, int] = (0, 0, 0)
 
     def control_variate(self, fbar: Any, z: Tensor, a: Tensor, tau: Tensor) -> Tensor:
-        y = torch.sigmoid(z / tau)
+        y = self.relax(z, tau)
         w = self.net[0].weight
-        r = self.net(torch.stack([y, a.detach()], dim=-1).to(w.dtype)).squeeze(-1).to(y.dtype)  # [n, N]
+        r = self.net(torch.stack([y, a.detach()], dim=-1).to(w.dtype)).squeeze(-1).to(y.dtype)  # z's shape
         return self.eta * fbar(y) + self._group_sum(r)
 
     def _group_sum(self, r: Tensor) -> Tensor:
-        r"""``[B*M*K, N] -> [B, M]`` (sum over the bits of each outer sample)."""
+        r"""``[B*M*K, N(, C)] -> [B, M]`` (sum over the units of each outer sample)."""
         B, M, K = self._shape
-        return r.view(B, M, K * r.shape[1]).sum(-1)
+        return r.reshape(B, M, -1).sum(-1)
 
     def score_gradient(self, fbar, a, shape, params, fsmooth=None):  # type: ignore[no-untyped-def]
         self._shape = shape

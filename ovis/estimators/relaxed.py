@@ -1,22 +1,46 @@
-r"""Relaxed (biased) estimators for Bernoulli latents: ``concrete`` (alias ``gumbel-softmax``) and
+r"""Relaxed (biased) estimators for discrete latents: ``concrete`` (alias ``gumbel-softmax``) and
 ``straight-through`` (Maddison et al. 2017; Jang et al. 2017; Bengio et al. 2013).
 
 Uses the discrete hooks of :mod:`ovis.estimators.discrete` (``latent_depth``, ``q_logits``,
-``log_joint_at``) and works for any depth.  Layer by layer, with :math:`u \sim U(0,1)`,
+``log_joint_at``, ``latent_categories``) and works for any depth, for Bernoulli and for
+categorical latents.  Layer by layer, where ``a_l = q_logits(l, h_{l-1})`` and ``h_{l-1}`` is the
+previous layer's value (``x`` for the first):
 
-.. math::  \zeta_l = a_l + \log\frac{u}{1-u},\qquad y_l = \sigma(\zeta_l / \tau),\qquad b_l = 1[\zeta_l > 0]
+* Bernoulli (``a_l`` ``[n, N]``), with :math:`u \sim U(0,1)`:
 
-(``b_l ~ q`` exactly), where ``a_l = q_logits(l, h_{l-1})`` and ``h_{l-1}`` is the previous layer's
-value (``x`` for the first).
+  .. math::  \zeta_l = a_l + \log\frac{u}{1-u},\qquad y_l = \sigma(\zeta_l / \tau),\qquad b_l = 1[\zeta_l > 0]
+
+* categorical (``a_l`` ``[n, N, C]``), with Gumbel noise :math:`g_c = -\log(-\log u_c)`:
+
+  .. math::  \zeta_l = a_l + g,\qquad y_l = \mathrm{softmax}(\zeta_l / \tau),\qquad
+             b_l = \mathrm{onehot}(\arg\max_c \zeta_{l,c})
+
+(``b_l ~ q`` exactly in both cases).
 
 * ``concrete``: every layer is the relaxed ``y_l`` and the objective is the integrand of the
   discrete objective evaluated at the relaxed sample,
   :math:`\log\frac1K\sum_k \exp(\log p(x, y_k) - \log q(y_k|x))` with the continuously extended
-  Bernoulli log mass (as REBAR's relaxation; not the Concrete-density ELBO).  Its pathwise
-  gradient is biased for the discrete objective :math:`\mathcal{L}_K`; the bias shrinks as ``tau``
-  falls (tested), at the price of variance.
+  Bernoulli / categorical log mass (as REBAR's relaxation; not the Concrete-density ELBO).  Its
+  pathwise gradient is biased for the discrete objective :math:`\mathcal{L}_K`; the bias shrinks as
+  ``tau`` falls (tested), at the price of variance.
 * ``straight-through``: the forward pass uses the hard ``b_l``; the backward pass uses the gradient
   of ``y_l``: ``b_l + y_l - sg(y_l)``.  Biased at every temperature (measured in the tests).
+
+Measured biases for categorical latents (``tests/test_categorical_estimators.py``):
+``CategoricalToyModel(N=2, C=3)`` with its decoder weights multiplied by 4 (strongly non-linear),
+``K = 1``, the norm of (mean of 30 draws of ``mc = 4000`` minus the exact gradient), whose norm is
+4.06; standard error of the mean in brackets:
+
+================  =============  =============  =============  =============  =============
+tau               1.0            0.5            0.3            0.1            0.03
+================  =============  =============  =============  =============  =============
+concrete          1.02 (0.005)   0.58 (0.009)   0.34 (0.013)   0.08 (0.025)   0.03 (0.04)
+straight-through  1.88 (0.006)   1.31 (0.008)   0.99 (0.013)   0.74 (0.024)   0.61 (0.04)
+================  =============  =============  =============  =============  =============
+
+Concrete's bias falls to the noise level as ``tau`` falls; straight-through's plateaus (15-18%
+of the gradient's norm).  With the unscaled decoder (norm 1.89) the biases are smaller: concrete
+0.28, 0.12, 0.06, 0.03 and straight-through 0.33, 0.19, 0.11, 0.04 at tau 1, 0.5, 0.3, 0.1.
 
 The temperature is the runtime parameter ``tau`` (default 0.5 when not given).  The reported
 diagnostics (``L_k``, ``elbo``, ...) are those of the hard samples ``b`` (the discrete objective).
@@ -29,7 +53,14 @@ import torch
 from torch import Tensor, nn
 
 from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
-from ovis.estimators.discrete import _uniform, bernoulli_log_prob, check_discrete_model
+from ovis.estimators.discrete import (
+    _uniform,
+    check_discrete_model,
+    check_latent_categories,
+    discrete_log_prob,
+    gumbel_noise,
+    one_hot_argmax,
+)
 from ovis.estimators.importance import log_mean_exp, log_weights
 
 __all__ = ["Concrete", "StraightThrough", "DEFAULT_TAU"]
@@ -38,7 +69,8 @@ DEFAULT_TAU = 0.5
 
 
 class Concrete(GradientEstimator):
-    r"""The Concrete / Gumbel-Softmax relaxation of Bernoulli latents (see the module docstring).
+    r"""The Concrete / Gumbel-Softmax relaxation of Bernoulli or categorical latents (see the module
+    docstring).
 
     ``straight_through = True`` gives :class:`StraightThrough`.
     """
@@ -51,6 +83,7 @@ class Concrete(GradientEstimator):
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
         depth = check_discrete_model(model, self.family)
+        categorical = check_latent_categories(model, self.family) is not None
         tau = DEFAULT_TAU if params.tau is None else params.tau
         B, M, K = x.shape[0], self.mc, self.iw
         x_exp = self.expand(x, M, K)
@@ -61,16 +94,24 @@ class Concrete(GradientEstimator):
         logits: List[Tensor] = []
         for l in range(depth):
             a = model.q_logits(l, h)
-            u = _uniform(a.shape, a)
-            zeta = a + torch.log(u) - torch.log1p(-u)
-            y = torch.sigmoid(zeta / tau)
-            b = (zeta > 0).to(a.dtype)
+            if categorical:
+                if a.dim() != 3:
+                    raise ValueError(f"{type(model).__name__}.q_logits({l}, h) must return categorical logits "
+                                     f"[n, N, C] (latent_categories is set), got {tuple(a.shape)}")
+                zeta = a + gumbel_noise(a.shape, a)
+                y = torch.softmax(zeta / tau, dim=-1)
+                b = one_hot_argmax(zeta)
+            else:
+                u = _uniform(a.shape, a)
+                zeta = a + torch.log(u) - torch.log1p(-u)
+                y = torch.sigmoid(zeta / tau)
+                b = (zeta > 0).to(a.dtype)
             if self.straight_through:
                 y = b + y - y.detach()
             zs.append(y)
             hard.append(b)
             logits.append(a)
-            log_q.append(bernoulli_log_prob(a, y))
+            log_q.append(discrete_log_prob(a, y, categorical))
             h = y
         log_px, log_pz = model.log_joint_at(x_exp, zs)
         lq = torch.stack(log_q, -1).view(B, M, K, depth)
@@ -81,7 +122,7 @@ class Concrete(GradientEstimator):
             if self.straight_through:
                 hw, hkl, hpx = log_w, kl, log_px.view(B, M, K)
             else:  # the discrete objective at the hard samples b (q evaluated along b)
-                hq = [bernoulli_log_prob(model.q_logits(l, x_exp if l == 0 else hard[l - 1]), hard[l])
+                hq = [discrete_log_prob(model.q_logits(l, x_exp if l == 0 else hard[l - 1]), hard[l], categorical)
                       for l in range(depth)]
                 hpx, hpz = model.log_joint_at(x_exp, hard)
                 hpx = hpx.view(B, M, K)

@@ -28,6 +28,17 @@ score-function estimator (``zgrads=False`` draws ``y`` without gradient) applies
 IGR-SB with truncation, the weights are those of the model ``p(x|g(y)) p(y)`` over ``y`` (the
 truncated map is a deterministic part of the decoder).
 
+**Discrete hooks (``relaxation="gs"`` only).**  The Gumbel-softmax model is a categorical latent
+variable model (``N`` variables of ``K`` classes, uniform prior) and carries the discrete hooks
+of the REBAR-line estimators (:mod:`ovis.estimators.discrete`): ``latent_depth = 1``,
+``latent_categories = K``, ``q_logits(0, x)`` (the encoder's logits ``[n, N, K]``) and
+``log_joint_at(x, [z])`` (``log p(x|z)`` with the decoder applied to ``z`` ``[n, N, K]``, one-hot
+or on the simplex, and the categorical log prior mass :math:`\sum_c z_c \log\mathrm{softmax}(\cdot)_c`),
+so ``--model discrete-vae --relaxation gs --estimator rebar`` (``relax``, ``muprop``,
+``gumbel-softmax``, ``straight-through``, ...) trains it on the exact discrete objective.  The IGR
+models have Gaussian noise latents and no discrete hooks (``latent_depth`` is ``None``), nor
+does a subclass that replaces :meth:`observation_model` without its own ``log_joint_at``.
+
 **ELBO with the closed-form / estimated KL.**  :meth:`DiscreteVAE.elbo` returns
 :math:`E_q[\log p(x|z)] - KL(q\|p)` with one reparameterised sample for the first term and the KL
 registered with :func:`torch.distributions.kl_divergence` for IGR (the Gaussian KL, exact for
@@ -38,9 +49,10 @@ evaluation as ``discrete-vae/elbo_kl`` (and ``discrete-vae/kl``).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical
 from torch.distributions import kl_divergence
@@ -207,6 +219,45 @@ class DiscreteVAE(TemplateModel):
         y = pz.sample()
         z = self.relaxed(loc, scale, tau).transform(y)
         return {"px": self.observation_model(z), "z": [y], "pz": [pz], "z_relaxed": [z]}
+
+    # ------------------------------------------------------------------ discrete hooks
+    def _has_discrete_hooks(self) -> bool:
+        own_likelihood = type(self).observation_model is DiscreteVAE.observation_model
+        own_hooks = type(self).log_joint_at is not DiscreteVAE.log_joint_at
+        return not self.is_igr and (own_likelihood or own_hooks)
+
+    @property
+    def latent_depth(self) -> Optional[int]:
+        r"""``1`` for the Gumbel-softmax model (discrete hook), ``None`` otherwise (module docstring)."""
+        return 1 if self._has_discrete_hooks() else None
+
+    @property
+    def latent_categories(self) -> Optional[int]:
+        r"""``K``, the number of classes of each categorical latent (``gs`` only; discrete hook)."""
+        return self.K if self._has_discrete_hooks() else None
+
+    def q_logits(self, l: int, h: Tensor) -> Tensor:
+        r"""The logits ``[n, N, K]`` of ``q(z|x)`` (``l`` must be 0, ``h = x``; ``gs`` only)."""
+        if not self._has_discrete_hooks():
+            raise TypeError(f"{type(self).__name__} with relaxation {self.relaxation!r} has no categorical "
+                            "latents of its own (discrete hooks need relaxation 'gs')")
+        if l != 0:
+            raise ValueError(f"DiscreteVAE has one stochastic layer: q_logits needs l = 0, got {l}")
+        return self.posterior_params(h)
+
+    def log_joint_at(self, x: Tensor, z: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        r"""``(log p(x|z) [n], log p(z) [n, 1])`` at a given one-hot or relaxed ``z = [z_1]``,
+        ``z_1`` ``[n, N, K]`` (``gs`` only; the prior log mass :math:`\sum_{i,c} z_{ic}\log\pi_{ic}`)."""
+        if not self._has_discrete_hooks():
+            raise TypeError(f"{type(self).__name__} with relaxation {self.relaxation!r} has no discrete hooks")
+        (z1,) = z
+        n = z1.shape[0]
+        if z1.shape[1:] != (self.N, self.K):
+            raise ValueError(f"log_joint_at needs z of shape [n, {self.N}, {self.K}], got {tuple(z1.shape)}")
+        logits = self.generative_model.decoder(z1.reshape(n, -1)).reshape(n, -1)
+        log_px = (x.reshape(n, -1) * logits - F.softplus(logits)).sum(-1)
+        log_prior = torch.log_softmax(self.prior_params(n, x), dim=-1)
+        return log_px, (z1 * log_prior).reshape(n, -1).sum(-1, keepdim=True)
 
     # ------------------------------------------------------------------ ELBO with the KL
     def kl(self, x: Tensor, tau: float | None = None, num_samples: int = 1) -> Tensor:

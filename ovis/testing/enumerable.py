@@ -103,32 +103,79 @@ class BernoulliToyModel(EnumerableModel):
 
 
 class CategoricalToyModel(EnumerableModel):
-    r"""One categorical latent with ``C`` classes (one-hot): ``q(z|x) = Cat(softmax(W_q x + b_q))``,
-    ``p(z) = Cat(softmax(a))``, ``p(x|z) = Bern(sigmoid(W_p z + b_p))``."""
+    r"""``N`` categorical latents with ``C`` classes each (one-hot):
+    ``q(z|x) = prod_i Cat(softmax(W_q x + b_q)_i)``, ``p(z) = prod_i Cat(softmax(a_i))``,
+    ``p(x|z) = Bern(sigmoid(W_p vec(z) + b_p))``.
 
-    def __init__(self, Dx: int = 4, C: int = 3, seed: int = 0) -> None:
+    ``N = 1`` (the default) keeps the single-variable shapes ``z`` ``[n, C]`` for the model
+    protocol; ``N > 1`` gives ``z`` ``[n, N, C]`` (``C^N`` configurations).
+
+    Discrete hooks (:mod:`ovis.estimators.discrete`): ``latent_depth = 1``,
+    ``latent_categories = C``, ``q_logits(0, x)`` ``[n, N, C]`` and ``log_joint_at(x, [z])`` with
+    ``z`` ``[n, N, C]`` one-hot or on the simplex (the log mass :math:`\sum_c z_c \log
+    \mathrm{softmax}(\cdot)_c`, the decoder applied to the relaxed ``z``).
+    """
+
+    latent_depth = 1
+
+    def __init__(self, Dx: int = 4, C: int = 3, seed: int = 0, N: int = 1) -> None:
         super().__init__()
+        if C < 2 or N < 1 or Dx < 1:
+            raise ValueError(f"CategoricalToyModel needs C >= 2, N >= 1, Dx >= 1; got C={C}, N={N}, Dx={Dx}")
         g = torch.Generator().manual_seed(seed)
-        self.C = C
-        self.inference_network = nn.Linear(Dx, C)
+        self.C, self.N = C, N
+        self.z_shape = (C,) if N == 1 else (N, C)
+        self.inference_network = nn.Linear(Dx, N * C)
         self.generative_model = nn.Module()
-        self.generative_model.decoder = nn.Linear(C, Dx)
-        self.generative_model.prior_logits = nn.Parameter(torch.randn(C, generator=g) * 0.5)
+        self.generative_model.decoder = nn.Linear(N * C, Dx)
+        self.generative_model.prior_logits = nn.Parameter(torch.randn(*self.z_shape, generator=g) * 0.5)
         with torch.no_grad():
             for p in list(self.inference_network.parameters()) + list(self.generative_model.decoder.parameters()):
                 p.copy_(torch.randn(p.shape, generator=g))
 
+    @property
+    def latent_categories(self) -> int:
+        r"""``C`` (discrete hook: the latents are categorical)."""
+        return self.C
+
     def configurations(self) -> Tensor:
-        return torch.eye(self.C, dtype=self.generative_model.prior_logits.dtype)
+        eye = torch.eye(self.C, dtype=self.generative_model.prior_logits.dtype)
+        if self.N == 1:
+            return eye
+        idx = torch.tensor(list(itertools.product(range(self.C), repeat=self.N)), dtype=torch.long)
+        return eye[idx]  # [C^N, N, C]
+
+    def _one_hot(self, logits: Tensor) -> Distribution:
+        d = OneHotCategorical(logits=logits)
+        return d if self.N == 1 else Independent(d, 1)
 
     def posterior(self, x: Tensor) -> Distribution:
-        return OneHotCategorical(logits=self.inference_network(x))
+        return self._one_hot(self.inference_network(x).view(x.shape[0], *self.z_shape))
 
     def prior(self, n: int) -> Distribution:
-        return OneHotCategorical(logits=self.generative_model.prior_logits.expand(n, self.C))
+        return self._one_hot(self.generative_model.prior_logits.expand(n, *self.z_shape))
 
     def observation_model(self, z: Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=self.generative_model.decoder(z)), 1)
+        return Independent(Bernoulli(logits=self.generative_model.decoder(z.reshape(z.shape[0], -1))), 1)
+
+    # discrete hooks (ovis.estimators.discrete): one categorical layer; relaxed z on the simplex allowed
+    def q_logits(self, l: int, h: Tensor) -> Tensor:
+        r"""Logits ``[n, N, C]`` of ``q(z|x)`` (``l`` must be 0)."""
+        if l != 0:
+            raise ValueError(f"CategoricalToyModel has one latent layer, got l={l}")
+        return self.inference_network(h).view(h.shape[0], self.N, self.C)
+
+    def log_joint_at(self, x: Tensor, z: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        r"""``(log p(x|z) [n], log p(z) [n, 1])`` at given, possibly relaxed, ``z = [z_1]``
+        (``z_1`` ``[n, N, C]``)."""
+        (z1,) = z
+        n = z1.shape[0]
+        if z1.shape[1:] != (self.N, self.C):
+            raise ValueError(f"log_joint_at needs z of shape [n, {self.N}, {self.C}], got {tuple(z1.shape)}")
+        px_logits = self.generative_model.decoder(z1.reshape(n, -1))
+        log_px = (x * px_logits - torch.nn.functional.softplus(px_logits)).sum(-1)
+        log_prior = torch.log_softmax(self.generative_model.prior_logits.reshape(self.N, self.C), dim=-1)
+        return log_px, (z1 * log_prior).reshape(n, -1).sum(-1, keepdim=True)
 
 
 class LinearGaussianModel(SingleLayerModel):
