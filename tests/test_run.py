@@ -292,6 +292,17 @@ def test_short_run_success_layout_and_metrics(tmp_path, data_root, monkeypatch):
     best = torch.load(d / "best.pt", weights_only=True)
     assert best["step"] == 8 and best["valid"]["loss/L_k"] == valid["loss/L_k"]
     assert list((d / "samples").glob("prior-step*.png"))
+    # the latest grids: 64 prior samples (8 x 8); the 20 validation images (--max_eval 20) and their
+    # reconstructions, in 3 pairs of rows
+    from matplotlib import image as mpimg
+
+    prior, rec = mpimg.imread(d / "samples" / "prior.png"), mpimg.imread(d / "samples" / "reconstruction.png")
+    assert prior.shape[:2] == (8 * 29 + 1, 8 * 29 + 1) and rec.shape[:2] == (6 * 29 + 1, 8 * 29 + 1)
+    assert float(prior[..., 0].std()) > 0.05 and float(rec[..., 0].std()) > 0.05
+    for m in (valid, test):  # distortion and rate: D + R = -ELBO
+        assert m["loss/distortion"] + m["loss/rate"] == pytest.approx(-m["loss/elbo"], rel=1e-6)
+        assert m["loss/rate"] == m["loss/kl"] and m["loss/distortion"] > 0
+    assert "eval/distortion" in train and "eval/rate" in train
     assert "success" in (d / "run.log").read_text()
     # starting it again: already complete, nothing recomputed
     assert main(argv) == 0
@@ -300,6 +311,15 @@ def test_short_run_success_layout_and_metrics(tmp_path, data_root, monkeypatch):
     (d / "marker").write_text("x")
     assert main(argv + ["--rf"]) == 0
     assert not (d / "marker").exists()
+
+
+def test_no_samples_writes_no_grid_and_keeps_the_run_id(tmp_path, data_root):
+    argv = TINY + _common(tmp_path, data_root) + ["--nsteps", "2", "--no_samples"]
+    assert compute_run_id(parse_run_args(argv)) == compute_run_id(parse_run_args(argv[:-1]))
+    assert main(argv) == 0
+    d = _run_dir(tmp_path, argv)
+    assert json.loads((d / "status.json").read_text())["status"] == "success"
+    assert not list((d / "samples").glob("*.png"))
 
 
 def test_failure_writes_failed_status_with_traceback(tmp_path, data_root):

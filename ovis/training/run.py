@@ -42,6 +42,13 @@ than one period), written to ``metrics.jsonl`` as three lines:
   ``loss/ess`` and the model's extra metrics, on at most ``max_eval`` validation points;
 * ``test``: the same with ``iw_test`` particles on at most ``max_eval`` test points.
 
+Every bound line also holds the distortion ``loss/distortion`` (:math:`D = -E_q \log p(x|z)`) and
+the rate ``loss/rate`` (:math:`R = E_q[\log q(z|x) - \log p(z)]`, every layer), with
+:math:`D + R = -\mathrm{ELBO}`; ``loss/L_k`` is the importance-weighted log-likelihood estimate
+:math:`L` (:mod:`ovis.training.evaluation`).  For image data, every evaluation also writes sample
+grids (``samples/prior.png``, ``samples/reconstruction.png`` and step-stamped copies;
+:meth:`Trainer._save_samples`) unless ``--no_samples``.
+
 The evaluation subsets are fixed (one seeded permutation per split, independent of ``--seed``), so
 every run of a data set is evaluated on the same points.  The best checkpoint (``best.pt``) is
 chosen on the validation ``L_K``; the test set is reported, never used to choose.
@@ -71,7 +78,7 @@ import ovis
 from ovis.training.arguments import RunArgumentError, build_run_parser, parse_run_args
 from ovis.training.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from ovis.training.evaluation import active_units, evaluate_bound, fetch_batch
-from ovis.training.rundir import RunDirectory, atomic_write_bytes, atomic_write_json, compute_run_id
+from ovis.training.rundir import RunDirectory, atomic_write_json, compute_run_id
 from ovis.training.schedules import alpha_at, lr_factor_at
 
 __all__ = ["main", "Trainer", "RunInterrupted", "EVAL_SUBSET_SEED", "resolve_device"]
@@ -566,34 +573,38 @@ class Trainer:
         return out
 
     def _save_samples(self, step: int) -> None:
+        r"""Sample grids of an image model (``[1, H, W]`` or ``[H, W]`` data), at every evaluation
+        (under the evaluation's forked RNG), written atomically under ``samples/``:
+
+        * ``prior.png`` (and ``prior-step<step>.png``): the mean of ``p(x|z)`` for 64 draws
+          ``z ~ p(z)``, 8 per row (:func:`ovis.models.utilities.prior_samples`);
+        * ``reconstruction.png`` (and ``reconstruction-step<step>.png``, ``--task density`` only):
+          pairs of rows, 8 validation images of the fixed evaluation subset, then the mean of
+          ``p(x|z)`` at ``z ~ q(z|x)`` (:func:`ovis.models.utilities.reconstructions`), 32 images.
+
+        The files without a step are the latest (the end of the run once it has finished).
+        ``--no_samples`` turns this off.
+        """
+        from ovis.models.utilities import image_grid, prior_samples, reconstruction_grid, reconstructions, save_image_grid
+
+        if getattr(self.args, "no_samples", False):
+            return
         shape = tuple(self.data.x_shape)
         if len(shape) == 3 and shape[0] == 1:
             shape = shape[1:]
         if len(shape) != 2 or not hasattr(self.model, "sample_from_prior"):
             return
-        with torch.inference_mode():
-            out = self.model.sample_from_prior(64)
-            px = out["px"]
-            try:
-                img = px.mean
-            except NotImplementedError:
-                img = px.sample()
-        img = img.detach().float().cpu().reshape(-1, *shape).clamp(0, 1)
-        n = img.shape[0]
-        cols = 8
-        rows = (n + cols - 1) // cols
-        H, W = shape
-        grid = torch.ones(rows * (H + 1) + 1, cols * (W + 1) + 1)
-        for i in range(n):
-            r, c = divmod(i, cols)
-            grid[1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = img[i]
-        import io
-
-        from matplotlib import image as mpimg
-
-        buf = io.BytesIO()
-        mpimg.imsave(buf, grid.numpy(), cmap="gray", vmin=0.0, vmax=1.0, format="png")
-        atomic_write_bytes(self.rundir.samples_path / f"prior-step{step:09d}.png", buf.getvalue())
+        folder = self.rundir.samples_path
+        grid = image_grid(prior_samples(self.model, 64).float().reshape(-1, *shape), cols=8)
+        save_image_grid(folder / f"prior-step{step:09d}.png", grid)
+        save_image_grid(folder / "prior.png", grid)
+        if str(getattr(self.args, "task", "density") or "density") != "density":
+            return  # a conditional model's p(x_bot | z) does not reconstruct x
+        x = fetch_batch(self.data.valid, self.idx_valid[:32]).to(self.device)
+        rec = reconstructions(self.model, x)
+        grid = reconstruction_grid(x.float().reshape(-1, *shape), rec.float().reshape(-1, *shape), cols=8)
+        save_image_grid(folder / f"reconstruction-step{step:09d}.png", grid)
+        save_image_grid(folder / "reconstruction.png", grid)
 
     def _record_evaluation(self, lines: List[Dict[str, Any]]) -> None:
         self.rundir.append_metrics(lines)

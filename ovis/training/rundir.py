@@ -11,7 +11,7 @@ Layout of ``<root>/<exp>/<run_id>/``::
                      {"split": train|valid|test, "step", "epoch", "time", "metrics": {...}}
     last.pt          the last checkpoint (model, optimiser, estimator, schedules, RNG states)
     best.pt          the checkpoint with the best validation L_K
-    samples/         prior samples as PNG images (image data sets)
+    samples/         PNG grids of prior samples and reconstructions (image data sets)
     tensorboard/     TensorBoard event files (when the package imports)
     run.log          the log file
 
