@@ -15,7 +15,10 @@ floats flushed, ``torch.set_num_threads(--threads)``.
 4. **Denormals** (``--denormal-steps N``): step time at the start and end of N Adam steps of the
    SBN and the Gaussian VAE with ``ovis-gamma1`` at K = 50.
 
-    python benchmarks/bench_step.py [--threads 2] [--repeats 30] [--denormal-steps 1000]
+5. **torch.compile** (``--only compile``, not in the default set: compiling takes about 30 s):
+   eager vs compiled model (``run.py --compile``) training step of the SBN.
+
+    python benchmarks/bench_step.py [--threads 2] [--repeats 30] [--denormal-steps 1000] [--only ...]
 """
 from __future__ import annotations
 
@@ -180,6 +183,22 @@ def denormal_table(x: torch.Tensor, steps: int) -> None:
         print(f"{name:14s} first 50: {first * 1e3:7.2f} ms  last 50: {last * 1e3:7.2f} ms  ratio {last / first:.2f}")
 
 
+def compile_table(x: torch.Tensor, repeats: int) -> None:
+    print("\n## 5. torch.compile (run.py --compile): training step, 3-layer SBN, vimco-arithmetic, ms")
+    print(f"{'K':>4s} {'eager':>8s} {'compiled':>9s} {'compile s':>10s}")
+    for K in (5, 50):
+        torch.manual_seed(0)
+        model = sbn(x)
+        step = train_step(build_estimator("vimco-arithmetic", iw=K), model, x)
+        eager = median_time(step, repeats)
+        model.compile()
+        t0 = time.perf_counter()
+        step()
+        first = time.perf_counter() - t0
+        compiled = median_time(step, repeats)
+        print(f"{K:4d} {eager * 1e3:8.2f} {compiled * 1e3:9.2f} {first:10.1f}", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
@@ -203,6 +222,8 @@ def main(argv=None) -> int:
         eval_table(x, args.eval_images, args.eval_rows)
     if "denormal" in parts and args.denormal_steps > 0:
         denormal_table(x, args.denormal_steps)
+    if "compile" in parts:
+        compile_table(x, args.repeats)
     return 0
 
 

@@ -103,11 +103,14 @@ def test_ovis_mc_replay(exclusive):
     eid = f"ovis-S{S}" + ("-exclusive" if exclusive else "")
     g_est = run(eid, model, x, 7)
     torch.manual_seed(7)
-    total = K + S if exclusive else K
     n_score = K if exclusive else K - S
-    log_px, log_q, log_p = particles(model, x, total)
+    log_px, log_q, log_p = particles(model, x, K)
     lw = log_px + log_p - log_q.detach()
-    aux = lw.detach()[..., total - S:]
+    if exclusive:  # the S auxiliary particles: a second pass, after the K of the bound
+        a_px, a_q, a_p = particles(model, x, S)
+        aux = (a_px + a_p - a_q).detach()
+    else:
+        aux = lw.detach()[..., K - S:]
     loss = 0.0
     for b in range(B):
         for m in range(M):

@@ -357,3 +357,20 @@ def test_a_run_already_running_elsewhere_is_left_alone(tmp_path, data_root, caps
         assert main(argv) == 3
     assert (d / "keep").exists()  # --rf did not delete a running run
     assert "already running" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_and_checkpoints_like_the_eager_one(tmp_path, data_root):
+    # --compile compiles the model in place (torch.compile): same run id, same parameter names
+    base = ["--dataset", "binmnist", "--mini", "--model", "sbm", "--N", "8", "--depth", "2",
+            "--bs", "8", "--iw_test", "4", "--iw_valid", "4", "--max_eval", "8", "--silent",
+            "--no_tensorboard", "--estimator", "vimco-arithmetic", "--iw", "3", "--nsteps", "4",
+            "--eval_freq", "100", "--grad_samples", "0", "--npoints_au_analysis", "0"] + _common(tmp_path, data_root)
+    assert compute_run_id(parse_run_args(base + ["--compile"])) == compute_run_id(parse_run_args(base))
+    assert main(base + ["--compile"]) == 0
+    d = _run_dir(tmp_path, base)
+    assert json.loads((d / "status.json").read_text())["status"] == "success"
+    state = torch.load(d / "last.pt", weights_only=True)["model"]
+    assert not any("_orig_mod" in k for k in state)
+    test = [ln for ln in _lines(d) if ln["split"] == "test"][0]["metrics"]
+    assert math.isfinite(test["loss/L_k"]) and test["loss/L_k"] < 0

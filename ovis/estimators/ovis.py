@@ -34,7 +34,8 @@ the exact one, since then the estimate is :math:`\log\frac{1}{K-1}\sum_{l\neq k}
 with ``S`` auxiliary particles :math:`z^{(s)}\sim q`; the ``S`` substitutions are accumulated over
 chunks, so memory is ``O(B*M*(K + chunk*K))`` with a bounded chunk, never ``S x K x K``.
 With ``exclusive``, ``K + S`` particles are drawn and the auxiliary ones stay out of the bound
-(unbiased).  Without it the budget is ``K``, ``S <= K - 1``: the first ``K - S`` particles carry
+(unbiased); they are drawn in a second pass, after the ``K`` particles of the bound, without an
+autograd graph (the backward pass is that of ``K`` particles).  Without it the budget is ``K``, ``S <= K - 1``: the first ``K - S`` particles carry
 the score term (the phi-gradient targets :math:`\mathcal{L}_{K-S}`) and the theta-gradient uses
 all ``K``.  An integer ``n`` is ``S = n``; a fraction ``r`` is ``S = max(1, floor(r*K))``.
 """
@@ -175,13 +176,25 @@ class OvisMonteCarlo(ScoreFunctionEstimator):
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
         K, S = self.iw, self.n_aux
-        total = K + S if self.exclusive else K
-        n_score = K if self.exclusive else K - S
-        p = self.evaluate(model, x, params, K=total, zgrads=False)
-        log_w_all, kl_all = log_weights(p.log_px, p.log_qz.detach(), p.log_pz, params.beta, params.freebits)
+        if self.exclusive:
+            # the K particles of the bound carry gradients; the S auxiliary ones enter only the
+            # (detached) control variate: drawn in a second pass without an autograd graph, so
+            # the backward pass is that of K particles
+            p = self.evaluate(model, x, params, K=K, zgrads=False)
+            with torch.no_grad():
+                pa = self.evaluate(model, x, params, K=S, zgrads=False)
+                log_w_aux, _ = log_weights(pa.log_px, pa.log_qz, pa.log_pz, params.beta, params.freebits)
+            log_w_all, kl_all = log_weights(p.log_px, p.log_qz.detach(), p.log_pz, params.beta,
+                                            params.freebits)
+            n_score = K
+        else:
+            n_score = K - S
+            p = self.evaluate(model, x, params, K=K, zgrads=False)
+            log_w_all, kl_all = log_weights(p.log_px, p.log_qz.detach(), p.log_pz, params.beta,
+                                            params.freebits)
+            log_w_aux = log_w_all[..., K - S:].detach()
         log_w_bound = log_w_all[..., :K]  # the theta-gradient's bound
         log_w_score = log_w_all[..., :n_score]
-        log_w_aux = log_w_all[..., total - S:].detach()
         bound = renyi_bound(log_w_bound, params.alpha)
         with torch.no_grad():
             score_bound = renyi_bound(log_w_score, params.alpha)

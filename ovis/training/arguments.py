@@ -127,6 +127,9 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels")
     g.add_argument("--rf", action="store_true", help="delete the run directory first")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    g.add_argument("--compile", action="store_true",
+                   help="compile the model's forward pass with torch.compile (off by default: on the "
+                        "CPU it does not pay for the paper's models; see benchmarks/bench_step.py)")
     g.add_argument("--no_flush_denormal", action="store_true",
                    help="keep denormal floats on the CPU (they are flushed by default)")
     g.add_argument("--checkpoint_every", type=nonneg_float, default=60.0,
@@ -311,7 +314,7 @@ def parse_tracked_estimators(text: str) -> List[str]:
 NON_IDENTITY_FLAGS = frozenset(
     {"root", "data_root", "exp", "silent", "rf", "workers", "device", "deterministic",
      "checkpoint_every", "checkpoint_steps", "log_freq", "eval_chunk", "no_tensorboard",
-     "no_samples"}
+     "no_samples", "compile"}
 )
 # Defaults of the flags, used so that adding a new flag (with its default) does not change ids.
 RUN_IDENTITY_DEFAULTS = {a.dest: a.default for a in build_run_parser()._actions if a.dest != "help"}

@@ -286,6 +286,8 @@ class Trainer:
             raise ValueError(f"data set {args.dataset!r} has an empty split "
                              f"(train {len(data.train)}, valid {len(data.valid)}, test {len(data.test)})")
         self.model = models.build_model(args, data).to(self.device)
+        if args.compile:  # in place: parameter names and checkpoints are those of the eager model
+            self.model.compile()
         cls, _ = estimators.parse_estimator_id(args.estimator)
         extra: Dict[str, Any] = {}
         if "x_shape" in inspect.signature(cls.__init__).parameters:
