@@ -597,13 +597,14 @@ class Trainer:
         if len(shape) != 2 or not hasattr(self.model, "sample_from_prior"):
             return
         folder = self.rundir.samples_path
-        grid = image_grid(prior_samples(self.model, 64).float().reshape(-1, *shape), cols=8)
+        tau = getattr(self.args, "tau", None)
+        grid = image_grid(prior_samples(self.model, 64, tau=tau).float().reshape(-1, *shape), cols=8)
         save_image_grid(folder / f"prior-step{step:09d}.png", grid)
         save_image_grid(folder / "prior.png", grid)
         if str(getattr(self.args, "task", "density") or "density") != "density":
             return  # a conditional model's p(x_bot | z) does not reconstruct x
         x = fetch_batch(self.data.valid, self.idx_valid[:32]).to(self.device)
-        rec = reconstructions(self.model, x)
+        rec = reconstructions(self.model, x, tau=tau)
         grid = reconstruction_grid(x.float().reshape(-1, *shape), rec.float().reshape(-1, *shape), cols=8)
         save_image_grid(folder / f"reconstruction-step{step:09d}.png", grid)
         save_image_grid(folder / "reconstruction.png", grid)
