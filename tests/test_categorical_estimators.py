@@ -1,7 +1,8 @@
 r"""The REBAR-line estimators for categorical latents against the exact gradient (enumeration).
 
-Model: :class:`ovis.testing.CategoricalToyModel` with ``N = 2`` categorical variables of ``C = 3``
-classes (9 configurations; ``K = 2``: 81 tuples).  Comparisons use the draws' own standard error
+Models: :class:`ovis.testing.CategoricalToyModel` with ``N = 2`` categorical variables of ``C = 3``
+classes (9 configurations; ``K = 2``: 81 tuples), and a two-layer categorical model defined here
+(27 configurations; ELBO only).  Comparisons use the draws' own standard error
 with a declared failure rate (1e-3 per test, Bonferroni over coordinates,
 ovis.testing.compare_with_exact) and assert their power (|stderr| <= 0.25 |exact|).  Each draw
 averages mc = MC outer samples; N_DRAWS draws.  The objective is L_K (iw = 1: the ELBO).
@@ -12,6 +13,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from ovis.estimators import build_estimator
 from ovis.estimators.base import RuntimeParams
@@ -279,16 +281,95 @@ def test_arm_and_disarm_refuse_categorical_latents(eid):
         build_estimator(eid, mc=1, iw=1)(model, x)
 
 
-class _TwoLayerCategorical(CategoricalToyModel):
-    """Declares two categorical layers (the refusal happens before any hook is called)."""
+class TwoLayerCategorical(nn.Module):
+    r"""Two layers of categorical latents (C = 3), only through the discrete hooks:
+    ``q(z_1|x) q(z_2|z_1)`` and ``p(z_2) p(z_1|z_2) p(x|z_1)``, ``z_1``: 2 variables, ``z_2``: 1
+    variable (27 configurations); every map linear on the flattened one-hot (or relaxed) input."""
 
     latent_depth = 2
+    latent_categories = 3
+
+    def __init__(self, Dx: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.inference_network = nn.ModuleList([nn.Linear(Dx, 6), nn.Linear(6, 3)])
+        self.generative_model = nn.Module()
+        self.generative_model.layers = nn.ModuleList([nn.Linear(6, Dx), nn.Linear(3, 6)])
+        self.generative_model.prior_logits = nn.Parameter(torch.zeros(1, 3))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+        self.shapes = [(2, 3), (1, 3)]
+
+    def q_logits(self, l, h):
+        return self.inference_network[l](h.reshape(h.shape[0], -1)).view(h.shape[0], *self.shapes[l])
+
+    def log_joint_at(self, x, z):
+        z1, z2 = z
+        n = z1.shape[0]
+        px = self.generative_model.layers[0](z1.reshape(n, -1))
+        log_px = (x * px - nn.functional.softplus(px)).sum(-1)
+        p1 = self.generative_model.layers[1](z2.reshape(n, -1)).view(n, 2, 3)
+        log_p1 = categorical_log_prob(p1, z1)
+        log_p2 = categorical_log_prob(self.generative_model.prior_logits.expand(n, 1, 3), z2)
+        return log_px, torch.stack([log_p1, log_p2], -1)
+
+
+def exact_two_layer_elbo(model, x):
+    """The ELBO of TwoLayerCategorical by enumeration of its 27 configurations (batch mean)."""
+    import itertools
+
+    eye = torch.eye(3)
+    confs = list(itertools.product(range(3), repeat=3))
+    z1 = torch.stack([eye[[c[0], c[1]]] for c in confs])  # [27, 2, 3]
+    z2 = torch.stack([eye[[c[2]]] for c in confs])  # [27, 1, 3]
+    total = 0.0
+    for xi in x:
+        xr = xi.expand(len(confs), x.shape[1])
+        lq = categorical_log_prob(model.q_logits(0, xr), z1) + categorical_log_prob(model.q_logits(1, z1), z2)
+        log_px, log_pz = model.log_joint_at(xr, [z1, z2])
+        assert torch.allclose(lq.exp().sum(), torch.ones(()))
+        total = total + (lq.exp() * (log_px + log_pz.sum(-1) - lq)).sum()
+    return total / x.shape[0]
+
+
+def two_layer_setup():
+    model = TwoLayerCategorical()
+    x = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    return model, x, list(model.parameters())
+
+
+def test_two_layer_enumeration_matches_the_sampled_elbo():
+    """The enumeration is right: the mean ELBO of hard samples drawn layer by layer through the
+    hooks (rebar's diagnostics, 200 x 100 samples) agrees with it within 4 standard errors."""
+    model, x, _ = two_layer_setup()
+    exact = float(exact_two_layer_elbo(model, x).detach())
+    est = build_estimator("rebar", mc=100, iw=1)
+    with torch.no_grad():
+        vals = torch.stack([est(model, x)[1]["loss"]["elbo"].mean() for _ in range(200)])
+    assert abs(float(vals.mean()) - exact) < 4 * float(vals.std()) / 200 ** 0.5, (float(vals.mean()), exact)
 
 
 @pytest.mark.parametrize("eid", ["rebar", "dynamic-rebar", "relax", "muprop", "simple-muprop"])
-def test_single_layer_categorical_estimators_refuse_deeper_models(eid):
-    with pytest.raises(NotImplementedError, match="one stochastic layer.*latent_depth=2"):
-        build_estimator(eid, mc=1, iw=1)(_TwoLayerCategorical(N=2), torch.ones(2, 4))
+def test_layerwise_estimators_on_a_two_layer_categorical_model_are_unbiased(eid):
+    """Layer-wise REBAR / RELAX / MuProp (Gumbel noise per layer, the layers below relaxed or
+    mean-field in the control variate) against the enumerated ELBO gradient.  Measured max |z|
+    (threshold 4.40): rebar 3.01, dynamic-rebar 2.33, relax 2.91, muprop 3.40, simple-muprop 2.68."""
+    model, x, params = two_layer_setup()
+    exact = exact_gradients(exact_two_layer_elbo(model, x), params)
+    draws = gradient_draws(build_estimator(eid, mc=MC, iw=1), model, x, params, N_DRAWS, tau=0.4)
+    compare_with_exact(draws, exact)
+
+
+def test_concrete_bias_shrinks_on_the_two_layer_categorical_model():
+    """Both layers relaxed: |bias| at tau 0.1 is below half that at tau 1 (by 4 standard errors).
+    Measured |bias| (standard error), |exact| = 1.75: 0.63 (0.004), 0.28 (0.006), 0.14 (0.008),
+    0.04 (0.015) at tau 1, 0.5, 0.3, 0.1; straight-through 0.48, 0.21, 0.09, 0.08."""
+    model, x, params = two_layer_setup()
+    exact = exact_gradients(exact_two_layer_elbo(model, x), params).double()
+    hi = relaxed_bias("gumbel-softmax", model, x, params, exact, 1.0)
+    lo = relaxed_bias("gumbel-softmax", model, x, params, exact, 0.1)
+    assert hi[0] - 2 * lo[0] > 4 * (hi[1] ** 2 + 4 * lo[1] ** 2) ** 0.5, (hi, lo)
 
 
 def test_invalid_latent_categories_is_refused():

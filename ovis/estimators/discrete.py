@@ -33,15 +33,17 @@ estimator                                    categorical support
 ===========================================  ==========================================================
 ``concrete`` / ``gumbel-softmax``            any depth: :math:`y = \mathrm{softmax}((a + g)/\tau)`
 ``straight-through``                         any depth: :math:`b + y - \mathrm{sg}(y)`, ``b`` one-hot argmax
-``rebar``, ``dynamic-rebar``, ``relax``      one layer: categorical REBAR (:mod:`ovis.estimators.rebar`)
-``muprop``, ``simple-muprop``                one layer: mean-field point :math:`\mathrm{softmax}(a)`
+``rebar``, ``dynamic-rebar``, ``relax``      any depth: categorical REBAR (:mod:`ovis.estimators.rebar`)
+``muprop``, ``simple-muprop``                any depth: mean-field point :math:`\mathrm{softmax}(a)`
 ``nvil``                                     any depth (generic score function through ``forward``)
 ``arm``, ``disarm``                          refused: binary only (the categorical extension, ARSM of
                                              Yin et al. 2019, is not implemented)
 ===========================================  ==========================================================
 
-Deeper categorical models raise ``NotImplementedError`` for the single-layer estimators (their
-layer-wise scheme, :meth:`BernoulliEstimator.layerwise_smooth`, is written for Bernoulli layers).
+Deeper categorical models are handled layer-wise as the Bernoulli ones
+(:meth:`BernoulliEstimator.layerwise_smooth`, Gumbel noise in place of the logistic noise); tested
+on one- and two-layer enumerable models.  Every layer of a model has the same kind (all Bernoulli,
+or all categorical with ``C`` classes; the number of variables ``N_l`` may differ).
 
 Objective
 ---------
@@ -59,13 +61,13 @@ particle's logits).  The surrogate loss is
 
 so that its gradient is minus the estimate.  The ARM-family estimators treat the ``K*N`` bits of
 one outer sample jointly (they are independent Bernoullis for a single-layer model).  Models with
-``L > 1`` Bernoulli layers are handled layer-wise (ARM/DisARM: :meth:`ARM.compute_layerwise`;
+``L > 1`` layers are handled layer-wise (ARM/DisARM, Bernoulli only: :meth:`ARM.compute_layerwise`;
 MuProp, REBAR, RELAX: :meth:`BernoulliEstimator.layerwise_smooth`), as the papers do.
 
 Tests: ``tests/test_discrete_estimators.py`` (exact gradients on the Bernoulli toy model and a
 2-layer SBN, relaxation bias, variance vs ``reinforce``), ``tests/test_categorical_estimators.py``
-(the same on the categorical toy model, a replay of one categorical REBAR draw, training the
-Gumbel-softmax discrete VAE) and ``tests/test_discrete_estimators_training.py`` (binarized MNIST).
+(the same on the categorical toy model and a two-layer categorical model, a replay of one
+categorical REBAR draw, training the Gumbel-softmax discrete VAE) and ``tests/test_discrete_estimators_training.py`` (binarized MNIST).
 """
 from __future__ import annotations
 
@@ -167,10 +169,9 @@ class BernoulliEstimator(GradientEstimator):
     r"""Base of the discrete-latent estimators ARM, DisARM, MuProp, REBAR, RELAX.
 
     Subclasses implement :meth:`score_gradient` (one layer; Bernoulli logits ``[n, N]`` or
-    categorical logits ``[n, N, C]``) and, for ``latent_depth > 1`` Bernoulli models,
-    :meth:`compute_layerwise` (with ``max_depth = None``).  Categorical models
-    (``latent_categories = C``) are accepted with one stochastic layer (:meth:`check_categorical`,
-    which ARM/DisARM override to refuse them).  Requires ``alpha = 0``.
+    categorical logits ``[n, N, C]``) and, for ``latent_depth > 1``, :meth:`compute_layerwise`
+    (with ``max_depth = None``).  Categorical models (``latent_categories = C``) are accepted
+    (:meth:`check_categorical`, which ARM/DisARM override to refuse them).  Requires ``alpha = 0``.
     """
 
     family = "bernoulli"
@@ -179,17 +180,8 @@ class BernoulliEstimator(GradientEstimator):
     max_depth: Optional[int] = 1
 
     def check_categorical(self, depth: int, C: int) -> None:
-        r"""Called for a categorical model (``C`` classes, ``depth`` layers) before estimation.
-
-        Raises:
-            NotImplementedError: ``depth > 1`` (the layer-wise scheme is Bernoulli-only).
-        """
-        if depth > 1:
-            raise NotImplementedError(
-                f"{self.family} supports categorical latents (latent_categories={C}) with one stochastic "
-                f"layer only, got latent_depth={depth}; use concrete, gumbel-softmax, straight-through or "
-                "nvil (any depth), or a single-layer categorical model"
-            )
+        r"""Called for a categorical model (``C`` classes, ``depth`` layers) before estimation;
+        accepts it (ARM/DisARM override it to refuse)."""
 
     @staticmethod
     def per_unit(v: Tensor, shape: Tuple[int, int, int], like: Tensor) -> Tensor:
@@ -207,13 +199,15 @@ class BernoulliEstimator(GradientEstimator):
         r"""Layer-wise estimation for ``L > 1`` stochastic layers with a smooth surrogate of the
         layers below (used by REBAR/RELAX: relaxed; MuProp: mean-field).
 
-        A main sample :math:`b \sim q` is drawn layer by layer with uniforms
-        :math:`\omega_1..\omega_L` (``b_m = 1[a_m(b_{m-1}) + logit(omega_m) > 0]``).  For layer ``l``,
+        A main sample :math:`b \sim q` is drawn layer by layer with noises
+        :math:`\omega_1..\omega_L`: Bernoulli, logistic noise ``omega_m = logit(w)``, ``w ~ U(0, 1)``,
+        and ``b_m = 1[a_m(b_{m-1}) + omega_m > 0]``; categorical, Gumbel noise and
+        ``b_m = onehot(argmax(a_m(b_{m-1}) + omega_m))``.  For layer ``l``,
         with :math:`b_{<l}` from the main sample and :math:`\omega_{>l}` held fixed (independent of
         the layer's own noise), :math:`\bar f_l(b_l)` is ``f`` at :math:`(b_{<l}, b_l, b_{>l})`, the
         layers below completed from :math:`\omega_{>l}` (a sample of ``q`` given ``b_l``); its
         smooth version (``fsmooth``, used at relaxed or mean values of ``y_l``) evaluates ``f`` at
-        :math:`(b_{<l}, y_l, y_{>l})` with ``y_m = downstream(a_m(y_{m-1}), logit(omega_m))``, a smooth
+        :math:`(b_{<l}, y_l, y_{>l})` with ``y_m = downstream(a_m(y_{m-1}), omega_m)``, a smooth
         function of :math:`y_l`.  The single-layer :meth:`score_gradient` (called with ``fsmooth=``)
         then estimates :math:`\nabla_{a_l} E[\bar f_l]`, unbiased for every layer whatever the
         smooth version; the direct term is taken at the main sample, the auxiliary losses of the
@@ -222,9 +216,14 @@ class BernoulliEstimator(GradientEstimator):
         B, M, K = x.shape[0], self.mc, self.iw
         shape = (B, M, K)
         x_exp = self.expand(x, M, K)
+        categorical = check_latent_categories(model, self.family) is not None
+
+        def hard(pre: Tensor) -> Tensor:
+            r"""The hard sample at ``pre = a_m + omega_m``."""
+            return one_hot_argmax(pre) if categorical else (pre > 0).to(pre.dtype)
 
         def f_at(z: List[Tensor], logits: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-            lq = torch.stack([bernoulli_log_prob(a, zl) for a, zl in zip(logits, z)], -1)
+            lq = torch.stack([discrete_log_prob(a, zl, categorical) for a, zl in zip(logits, z)], -1)
             log_px, log_pz = model.log_joint_at(x_exp, z)
             log_w, kl = log_weights(log_px.view(B, M, K), lq.view(B, M, K, depth),
                                     log_pz.view(B, M, K, depth), params.beta, params.freebits)
@@ -236,9 +235,15 @@ class BernoulliEstimator(GradientEstimator):
             h = x_exp
             for l in range(depth):
                 a_l = model.q_logits(l, h)
-                w = _uniform(a_l.shape, a_l)
-                omegas.append(torch.log(w) - torch.log1p(-w))
-                main.append((a_l + omegas[-1] > 0).to(a_l.dtype))
+                if a_l.dim() != (3 if categorical else 2):
+                    raise ValueError(f"{type(model).__name__}.q_logits({l}, h) must return "
+                                     f"{'[n, N, C]' if categorical else '[n, N]'}, got {tuple(a_l.shape)}")
+                if categorical:
+                    omegas.append(gumbel_noise(a_l.shape, a_l))
+                else:
+                    w = _uniform(a_l.shape, a_l)
+                    omegas.append(torch.log(w) - torch.log1p(-w))
+                main.append(hard(a_l + omegas[-1]))
                 h = main[-1]
         logits_main = [model.q_logits(l, x_exp if l == 0 else main[l - 1]) for l in range(depth)]  # attached
         fmain, log_w, kl, log_px = f_at(main, logits_main)
@@ -249,8 +254,7 @@ class BernoulliEstimator(GradientEstimator):
                 logits = [a.detach() for a in logits_main[:l + 1]]
                 for m in range(l + 1, depth):
                     a_m = model.q_logits(m, z[-1])
-                    pre = a_m + omegas[m]
-                    z.append(downstream(a_m, omegas[m]) if relaxed else (pre > 0).to(pre.dtype))
+                    z.append(downstream(a_m, omegas[m]) if relaxed else hard(a_m + omegas[m]))
                     logits.append(a_m)
                 return f_at(z, logits)[0]
             return fl
@@ -458,8 +462,8 @@ class ARM(BernoulliEstimator):
 
 
 class MuProp(BernoulliEstimator):
-    r"""MuProp (Gu et al. 2016) for Bernoulli latents (multi-layer: :meth:`compute_layerwise`) and
-    single-layer categorical latents.
+    r"""MuProp (Gu et al. 2016) for Bernoulli and categorical latents (multi-layer:
+    :meth:`compute_layerwise`).
 
     With the mean-field point :math:`\bar\mu = \mathbb{E}_q[b]` (Bernoulli :math:`\sigma(a)`,
     categorical :math:`\mathrm{softmax}(a)` per variable: the deterministic mean-field forward pass,
@@ -495,7 +499,10 @@ class MuProp(BernoulliEstimator):
     def compute_layerwise(self, model, x, params, depth):  # type: ignore[no-untyped-def]
         r"""Layer-wise MuProp for ``L > 1`` layers (:meth:`BernoulliEstimator.layerwise_smooth`):
         the Taylor expansion for layer ``l`` is that of the mean-field pass of the layers below it
-        (``y_m = sigmoid(a_m(y_{m-1}))``) around :math:`\bar\mu_l`; unbiased for any such choice."""
+        (``y_m = sigmoid(a_m(y_{m-1}))``, categorical ``softmax(a_m(y_{m-1}))``) around
+        :math:`\bar\mu_l`; unbiased for any such choice."""
+        if check_latent_categories(model, self.family) is not None:
+            return self.layerwise_smooth(model, x, params, depth, lambda a_m, omega_m: torch.softmax(a_m, -1))
         return self.layerwise_smooth(model, x, params, depth, lambda a_m, omega_m: torch.sigmoid(a_m))
 
     def score_gradient(self, fbar, a, shape, params, fsmooth=None):  # type: ignore[no-untyped-def]

@@ -1,8 +1,7 @@
 r"""REBAR (Tucker et al. 2017), dynamic REBAR, and RELAX (Grathwohl et al. 2018) for Bernoulli
-latents (any depth) and categorical latents (one stochastic layer).
+and categorical latents (the formulas below are for one layer).
 
-Multi-layer Bernoulli models are handled layer-wise (:meth:`Rebar.compute_layerwise`); a
-categorical model with ``latent_depth > 1`` raises ``NotImplementedError``.
+Multi-layer models are handled layer-wise (:meth:`Rebar.compute_layerwise`).
 
 Uses the discrete hooks and the objective of :mod:`ovis.estimators.discrete` (:math:`\mathcal{L}_K`;
 ``iw = 1``: the ELBO, as in the papers).
@@ -55,7 +54,7 @@ the surrogate loss carries a term whose gradient w.r.t. these parameters is
 runtime ``tau`` is then ignored).  ``relax`` adapts ``eta``, ``log_tau`` and ``psi``.
 
 Tests: ``tests/test_discrete_estimators.py`` (Bernoulli) and ``tests/test_categorical_estimators.py``
-(exact gradients on the categorical toy model, a replay of one categorical draw against the formula
+(exact gradients on the categorical toy model and a two-layer categorical model, a replay of one categorical draw against the formula
 written with explicit loops, variance against ``reinforce``).
 """
 from __future__ import annotations
@@ -126,11 +125,12 @@ class Rebar(BernoulliEstimator):
     def compute_layerwise(self, model, x, params, depth):  # type: ignore[no-untyped-def]
         r"""Layer-wise REBAR / RELAX for ``L > 1`` stochastic layers
         (:meth:`~ovis.estimators.discrete.BernoulliEstimator.layerwise_smooth`): the layers below
-        layer ``l`` are relaxed in the control variate, :math:`y_m = \sigma((a_m(y_{m-1}) +
-        \mathrm{logit}(\omega_m))/\lambda)`, a smooth function of the relaxed :math:`y_l`."""
+        layer ``l`` are relaxed in the control variate, :math:`y_m = \sigma_\lambda(a_m(y_{m-1}) +
+        \omega_m)` (logistic noise and the sigmoid, or Gumbel noise and the softmax), a smooth
+        function of the relaxed :math:`y_l`."""
         tau = self.temperature(params)
         return self.layerwise_smooth(model, x, params, depth,
-                                     lambda a_m, omega_m: torch.sigmoid((a_m + omega_m) / tau))
+                                     lambda a_m, omega_m: self.relax(a_m + omega_m, tau))
 
     # --------------------------------------------------------------- estimator
     def score_gradient(self, fbar, a, shape, params, fsmooth=None):  # type: ignore[no-untyped-def]
@@ -184,10 +184,12 @@ class Rebar(BernoulliEstimator):
         log_theta = torch.log_softmax(a, dim=-1)
         theta = log_theta.exp()
         z = log_theta - torch.log(-torch.log(u))
-        log_v = torch.log(v)
-        log_vb = (log_v * b).sum(-1, keepdim=True)  # log v_b, [n, N, 1]
-        zt_b = -torch.log(-log_vb)  # a standard Gumbel: independent of a
-        zt_other = -torch.log(-log_v / theta - log_vb)  # Gumbel(log theta_i) truncated below z~_b
+        e = torch.log(-torch.log(v))  # log(-log v), [n, N, C]
+        e_b = (e * b).sum(-1, keepdim=True)  # log(-log v_b), [n, N, 1]
+        zt_b = -e_b  # a standard Gumbel: independent of a
+        # Gumbel(log theta_i) truncated below z~_b: -log(-log v_i / theta_i - log v_b), in log space
+        # (stable when theta_i underflows)
+        zt_other = -torch.logaddexp(e - log_theta, e_b)
         zt = torch.where(b > 0, zt_b.expand_as(zt_other), zt_other)
         return z, zt, theta, log_theta.detach()
 

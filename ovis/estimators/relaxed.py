@@ -40,7 +40,9 @@ straight-through  1.88 (0.006)   1.31 (0.008)   0.99 (0.013)   0.74 (0.024)   0.
 
 Concrete's bias falls to the noise level as ``tau`` falls; straight-through's plateaus (15-18%
 of the gradient's norm).  With the unscaled decoder (norm 1.89) the biases are smaller: concrete
-0.28, 0.12, 0.06, 0.03 and straight-through 0.33, 0.19, 0.11, 0.04 at tau 1, 0.5, 0.3, 0.1.
+0.28, 0.12, 0.06, 0.03 and straight-through 0.33, 0.19, 0.11, 0.04 at tau 1, 0.5, 0.3, 0.1.  On a
+two-layer categorical model (both layers relaxed; gradient norm 1.75): concrete 0.63, 0.28, 0.14,
+0.04 and straight-through 0.48, 0.21, 0.09, 0.08 at tau 1, 0.5, 0.3, 0.1.
 
 The temperature is the runtime parameter ``tau`` (default 0.5 when not given).  The reported
 diagnostics (``L_k``, ``elbo``, ...) are those of the hard samples ``b`` (the discrete objective).
