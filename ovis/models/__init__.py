@@ -10,6 +10,29 @@ import argparse
 from typing import Any
 
 from ovis.models.base import TemplateModel, batch_reduce, check_model_output, require_hook
+from ovis.models.cpds import (
+    BernoulliCPD,
+    BernoulliImageCPD,
+    BernoulliPrior,
+    CategoricalCPD,
+    CategoricalPrior,
+    ContinuousBernoulliImageCPD,
+    CPDNet,
+    GaussianMeanFieldCPD,
+    MixtureOfGaussianMeanFieldsCPD,
+    MixtureOfGaussiansPrior,
+    PriorNet,
+    StandardNormalPrior,
+)
+from ovis.models.nets import CNNDecoder, CNNEncoder, FFNN, FFNNDecoder, FFNNEncoder, StructuredNet
+from ovis.models.utilities import (
+    distortion_rate_likelihood,
+    image_grid,
+    prior_samples,
+    reconstruction_grid,
+    reconstructions,
+    save_image_grid,
+)
 from ovis.models.conditional import TASKS, ConditionalDiscreteVAE, ConditionalSBN, HalfImageBernoulli
 from ovis.models.sbm import SigmoidBeliefNetwork
 from ovis.models.vae import LATENT_PRIORS, VAE, GaussianVAE, conv_decoder, conv_encoder
@@ -32,6 +55,31 @@ __all__ = [
     "HalfImageBernoulli",
     "conv_encoder",
     "conv_decoder",
+    # building blocks (ovis.models.cpds, ovis.models.nets) and utilities (ovis.models.utilities)
+    "PriorNet",
+    "StandardNormalPrior",
+    "MixtureOfGaussiansPrior",
+    "BernoulliPrior",
+    "CategoricalPrior",
+    "CPDNet",
+    "GaussianMeanFieldCPD",
+    "MixtureOfGaussianMeanFieldsCPD",
+    "BernoulliCPD",
+    "CategoricalCPD",
+    "BernoulliImageCPD",
+    "ContinuousBernoulliImageCPD",
+    "StructuredNet",
+    "FFNN",
+    "FFNNEncoder",
+    "FFNNDecoder",
+    "CNNEncoder",
+    "CNNDecoder",
+    "distortion_rate_likelihood",
+    "prior_samples",
+    "reconstructions",
+    "image_grid",
+    "reconstruction_grid",
+    "save_image_grid",
 ]
 
 #: model names accepted by :func:`build_model` (``--model``)
