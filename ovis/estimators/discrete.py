@@ -2,11 +2,11 @@ r"""Score-function estimators for discrete latents of the REBAR line: ``nvil``, 
 ``simple-muprop``, ``arm``, ``disarm``; and the discrete-latent model protocol they share with
 :mod:`ovis.estimators.relaxed` and :mod:`ovis.estimators.rebar`.
 
-Model protocol (the *discrete hooks*; implemented by
-:class:`ovis.models.sbm.SigmoidBeliefNetwork`, :class:`ovis.testing.BernoulliToyModel` (Bernoulli),
-:class:`ovis.models.discrete_vae.DiscreteVAE` with ``relaxation="gs"`` and
-:class:`ovis.testing.CategoricalToyModel` (categorical))
------------------------------------------------------------------------------------------
+Model protocol (the *discrete hooks*)
+-------------------------------------
+Implemented by :class:`ovis.models.sbm.SigmoidBeliefNetwork`, :class:`ovis.testing.BernoulliToyModel`
+(Bernoulli), :class:`ovis.models.discrete_vae.DiscreteVAE` with ``relaxation="gs"`` and
+:class:`ovis.testing.CategoricalToyModel` (categorical).
 
 * ``model.latent_depth -> int``: the number ``L`` of stochastic layers.
 * ``model.latent_categories -> int | None`` (optional; absent or ``None``: Bernoulli latents):
