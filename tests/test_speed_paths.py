@@ -81,39 +81,3 @@ def test_fused_optimizer_matches_the_loop(name):
     with pytest.raises(ValueError, match="valid"):
         build_optimizer("lbfgs", [{"params": a}])
 
-
-def test_bernoulli_logits_equals_torch_bernoulli_and_its_backward_is_exact():
-    from torch.distributions import Bernoulli, Independent
-
-    from ovis.distributions import BernoulliLogits, detach_distribution
-    from ovis.distributions.bernoulli import bernoulli_log_mass
-
-    torch.manual_seed(0)
-    a = (torch.randn(6, 3, 4, dtype=torch.float64) * 20).requires_grad_()  # saturated logits too
-    z = (torch.rand(6, 3, 4, dtype=torch.float64) < 0.5).double()
-    for event_dims in (0, 1, 2):
-        ref = Independent(Bernoulli(logits=a), event_dims) if event_dims else Bernoulli(logits=a)
-        fast = BernoulliLogits(a, event_dims)
-        assert fast.batch_shape == ref.batch_shape and fast.event_shape == ref.event_shape
-        assert torch.allclose(fast.log_prob(z), ref.log_prob(z), atol=1e-12)
-        assert torch.allclose(fast.entropy(), ref.entropy(), atol=1e-10)
-        g1 = torch.autograd.grad(fast.log_prob(z).sum(), a)[0]
-        g2 = torch.autograd.grad(ref.log_prob(z).sum(), a)[0]
-        assert torch.allclose(g1, g2, atol=1e-12)
-    # the hand-written backward, for logits and relaxed values, against finite differences
-    zr = torch.rand(5, 7, dtype=torch.float64, requires_grad=True)
-    ar = (torch.randn(5, 7, dtype=torch.float64) * 3).requires_grad_()
-    assert torch.autograd.gradcheck(lambda u, v: bernoulli_log_mass(u, v, 1), (ar, zr))
-    # float32 values agree with torch's to float precision, even with |a| in the tens
-    a32 = a.detach().float()
-    ref32 = Independent(Bernoulli(logits=a32), 2).log_prob(z.float())
-    assert torch.allclose(BernoulliLogits(a32, 2).log_prob(z.float()), ref32, atol=1e-4)
-    # sampling law and detaching
-    p = BernoulliLogits(torch.tensor([-1.0, 0.0, 2.0]), 1)
-    s = p.sample((20000,))
-    assert s.shape == (20000, 3) and set(s.unique().tolist()) <= {0.0, 1.0}
-    assert torch.allclose(s.mean(0), p.probs, atol=4.5 * (0.25 / 20000) ** 0.5)  # 4.5 sd: rate < 1e-5
-    d = detach_distribution(BernoulliLogits(a, 2))
-    assert isinstance(d, BernoulliLogits) and d.event_dims == 2 and not d.logits.requires_grad
-    with pytest.raises(ValueError, match="event_dims"):
-        BernoulliLogits(a, 4)

@@ -31,9 +31,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent
+from torch.distributions import Bernoulli, Distribution, Independent
 
-from ovis.distributions.bernoulli import BernoulliLogits
 from ovis.models.base import TemplateModel
 from ovis.models.vae import init_output_bias, mlp
 
@@ -41,7 +40,7 @@ __all__ = ["SigmoidBeliefNetwork", "sample_bernoulli"]
 
 
 def sample_bernoulli(dist: Distribution) -> Tensor:
-    r"""A sample of an ``Independent(Bernoulli)`` or a :class:`BernoulliLogits` as ``1[u < p]`` with ``u ~ U(0, 1)``.
+    r"""A sample of an ``Independent(Bernoulli)`` as ``1[u < p]`` with ``u ~ U(0, 1)``.
 
     The same distribution as ``dist.sample()``, about 3x faster on the CPU than
     ``torch.bernoulli`` for the SBN's ``[B*M*K, N]`` layers (no gradient flows through it).
@@ -93,7 +92,7 @@ class SigmoidBeliefNetwork(TemplateModel):
 
     @staticmethod
     def _bernoulli(logits: Tensor) -> Distribution:
-        return BernoulliLogits(logits, 1)
+        return Independent(Bernoulli(logits=logits), 1)
 
     def prior(self, n: int) -> Distribution:
         r"""``p(z_L)``, batch ``[n]``, event ``[N]``."""
@@ -102,7 +101,7 @@ class SigmoidBeliefNetwork(TemplateModel):
     def observation_model(self, z1: Tensor) -> Distribution:
         r"""``p(x | z_1)``, batch ``[n]``, event ``x_shape``."""
         logits = self.generative_model.layers[0](2 * z1 - 1).view(-1, *self._x_shape)
-        return BernoulliLogits(logits, len(self._x_shape))
+        return Independent(Bernoulli(logits=logits), len(self._x_shape))
 
     def _q(self, l: int, h: Tensor) -> Distribution:
         return self._bernoulli(self.inference_network.layers[l](2 * h - 1))
