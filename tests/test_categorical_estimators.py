@@ -411,17 +411,30 @@ def test_discrete_vae_hooks_agree_with_its_forward_pass():
     assert model.latent_depth == 1 and model.latent_categories == 4
 
 
-def test_igr_and_conditional_discrete_vaes_have_no_discrete_hooks():
+def test_igr_discrete_vaes_have_no_discrete_hooks_and_the_conditional_gs_vae_has_them():
     from ovis.models.conditional import ConditionalDiscreteVAE
     from ovis.models.discrete_vae import DiscreteVAE
 
-    x = torch.ones(2, 1, 28, 28)
+    torch.manual_seed(0)
+    x = (torch.rand(3, 1, 28, 28) < 0.3).to(torch.get_default_dtype())
     igr = DiscreteVAE((1, 28, 28), num_of_discrete_var=3, n_required=4, relaxation="igr-i", hdim=8, nlayers=1)
+    with pytest.raises(TypeError, match="latent_depth=None"):
+        build_estimator("rebar", mc=1, iw=1)(igr, x)
+    # the conditional Gumbel-softmax VAE: log_joint_at equals its own distributions at hard samples
     cond = ConditionalDiscreteVAE((1, 28, 28), num_of_discrete_var=3, n_required=4, relaxation="gs",
                                   hdim=8, nlayers=1)
-    for model in (igr, cond):
-        with pytest.raises(TypeError, match="latent_depth=None"):
-            build_estimator("rebar", mc=1, iw=1)(model, x)
+    assert cond.latent_depth == 1 and cond.latent_categories == 4
+    out = cond(x)
+    (z,) = out["z"]
+    log_px, log_pz = cond.log_joint_at(x, [z])
+    torch.testing.assert_close(log_px, out["px"].log_prob(x))
+    torch.testing.assert_close(log_pz[:, 0], out["pz"][0].log_prob(z))
+    with pytest.raises(ValueError, match="shape"):
+        cond.log_joint_at(x, [z[:, :2]])
+    for eid in ("rebar", "gumbel-softmax", "muprop"):
+        loss, _, _ = build_estimator(eid, mc=1, iw=1)(cond, x, backward=True)
+        assert torch.isfinite(loss)
+        assert cond.generative_model.prior_net[0].weight.grad is not None
 
 
 @pytest.mark.slow
