@@ -152,7 +152,7 @@ def test_log_joint_at_matches_the_model_output():
     torch.testing.assert_close(lpx, out["px"].log_prob(x))
     torch.testing.assert_close(lpz, torch.stack([p.log_prob(z) for p, z in zip(out["pz"], out["z"])], -1))
     for l, (q, h) in enumerate(zip(out["qz"], [x] + out["z"][:-1])):
-        torch.testing.assert_close(q.base_dist.logits, model.q_logits(l, h))
+        torch.testing.assert_close(q.logits, model.q_logits(l, h))
 
 
 @pytest.mark.usefixtures("float64")

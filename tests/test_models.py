@@ -113,11 +113,11 @@ def test_binary_latents_are_binary_and_sbm_orders_layers() -> None:
     g = model.generative_model
     with torch.no_grad():
         g.prior_logits.copy_(torch.arange(4.0))
-    assert torch.allclose(model(binary_batch(6))["pz"][-1].base_dist.logits, torch.arange(4.0).expand(6, 4))
+    assert torch.allclose(model(binary_batch(6))["pz"][-1].logits, torch.arange(4.0).expand(6, 4))
     for l in range(2):
         expected = g.layers[l + 1](2 * out["z"][l + 1] - 1)
-        assert torch.allclose(out["pz"][l].base_dist.logits, expected)
-    assert torch.allclose(out["px"].base_dist.logits.reshape(6, -1), g.layers[0](2 * out["z"][0] - 1))
+        assert torch.allclose(out["pz"][l].logits, expected)
+    assert torch.allclose(out["px"].logits.reshape(6, -1), g.layers[0](2 * out["z"][0] - 1))
     assert g.prior_logits.requires_grad
 
 
@@ -134,7 +134,7 @@ def test_output_bias_at_logit_of_train_mean() -> None:
     x = torch.zeros(1, 1, 28, 28)
     w = sbm.inference_network.layers[0][0]
     expected = w(-torch.ones(1, 784))
-    assert torch.allclose(sbm._q(0, x.reshape(1, -1)).base_dist.logits, expected)
+    assert torch.allclose(sbm._q(0, x.reshape(1, -1)).logits, expected)
 
 
 def test_categorical_vae_relaxed_when_zgrads() -> None:

@@ -1,16 +1,20 @@
 r"""Distributions and distribution helpers.
 
+* :class:`BernoulliLogits`: independent Bernoullis with a direct log mass, the SBNs' hot path
+  (``ovis.distributions.bernoulli``);
 * :func:`detach_distribution` (``ovis.distributions.utils``);
 * the IGR family (Potapczynski et al. 2020) :class:`IGRI`, :class:`IGRPlanar`, :class:`IGRSB`
   with closed-form KLs registered with :mod:`torch.distributions.kl` (``ovis.distributions.igr``);
 * the Gumbel-Softmax baseline :class:`GumbelSoftmax` and its Monte Carlo KL
   :func:`gumbel_softmax_kl` (``ovis.distributions.gumbel``).
 """
+from ovis.distributions.bernoulli import BernoulliLogits
 from ovis.distributions.gumbel import GumbelSoftmax, gumbel_softmax_kl
 from ovis.distributions.igr import IGRI, IGRSB, IGRBase, IGRPlanar, softmax_pp, softmax_pp_inverse
 from ovis.distributions.utils import detach_distribution
 
 __all__ = [
+    "BernoulliLogits",
     "detach_distribution",
     "IGRBase",
     "IGRI",

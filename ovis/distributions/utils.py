@@ -4,6 +4,8 @@ from __future__ import annotations
 from torch import distributions as D
 from torch.distributions import Distribution
 
+from ovis.distributions.bernoulli import BernoulliLogits
+
 __all__ = ["detach_distribution"]
 
 
@@ -15,6 +17,8 @@ def detach_distribution(dist: Distribution) -> Distribution:
     parameterised through ``arg_constraints`` (Normal, Bernoulli, Categorical, ...) and
     ``Independent`` wrappers of them.
     """
+    if isinstance(dist, BernoulliLogits):
+        return BernoulliLogits(dist.logits.detach(), dist.event_dims)
     if isinstance(dist, D.Independent):
         return D.Independent(detach_distribution(dist.base_dist), dist.reinterpreted_batch_ndims)
     if isinstance(dist, D.RelaxedOneHotCategorical):

@@ -31,8 +31,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent
+from torch.distributions import Distribution, Independent
 
+from ovis.distributions.bernoulli import BernoulliLogits
 from ovis.models.base import TemplateModel
 from ovis.models.vae import init_output_bias, mlp
 
@@ -92,7 +93,7 @@ class SigmoidBeliefNetwork(TemplateModel):
 
     @staticmethod
     def _bernoulli(logits: Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=logits), 1)
+        return BernoulliLogits(logits, 1)
 
     def prior(self, n: int) -> Distribution:
         r"""``p(z_L)``, batch ``[n]``, event ``[N]``."""
@@ -101,7 +102,7 @@ class SigmoidBeliefNetwork(TemplateModel):
     def observation_model(self, z1: Tensor) -> Distribution:
         r"""``p(x | z_1)``, batch ``[n]``, event ``x_shape``."""
         logits = self.generative_model.layers[0](2 * z1 - 1).view(-1, *self._x_shape)
-        return Independent(Bernoulli(logits=logits), len(self._x_shape))
+        return BernoulliLogits(logits, len(self._x_shape))
 
     def _q(self, l: int, h: Tensor) -> Distribution:
         return self._bernoulli(self.inference_network.layers[l](2 * h - 1))

@@ -1,0 +1,85 @@
+r"""A product of independent Bernoulli variables parameterised by logits, with a direct log mass.
+
+:class:`BernoulliLogits` is the hot-path distribution of the sigmoid belief networks: the same
+distribution as ``Independent(Bernoulli(logits=a), event_dims)`` with
+
+.. math::  \log p(z) = \sum_i z_i a_i - \mathrm{softplus}(a_i)
+
+computed in one expression (no ``broadcast_all``, no argument validation, no per-call
+``Independent`` wrapper, no ``binary_cross_entropy_with_logits``), and defined for relaxed ``z`` in ``[0, 1]`` too (the continuous
+extension REBAR's relaxed forward pass uses).  ``sample()`` compares uniforms with the
+probabilities, ``1[u < \sigma(a)]``: the same law as ``torch.bernoulli``, about 3x faster on the CPU
+for the SBN's layers.  It is a :class:`torch.distributions.Distribution` (``batch_shape`` is
+``logits.shape[:-event_dims]``, ``event_shape`` the rest), so every estimator uses it unchanged;
+``tests/test_speed_paths.py`` checks it against torch's ``Bernoulli``.
+
+Measured (``benchmarks/bench_step.py`` setting, alternating with torch's ``Bernoulli`` in one
+process): ``L_5000`` of the 3-layer SBN 0.081 vs 0.089 s per image, a ``vimco-arithmetic`` step at
+K = 5 5.84 vs 5.99 ms and at K = 50 30.8 vs 31.0 ms.  (A hand-written autograd function with
+``log(1 + exp(-|a|))`` was tried and measured slower: 42 vs 37 ms at K = 50.)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import Distribution, constraints
+
+__all__ = ["BernoulliLogits"]
+
+
+class BernoulliLogits(Distribution):
+    r"""``Independent(Bernoulli(logits), event_dims)`` with a direct ``log_prob`` (module docstring).
+
+    Args:
+        logits: ``[*batch, *event]``.
+        event_dims: the number of trailing dimensions that form one event (``>= 0``).
+    """
+
+    arg_constraints = {"logits": constraints.real}
+    has_rsample = False
+
+    def __init__(self, logits: Tensor, event_dims: int = 1, validate_args: bool | None = None) -> None:
+        if not isinstance(event_dims, int) or not 0 <= event_dims <= logits.dim():
+            raise ValueError(f"event_dims must be an integer in [0, {logits.dim()}], got {event_dims!r}")
+        self.logits = logits
+        self.event_dims = event_dims
+        split = logits.dim() - event_dims
+        super().__init__(logits.shape[:split], logits.shape[split:], validate_args=False)
+
+    @property
+    def support(self) -> constraints.Constraint:  # type: ignore[override]
+        return constraints.independent(constraints.boolean, self.event_dims)
+
+    @property
+    def probs(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    @property
+    def variance(self) -> Tensor:
+        p = self.probs
+        return p * (1 - p)
+
+    def expand(self, batch_shape: torch.Size, _instance=None) -> "BernoulliLogits":  # type: ignore[override]
+        shape = torch.Size(batch_shape) + self.event_shape
+        return BernoulliLogits(self.logits.expand(shape), self.event_dims)
+
+    def _reduce(self, t: Tensor) -> Tensor:
+        return t.flatten(t.dim() - self.event_dims).sum(-1) if self.event_dims else t
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        r""":math:`\sum_{event} z a - \mathrm{softplus}(a)`, shape ``batch_shape`` (broadcast)."""
+        return self._reduce(value * self.logits - F.softplus(self.logits))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            p = self.probs.expand(torch.Size(sample_shape) + self.logits.shape)
+            return (torch.rand_like(p) < p).to(p.dtype)
+
+    def entropy(self) -> Tensor:
+        p = self.probs
+        return self._reduce(F.softplus(self.logits) - p * self.logits)
