@@ -61,21 +61,20 @@ def median_time(fn: Callable[[], None], repeats: int, warmup: int = 3) -> float:
 
 def paired_median_times(fa: Callable[[], None], fb: Callable[[], None], repeats: int,
                         warmup: int = 3) -> Tuple[float, float]:
-    r"""Median times of ``fa`` and ``fb`` measured alternately (``a b a b ...``), so that a drift of
-    the machine's speed (a shared or throttled CPU) hits both alike and their ratio stays fair."""
+    r"""Median times of ``fa`` and ``fb`` measured alternately, in the order ``a b b a a b ...``,
+    so that a drift of the machine's speed (a shared or throttled CPU) and the position in a pair
+    hit both alike and their ratio stays fair."""
     for _ in range(warmup):
         fa()
         fb()
-    ta, tb = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fa()
-        t1 = time.perf_counter()
-        fb()
-        t2 = time.perf_counter()
-        ta.append(t1 - t0)
-        tb.append(t2 - t1)
-    return statistics.median(ta), statistics.median(tb)
+    times: Dict[int, List[float]] = {0: [], 1: []}
+    fns = (fa, fb)
+    for i in range(repeats):
+        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+            t0 = time.perf_counter()
+            fns[j]()
+            times[j].append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def sbn(x: torch.Tensor) -> SigmoidBeliefNetwork:

@@ -81,7 +81,7 @@ def test_normalized_weights_and_ess():
     assert torch.allclose(effective_sample_size(dominant), torch.tensor([[1.0]]))
 
 
-@pytest.mark.parametrize("K", [1, 2, 3, 10, 257])
+@pytest.mark.parametrize("K", [1, 2, 3, 10, 32, 33, 257])
 def test_leave_one_out_matches_naive(K):
     x = torch.randn(4, 3, K, dtype=torch.float64) * 5
     loo = leave_one_out_logsumexp(x)
@@ -89,6 +89,9 @@ def test_leave_one_out_matches_naive(K):
         assert torch.all(torch.isneginf(loo))
     else:
         assert torch.allclose(loo, naive_loo(x), atol=1e-10)
+    # along another dimension
+    xt = x.transpose(1, 2).contiguous()
+    assert torch.allclose(leave_one_out_logsumexp(xt, dim=1), leave_one_out_logsumexp(x).transpose(1, 2))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -117,3 +120,19 @@ def test_leave_one_out_memory_is_linear():
     lse = torch.logsumexp(x, -1, keepdim=True)
     # sum_k exp(loo_k - lse) = K - 1
     assert torch.allclose(torch.exp(loo - lse).sum(-1), torch.full((24, 1), 4999.0), rtol=1e-4)
+
+
+def test_base_diagnostics_from_precomputed_bound_and_weights_equal_the_direct_ones():
+    from ovis.estimators.base import GradientEstimator
+
+    torch.manual_seed(0)
+    log_w = torch.randn(4, 2, 6, dtype=torch.float64) * 30  # a spread of tens of nats
+    kl, log_px = torch.randn(4, 2, 6, dtype=torch.float64), torch.randn(4, 2, 6, dtype=torch.float64)
+    direct = GradientEstimator.base_diagnostics(log_w, kl, log_px)["loss"]
+    reused = GradientEstimator.base_diagnostics(log_w, kl, log_px, iw=iw_bound(log_w),
+                                                v=normalized_weights(log_w))["loss"]
+    assert set(direct) == set(reused) == {"L_k", "elbo", "kl", "log_px", "ess"}
+    for name in direct:
+        assert direct[name].shape == (4,)
+        assert torch.allclose(direct[name], reused[name], rtol=1e-12, atol=1e-12), name
+    assert torch.allclose(direct["elbo"], log_w.mean(dim=(1, 2)))

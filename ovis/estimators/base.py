@@ -230,15 +230,15 @@ class GradientEstimator(nn.Module):
         return Particles(output=output, log_px=log_px, log_qz=log_qz, log_pz=log_pz)
 
     @staticmethod
-    def base_diagnostics(log_w: Tensor, kl: Tensor, log_px: Tensor) -> Diagnostics:
-        r"""``L_k`` (IW bound, alpha = 0), ``elbo``, ``kl``, ``ess``, ``nll``-free basics, ``[B]``."""
+    def base_diagnostics(log_w: Tensor, kl: Tensor, log_px: Tensor, iw: Optional[Tensor] = None,
+                         v: Optional[Tensor] = None) -> Diagnostics:
+        r"""``L_k`` (IW bound, alpha = 0), ``elbo``, ``kl``, ``log_px``, ``ess``, each ``[B]``.
+
+        ``iw`` (the IW bound ``[B, M]``) and ``v`` (the normalised weights ``[B, M, K]``, alpha = 0)
+        may be passed when the estimator has computed them already (fewer kernels per step).
+        """
         with torch.no_grad():
-            return {
-                "loss": {
-                    "L_k": iw_bound(log_w).mean(1),
-                    "elbo": log_w.mean(dim=(1, 2)),
-                    "kl": kl.mean(dim=(1, 2)),
-                    "log_px": log_px.mean(dim=(1, 2)),
-                    "ess": effective_sample_size(log_w).mean(1),
-                }
-            }
+            L_k = iw_bound(log_w) if iw is None else iw.detach()
+            ess = effective_sample_size(log_w) if v is None else 1.0 / (v.detach() ** 2).sum(-1)
+            elbo, kl_, lpx = torch.stack((log_w.detach(), kl.detach(), log_px.detach())).mean(dim=(2, 3))
+            return {"loss": {"L_k": L_k.mean(1), "elbo": elbo, "kl": kl_, "log_px": lpx, "ess": ess.mean(1)}}

@@ -130,7 +130,8 @@ def leave_one_out_logsumexp(x: Tensor, dim: int = -1) -> Tensor:
     Computed as ``logaddexp(prefix_{k-1}, suffix_{k+1})`` from exclusive prefix and suffix
     ``logcumsumexp``: no ``K x K`` matrix, no subtraction of exponentials (so it is exact when one
     term dominates: the dominant term's own leave-one-out value is the log-sum-exp of the others,
-    not a difference of two huge numbers).  ``K = 1`` gives ``-inf``.
+    not a difference of two huge numbers).  ``K = 1`` gives ``-inf``.  (A masked ``K x K``
+    log-sum-exp for small ``K`` was measured no faster at ``K = 5``: per-call overhead dominates.)
     """
     dim = dim % x.dim()
     n = x.shape[dim]

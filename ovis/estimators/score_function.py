@@ -57,14 +57,18 @@ class ScoreFunctionEstimator(GradientEstimator):
         log_w, kl = log_weights(p.log_px, p.log_qz.detach(), p.log_pz, params.beta, params.freebits)
         bound = renyi_bound(log_w, params.alpha)  # [B, M], theta-gradient only
         with torch.no_grad():
-            d = bound[..., None] - normalized_weights(log_w, params.alpha)
+            v = normalized_weights(log_w, params.alpha)
+            d = bound[..., None] - v
         c, aux_loss, extra = self.control_variate(log_w.detach(), d, x, params)
         signal = (d - c).detach()
         log_q = p.log_qz.sum(-1)  # [B, M, K], phi-gradient
         loss = -(signal * log_q).sum(-1).mean() - bound.mean()
         if aux_loss is not None:
             loss = loss + aux_loss
-        diagnostics = self.base_diagnostics(log_w, kl, p.log_px)
+        if params.alpha == 0.0:  # the bound and v are those of the diagnostics
+            diagnostics = self.base_diagnostics(log_w, kl, p.log_px, iw=bound, v=v)
+        else:
+            diagnostics = self.base_diagnostics(log_w, kl, p.log_px)
         with torch.no_grad():
             diagnostics["estimator"] = {"cv_mse": ((d - c) ** 2).mean(dim=(1, 2)), **extra}
         return loss, diagnostics, p.output
