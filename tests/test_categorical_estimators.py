@@ -27,16 +27,7 @@ from ovis.testing import (
     gradient_draws,
 )
 
-pytestmark = pytest.mark.usefixtures("float64")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny tensor ops: intra-op threads only add contention on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("float64", "one_thread")
 
 
 N_DRAWS, MC = 40, 150
@@ -451,31 +442,14 @@ def test_trains_a_categorical_vae_on_binarized_mnist(eid, data_root):
     from ovis.datasets import load_dataset
     from ovis.models.discrete_vae import DiscreteVAE
 
+    from ovis.testing import elbo_gain
+
     torch.set_default_dtype(torch.float32)
     data = load_dataset("binmnist", data_root, mini=True)
     xs = torch.stack([data.train[i] for i in range(len(data.train))])
     model = DiscreteVAE(data.x_shape, num_of_discrete_var=10, n_required=10, relaxation="gs",
                         nlayers=0, x_mean=data.train_mean)
-    est = build_estimator(eid, mc=1, iw=1)
-    groups = [{"params": list(model.parameters()), "lr": 3e-3}]
-    if list(est.parameters()):
-        groups.append({"params": list(est.parameters()), "lr": 1e-3})
-    opt = torch.optim.Adam(groups)
-    judge = build_estimator("reinforce", mc=4, iw=1)
-
-    def elbo() -> float:
-        with torch.no_grad():
-            return float(judge(model, xs[:300])[1]["loss"]["elbo"].mean())
-
-    before = elbo()
-    g = torch.Generator().manual_seed(1)
-    for _ in range(200):
-        idx = torch.randint(len(xs), (24,), generator=g)
-        opt.zero_grad()
-        loss, _, _ = est(model, xs[idx], backward=True, tau=0.5)
-        assert torch.isfinite(loss)
-        opt.step()
-    after = elbo()
+    before, after = elbo_gain(model, build_estimator(eid, mc=1, iw=1), xs, steps=200, tau=0.5)
     assert after > before + 10.0, (eid, before, after)
 
 

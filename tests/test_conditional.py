@@ -20,11 +20,8 @@ from ovis.testing import compare_with_exact, exact_gradients, gradient_draws
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread):
+    """Every test of this file on one intra-op thread (the ``one_thread`` fixture of conftest)."""
 
 
 REPO_EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

@@ -21,16 +21,7 @@ from ovis.testing import (
     gradient_draws,
 )
 
-pytestmark = pytest.mark.usefixtures("float64")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many tiny tensor ops: intra-op threads only add contention on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("float64", "one_thread")
 
 N_DRAWS, MC = 40, 150
 UNBIASED = ["arm", "disarm", "muprop", "simple-muprop", "rebar", "dynamic-rebar", "relax"]

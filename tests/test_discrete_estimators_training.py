@@ -19,82 +19,39 @@ import torch
 from ovis.datasets import load_dataset
 from ovis.estimators import build_estimator
 from ovis.models.sbm import SigmoidBeliefNetwork
+from ovis.testing import elbo_gain
 
 ESTIMATORS = ["nvil", "muprop", "simple-muprop", "concrete", "gumbel-softmax", "straight-through",
               "arm", "disarm", "rebar", "dynamic-rebar", "relax"]
 
 
+def _binmnist(data_root):
+    data = load_dataset("binmnist", data_root, mini=True)
+    return data, torch.stack([data.train[i] for i in range(len(data.train))])
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("eid", ESTIMATORS)
 def test_trains_a_small_sbn_on_binarized_mnist(eid, data_root):
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        data = load_dataset("binmnist", data_root, mini=True)
-        xs = torch.stack([data.train[i] for i in range(len(data.train))])
-        model = SigmoidBeliefNetwork(data.x_shape, N=20, depth=1, x_mean=data.train_mean)
-        extra = {"x_shape": tuple(data.x_shape)} if eid == "nvil" else {}
-        est = build_estimator(eid, mc=1, iw=1, **extra)
-        groups = [{"params": list(model.parameters()), "lr": 3e-3}]
-        if list(est.parameters()):
-            groups.append({"params": list(est.parameters()), "lr": 1e-3})
-        opt = torch.optim.Adam(groups)
-        judge = build_estimator("reinforce", mc=4, iw=1)
-        x_eval = xs[:300]
-
-        def elbo() -> float:
-            with torch.no_grad():
-                return float(judge(model, x_eval)[1]["loss"]["elbo"].mean())
-
-        before = elbo()
-        g = torch.Generator().manual_seed(1)
-        steps, threshold = (500, 10.0) if eid == "nvil" else (200, 15.0)
-        for _ in range(steps):
-            idx = torch.randint(len(xs), (24,), generator=g)
-            opt.zero_grad()
-            loss, diagnostics, _ = est(model, xs[idx], backward=True, tau=0.5)
-            assert torch.isfinite(loss)
-            opt.step()
-        after = elbo()
-        assert after > before + threshold, (eid, before, after)
-    finally:
-        torch.set_num_threads(old)
+    data, xs = _binmnist(data_root)
+    model = SigmoidBeliefNetwork(data.x_shape, N=20, depth=1, x_mean=data.train_mean)
+    extra = {"x_shape": tuple(data.x_shape)} if eid == "nvil" else {}
+    steps, threshold = (500, 10.0) if eid == "nvil" else (200, 15.0)
+    before, after = elbo_gain(model, build_estimator(eid, mc=1, iw=1, **extra), xs, steps=steps, tau=0.5)
+    assert after > before + threshold, (eid, before, after)
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("eid", ["muprop", "arm", "rebar", "relax"])
 def test_trains_a_two_layer_sbn_on_binarized_mnist(eid, data_root):
     """The layer-wise versions train a 2-layer SBN (N=20 per layer, linear) too.  Measured ELBO:
     muprop -216.6 -> -182.0, arm -> -177.1, rebar -> -171.5, relax -216.3 -> -167.5 (200 steps)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        data = load_dataset("binmnist", data_root, mini=True)
-        xs = torch.stack([data.train[i] for i in range(len(data.train))])
-        model = SigmoidBeliefNetwork(data.x_shape, N=20, depth=2, x_mean=data.train_mean)
-        est = build_estimator(eid, mc=1, iw=1)
-        groups = [{"params": list(model.parameters()), "lr": 3e-3}]
-        if list(est.parameters()):
-            groups.append({"params": list(est.parameters()), "lr": 1e-3})
-        opt = torch.optim.Adam(groups)
-        judge = build_estimator("reinforce", mc=4, iw=1)
-
-        def elbo() -> float:
-            with torch.no_grad():
-                return float(judge(model, xs[:300])[1]["loss"]["elbo"].mean())
-
-        before = elbo()
-        g = torch.Generator().manual_seed(1)
-        for _ in range(200):
-            idx = torch.randint(len(xs), (24,), generator=g)
-            opt.zero_grad()
-            loss, _, _ = est(model, xs[idx], backward=True, tau=0.5)
-            assert torch.isfinite(loss)
-            opt.step()
-        after = elbo()
-        assert after > before + 15.0, (eid, before, after)
-    finally:
-        torch.set_num_threads(old)
+    data, xs = _binmnist(data_root)
+    model = SigmoidBeliefNetwork(data.x_shape, N=20, depth=2, x_mean=data.train_mean)
+    before, after = elbo_gain(model, build_estimator(eid, mc=1, iw=1), xs, steps=200, tau=0.5)
+    assert after > before + 15.0, (eid, before, after)
 
 
 @pytest.mark.slow

@@ -32,12 +32,8 @@ from ovis.training.arguments import parse_run_args
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    r"""Small models run faster on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this file on one intra-op thread (the ``one_thread`` fixture of conftest)."""
 
 
 class FakeData:

@@ -1,5 +1,6 @@
 r"""Test harness reused by every estimator family: enumerable models, exact objectives, and the
-statistical comparison of estimator draws with exact gradients."""
+statistical comparison of estimator draws with exact gradients, and a short training run
+(:func:`elbo_gain`)."""
 from ovis.testing.enumerable import (
     BernoulliToyModel,
     CategoricalToyModel,
@@ -13,6 +14,7 @@ from ovis.testing.enumerable import (
     exact_log_evidence,
 )
 from ovis.testing.stats import Comparison, compare_with_exact, gradient_draws, z_threshold
+from ovis.testing.training import elbo_gain
 
 __all__ = [
     "BernoulliToyModel",
@@ -29,4 +31,5 @@ __all__ = [
     "compare_with_exact",
     "gradient_draws",
     "z_threshold",
+    "elbo_gain",
 ]
