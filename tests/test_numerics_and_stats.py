@@ -82,3 +82,16 @@ def test_get_gradients_statistics_selects_parameters():
                                        key_filter="inference_network")
     s_vi, _ = get_gradients_statistics(est, model, x, mc_samples=200, key_filter="inference_network")
     assert float(s_vi["variance"]) < float(s_rf["variance"])
+
+
+def test_total_variance_of_known_draws_and_its_standard_error():
+    from ovis.testing import total_variance
+
+    g = torch.Generator().manual_seed(0)
+    draws = torch.randn(20000, 2, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0], dtype=torch.float64)
+    v, se = total_variance(draws)
+    # trace of the covariance = 1 + 4; the squared norm has variance 2 * (1 + 16) = 34
+    assert se == pytest.approx((34 / 20000) ** 0.5, rel=0.1)
+    assert abs(v - 5.0) < 4.0 * se  # 4 standard errors: failure rate < 1e-4
+    with pytest.raises(ValueError, match="draws"):
+        total_variance(draws[:1])

@@ -13,7 +13,15 @@ from ovis.testing.enumerable import (
     exact_gradients,
     exact_log_evidence,
 )
-from ovis.testing.stats import Comparison, compare_with_exact, gradient_draws, z_threshold
+from ovis.testing.stats import (
+    Comparison,
+    VarianceComparison,
+    compare_variances,
+    compare_with_exact,
+    gradient_draws,
+    total_variance,
+    z_threshold,
+)
 from ovis.testing.training import elbo_gain
 
 __all__ = [
@@ -31,5 +39,8 @@ __all__ = [
     "compare_with_exact",
     "gradient_draws",
     "z_threshold",
+    "total_variance",
+    "VarianceComparison",
+    "compare_variances",
     "elbo_gain",
 ]

@@ -3,7 +3,8 @@ r"""Statistical comparison of estimator draws with an exact gradient.
 :func:`gradient_draws` collects independent gradient draws of an estimator;
 :func:`compare_with_exact` compares their mean with the exact value using their own standard
 error, with a declared failure rate (Bonferroni over the coordinates), and checks that the
-comparison has power (the standard error is small relative to the gradient).
+comparison has power (the standard error is small relative to the gradient);
+:func:`compare_variances` tests that one estimator's gradient variance is below another's.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from torch import Tensor, nn
 
 from ovis.analysis.gradients import parameter_gradient_draws
 
-__all__ = ["gradient_draws", "compare_with_exact", "Comparison", "z_threshold"]
+__all__ = ["gradient_draws", "compare_with_exact", "Comparison", "z_threshold", "total_variance",
+           "VarianceComparison", "compare_variances"]
 
 
 def gradient_draws(
@@ -104,3 +106,39 @@ def compare_with_exact(
         f"mean  = {mean.tolist()}\nexact = {target.tolist()}\nz     = {z.tolist()}"
     )
     return result
+
+
+def total_variance(draws: Tensor) -> tuple[float, float]:
+    r"""The total variance (trace of the covariance) of gradient draws ``[n, P]`` and its standard
+    error: the mean of :math:`\|g_i - \bar g\|^2` over the draws and the standard error of that
+    mean from the spread of the squared deviations."""
+    if draws.dim() != 2 or draws.shape[0] < 2:
+        raise ValueError(f"draws must be [n >= 2, P], got {tuple(draws.shape)}")
+    s = ((draws - draws.mean(0)) ** 2).sum(1)
+    return float(s.mean()), float(s.std() / len(s) ** 0.5)
+
+
+@dataclass(frozen=True)
+class VarianceComparison:
+    r"""Total gradient variances of a reference estimator and a candidate, their standard errors,
+    the one-sided z statistic of ``reference > candidate`` and the ratio ``reference / candidate``."""
+
+    reference: float
+    reference_se: float
+    candidate: float
+    candidate_se: float
+    z: float
+    ratio: float
+
+
+def compare_variances(reference: Callable[..., Any], candidate: Callable[..., Any], model: nn.Module,
+                      x: Tensor, params: Sequence[nn.Parameter], n_draws: int,
+                      **runtime: Any) -> VarianceComparison:
+    r"""Gradient variances of two estimators at the same model, data and parameters
+    (:func:`total_variance` of ``n_draws`` draws each).  A test asserts ``z >`` the one-sided normal
+    quantile of its declared failure rate (e.g. 3.09 for 1e-3) and, when the method promises a
+    large reduction, a minimum ``ratio``."""
+    v_r, se_r = total_variance(gradient_draws(reference, model, x, params, n_draws, **runtime))
+    v_c, se_c = total_variance(gradient_draws(candidate, model, x, params, n_draws, **runtime))
+    z = (v_r - v_c) / math.sqrt(se_r ** 2 + se_c ** 2)
+    return VarianceComparison(v_r, se_r, v_c, se_c, z, v_r / v_c)
