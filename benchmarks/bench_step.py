@@ -12,8 +12,8 @@ floats flushed, ``torch.set_num_threads(--threads)``.
 2. **Training step** (forward + backward + Adam, the optimiser of ``run.py``) of the SBN at K = 5 and 50.
 3. **Evaluation**: ``L_5000`` per test image (chunked particles, inference mode) and its peak
    memory (rise of the resident set).
-4. **Denormals** (``--denormal-steps N``): step time at the start and end of N Adam steps of the
-   SBN and the Gaussian VAE with ``ovis-gamma1`` at K = 50.
+4. **Denormals** (``--denormal-steps N``): step time after N Adam steps of the SBN and the
+   Gaussian VAE with ``ovis-gamma1`` at K = 50, against a fresh model, measured alternately.
 
 5. **torch.compile** (``--only compile``, not in the default set: compiling takes about 30 s):
    eager vs compiled model (``run.py --compile``) training step of the SBN.
@@ -200,20 +200,20 @@ def eval_table(x: torch.Tensor, n_images: int, max_rows: int) -> None:
           "(target <= 300; original 0.21 s at 1.1 GB, or 0.79 s at 262 MB)")
 
 
-def denormal_table(x: torch.Tensor, steps: int) -> None:
-    print(f"\n## 4. Denormals: ovis-gamma1, K=50, step time over {steps} Adam steps (flush on)")
+def denormal_table(x: torch.Tensor, steps: int, keep_denormals: bool = False) -> None:
+    print(f"\n## 4. Denormals: ovis-gamma1, K=50, step time after {steps} Adam steps vs a fresh model "
+          f"(denormals {'kept' if keep_denormals else 'flushed'})")
+    print("   (the trained and a fresh model step alternately, 50 times each, so machine drift cancels)")
     for name, make in (("3-layer SBN", sbn), ("Gaussian VAE", gaussian_vae)):
         torch.manual_seed(0)
-        model = make(x)
-        step = train_step(build_estimator("ovis-gamma1", iw=50), model, x)
-        ts: List[float] = []
+        trained = train_step(build_estimator("ovis-gamma1", iw=50), make(x), x)
         for _ in range(steps):
-            t0 = time.perf_counter()
-            step()
-            ts.append(time.perf_counter() - t0)
-        first = statistics.median(ts[:50])
-        last = statistics.median(ts[-50:])
-        print(f"{name:14s} first 50: {first * 1e3:7.2f} ms  last 50: {last * 1e3:7.2f} ms  ratio {last / first:.2f}")
+            trained()
+        torch.manual_seed(0)
+        fresh = train_step(build_estimator("ovis-gamma1", iw=50), make(x), x)
+        t_fresh, t_trained = paired_median_times(fresh, trained, 50)
+        print(f"{name:14s} fresh: {t_fresh * 1e3:7.2f} ms  after {steps} steps: {t_trained * 1e3:7.2f} ms  "
+              f"ratio {t_trained / t_fresh:.2f}", flush=True)
 
 
 def compile_table(x: torch.Tensor, repeats: int) -> None:
@@ -239,10 +239,11 @@ def main(argv=None) -> int:
     p.add_argument("--eval-images", type=int, default=10)
     p.add_argument("--eval-rows", type=int, default=20000, help="rows (points x particles) per chunk")
     p.add_argument("--denormal-steps", type=int, default=0)
+    p.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats (to compare)")
     p.add_argument("--only", default="overhead,step,eval,denormal")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+    torch.set_flush_denormal(not args.keep_denormals)
     torch.manual_seed(0)
     x = (torch.rand(24, 784) < 0.13).float()
     print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, batch 24")
@@ -254,7 +255,7 @@ def main(argv=None) -> int:
     if "eval" in parts:
         eval_table(x, args.eval_images, args.eval_rows)
     if "denormal" in parts and args.denormal_steps > 0:
-        denormal_table(x, args.denormal_steps)
+        denormal_table(x, args.denormal_steps, args.keep_denormals)
     if "compile" in parts:
         compile_table(x, args.repeats)
     return 0
