@@ -148,7 +148,43 @@ class HalfImageBernoulli(Distribution):
             return self._assemble((torch.rand_like(self.logits) < torch.sigmoid(self.logits)).to(self.logits.dtype))
 
 
-class ConditionalSBN(SigmoidBeliefNetwork):
+class _HalfImageConditioning:
+    r"""The top / bottom split shared by :class:`ConditionalSBN` and :class:`ConditionalDiscreteVAE`:
+    the buffers ``top_index``, ``bottom_index`` (:func:`half_image_indices`) and ``default_x_top``
+    (the top half of the training mean, or 0.5: the conditioning input of ``sample_from_prior``),
+    and :meth:`split`.  Mixed in before the ``nn.Module`` model class."""
+
+    x_shape: torch.Size
+    D: int
+
+    def _register_halves(self, x_mean: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        r"""Register the buffers; return ``(top, bottom, flat_x_mean or None)``.
+
+        Raises:
+            ValueError: ``x_mean`` does not have one value per pixel.
+        """
+        top, bottom = half_image_indices(self.x_shape)
+        self.register_buffer("top_index", top, persistent=False)  # type: ignore[attr-defined]
+        self.register_buffer("bottom_index", bottom, persistent=False)  # type: ignore[attr-defined]
+        self.D = top.numel() + bottom.numel()
+        flat = None
+        if x_mean is not None:
+            if x_mean.numel() != self.D:
+                raise ValueError(f"x_mean must have {self.D} values (x_shape={tuple(self.x_shape)}), got {x_mean.numel()}")
+            flat = x_mean.detach().reshape(-1).float()
+        default = flat[top].clone() if flat is not None else torch.full((top.numel(),), 0.5)
+        self.register_buffer("default_x_top", default, persistent=False)  # type: ignore[attr-defined]
+        return top, bottom, flat
+
+    def split(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        r"""``x [n, *x_shape] -> (x_top [n, D_top], x_bot [n, D_bot])``."""
+        h = x.reshape(x.shape[0], -1)
+        if h.shape[1] != self.D:
+            raise ValueError(f"expected observations of shape {tuple(self.x_shape)}, got {tuple(x.shape)}")
+        return h.index_select(1, self.top_index), h.index_select(1, self.bottom_index)
+
+
+class ConditionalSBN(_HalfImageConditioning, SigmoidBeliefNetwork):
     r"""A ``depth``-layer sigmoid belief network for ``p(x_bot | x_top)`` (module docstring).
 
     * generative model: ``p(z_L | x_top) = Bernoulli(sigmoid(c(2 x_top - 1)))``,
@@ -169,22 +205,13 @@ class ConditionalSBN(SigmoidBeliefNetwork):
     def __init__(self, x_shape: Sequence[int], N: int = 200, depth: int = 1, nlayers: int = 0,
                  hdim: int = 200, x_mean: Optional[Tensor] = None) -> None:
         super().__init__(x_shape, N=N, depth=depth, nlayers=nlayers, hdim=hdim, x_mean=None)
-        top, bottom = half_image_indices(self.x_shape)
-        self.register_buffer("top_index", top, persistent=False)
-        self.register_buffer("bottom_index", bottom, persistent=False)
+        top, bottom, flat_mean = self._register_halves(x_mean)
         self.D_top, self.D_bot = top.numel(), bottom.numel()
         del self.generative_model.prior_logits
         self.generative_model.layers[0] = mlp(N, self.D_bot, hdim, nlayers)
         self.generative_model.prior_net = mlp(self.D_top, N, hdim, nlayers)
-        if x_mean is not None:
-            if x_mean.numel() != self.D:
-                raise ValueError(f"x_mean must have {self.D} values (x_shape={tuple(self.x_shape)}), got {x_mean.numel()}")
-            flat = x_mean.detach().reshape(-1).float()
-            init_output_bias(self.generative_model.layers[0], flat[bottom])
-            default_top = flat[top].clone()
-        else:
-            default_top = torch.full((self.D_top,), 0.5)
-        self.register_buffer("default_x_top", default_top, persistent=False)
+        if flat_mean is not None:
+            init_output_bias(self.generative_model.layers[0], flat_mean[bottom])
 
     #: no ``infer`` hook: the sleep phase of ``wake-sleep`` draws ``(z, x)`` from
     #: ``sample_from_prior(n)``, which cannot see the data's top halves here (it would fit ``q`` on
@@ -193,13 +220,6 @@ class ConditionalSBN(SigmoidBeliefNetwork):
     infer = None  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ pieces
-    def split(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        r"""``x [n, *x_shape] -> (x_top [n, D_top], x_bot [n, D_bot])``."""
-        h = x.reshape(x.shape[0], -1)
-        if h.shape[1] != self.D:
-            raise ValueError(f"expected observations of shape {tuple(self.x_shape)}, got {tuple(x.shape)}")
-        return h.index_select(1, self.top_index), h.index_select(1, self.bottom_index)
-
     def prior_logits_given(self, x_top: Tensor) -> Tensor:
         r"""Logits ``[n, N]`` of ``p(z_L | x_top)`` for ``x_top [n, D_top]``."""
         return self.generative_model.prior_net(2 * x_top - 1)
@@ -276,7 +296,7 @@ class ConditionalSBN(SigmoidBeliefNetwork):
 
 
 
-class ConditionalDiscreteVAE(DiscreteVAE):
+class ConditionalDiscreteVAE(_HalfImageConditioning, DiscreteVAE):
     r"""The discrete VAE of the IGR paper (:class:`ovis.models.discrete_vae.DiscreteVAE`) for
     ``p(x_bot | x_top)`` (structured output prediction, IGR paper section 5.2).
 
@@ -299,25 +319,11 @@ class ConditionalDiscreteVAE(DiscreteVAE):
 
     def __init__(self, x_shape: Sequence[int], **kwargs: Any) -> None:
         super().__init__(x_shape, **kwargs)
-        top, bottom = half_image_indices(self.x_shape)
-        self.register_buffer("top_index", top, persistent=False)
-        self.register_buffer("bottom_index", bottom, persistent=False)
-        self.D = top.numel() + bottom.numel()
+        top, _, _ = self._register_halves(kwargs.get("x_mean"))
         hdim = int(kwargs.get("hdim", 200))
         nlayers = int(kwargs.get("nlayers", 2))
         out_dim = self.N * self.K if not self.is_igr else 2 * self.N * self.noise_dim
         self.generative_model.prior_net = mlp(top.numel(), out_dim, hdim, nlayers)
-        x_mean = kwargs.get("x_mean")
-        default = (x_mean.detach().reshape(-1).float()[top].clone() if x_mean is not None
-                   else torch.full((top.numel(),), 0.5))
-        self.register_buffer("default_x_top", default, persistent=False)
-
-    def split(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        r"""``x [n, *x_shape] -> (x_top [n, D_top], x_bot [n, D_bot])``."""
-        h = x.reshape(x.shape[0], -1)
-        if h.shape[1] != self.D:
-            raise ValueError(f"expected observations of shape {tuple(self.x_shape)}, got {tuple(x.shape)}")
-        return h.index_select(1, self.top_index), h.index_select(1, self.bottom_index)
 
     def prior_given(self, x_top: Tensor) -> Any:
         r"""GS: prior logits ``[n, N, K]``; IGR: ``(loc, scale)`` ``[n, N, K-1]``, from ``x_top``."""
