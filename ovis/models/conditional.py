@@ -349,22 +349,11 @@ class ConditionalDiscreteVAE(_HalfImageConditioning, DiscreteVAE):
         return HalfImageBernoulli(logits.index_select(1, self.bottom_index), x_top, self.x_shape,
                                   self.top_index, self.bottom_index)
 
-    def log_joint_at(self, x: Tensor, z: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        r"""Discrete hook (``gs`` only): ``(log p(x_bot | z) [n], log p(z | x_top) [n, 1])`` at a
-        given one-hot or relaxed ``z = [z_1]``, ``z_1`` ``[n, N, K]``: the bottom half's Bernoulli
-        log mass under the decoder and :math:`\sum_{i,c} z_{ic} \log\mathrm{softmax}(c(x_{top}))_{ic}`,
-        so the REBAR-line estimators train the conditional model on its exact discrete objective."""
-        if self.is_igr:
-            raise TypeError(f"{type(self).__name__} with relaxation {self.relaxation!r} has no discrete hooks")
-        (z1,) = z
-        n = z1.shape[0]
-        if z1.shape[1:] != (self.N, self.K):
-            raise ValueError(f"log_joint_at needs z of shape [n, {self.N}, {self.K}], got {tuple(z1.shape)}")
-        x_top, x_bot = self.split(x)
-        logits = self.generative_model.decoder(z1.reshape(n, -1)).reshape(n, -1).index_select(1, self.bottom_index)
-        log_px = (x_bot * logits - F.softplus(logits)).sum(-1)
-        log_prior = torch.log_softmax(self.prior_given(x_top), dim=-1)
-        return log_px, (z1 * log_prior).reshape(n, -1).sum(-1, keepdim=True)
+    def observation_at(self, x: Tensor, z: Tensor) -> Distribution:
+        r"""``p(x_bot | z)`` conditioned on the top half of ``x`` (discrete hook of
+        :meth:`DiscreteVAE.log_joint_at`, with the prior :meth:`prior_params` given ``x_top``), so
+        the REBAR-line estimators train the conditional model on its exact discrete objective."""
+        return self.observation_model(z, self.split(x)[0])
 
     def _sample(self, x_top: Tensor, post: Any, prior: Any, zgrads: bool, tau: float,
                 from_prior: bool) -> Dict[str, Any]:

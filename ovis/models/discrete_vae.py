@@ -37,7 +37,8 @@ or on the simplex, and the categorical log prior mass :math:`\sum_c z_c \log\mat
 so ``--model discrete-vae --relaxation gs --estimator rebar`` (``relax``, ``muprop``,
 ``gumbel-softmax``, ``straight-through``, ...) trains it on the exact discrete objective.  The IGR
 models have Gaussian noise latents and no discrete hooks (``latent_depth`` is ``None``), nor
-does a subclass that replaces :meth:`observation_model` without its own ``log_joint_at``.
+does a subclass that replaces :meth:`observation_model` without its own ``observation_at``
+(the conditional model has one: ``p(x_bot | z)`` given the top half).
 
 **ELBO with the closed-form / estimated KL.**  :meth:`DiscreteVAE.elbo` returns
 :math:`E_q[\log p(x|z)] - KL(q\|p)` with one reparameterised sample for the first term and the KL
@@ -52,7 +53,6 @@ import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical
 from torch.distributions import kl_divergence
@@ -223,8 +223,15 @@ class DiscreteVAE(TemplateModel):
     # ------------------------------------------------------------------ discrete hooks
     def _has_discrete_hooks(self) -> bool:
         own_likelihood = type(self).observation_model is DiscreteVAE.observation_model
-        own_hooks = type(self).log_joint_at is not DiscreteVAE.log_joint_at
+        own_hooks = (type(self).log_joint_at is not DiscreteVAE.log_joint_at
+                     or type(self).observation_at is not DiscreteVAE.observation_at)
         return not self.is_igr and (own_likelihood or own_hooks)
+
+    def observation_at(self, x: Tensor, z: Tensor) -> Distribution:
+        r"""``p(x|z)`` for the observations ``x`` at a given one-hot or relaxed ``z`` ``[n, N, K]``
+        (what :meth:`log_joint_at` scores ``x`` with; a subclass whose likelihood needs ``x``,
+        like the conditional model's ``p(x_bot | z)``, overrides it)."""
+        return self.observation_model(z)
 
     @property
     def latent_depth(self) -> Optional[int]:
@@ -254,8 +261,7 @@ class DiscreteVAE(TemplateModel):
         n = z1.shape[0]
         if z1.shape[1:] != (self.N, self.K):
             raise ValueError(f"log_joint_at needs z of shape [n, {self.N}, {self.K}], got {tuple(z1.shape)}")
-        logits = self.generative_model.decoder(z1.reshape(n, -1)).reshape(n, -1)
-        log_px = (x.reshape(n, -1) * logits - F.softplus(logits)).sum(-1)
+        log_px = self.observation_at(x, z1).log_prob(x)
         log_prior = torch.log_softmax(self.prior_params(n, x), dim=-1)
         return log_px, (z1 * log_prior).reshape(n, -1).sum(-1, keepdim=True)
 
