@@ -20,18 +20,18 @@ Parameters: ``inference_network.phi.*`` (selected by ``--grad_key phi``) and
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, OneHotCategorical
 
-from ovis.models.base import TemplateModel
+from ovis.models.base import SingleLayerModel
 
 __all__ = ["GaussianMixtureModel"]
 
 
-class GaussianMixtureModel(TemplateModel):
+class GaussianMixtureModel(SingleLayerModel):
     r"""Le et al. (2019)'s GMM (see the module docstring).
 
     Args:
@@ -101,20 +101,6 @@ class GaussianMixtureModel(TemplateModel):
         r"""The true posterior weights ``p(z = c | x) ∝ pi_c N(x; 10c, 5^2)``, ``[n, C]``."""
         log_joint = self.true_mixture_probs.log() + Normal(self.locs, self.scale).log_prob(x.reshape(-1, 1))
         return log_joint.softmax(-1)
-
-    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
-        r"""One-hot ``z ~ q(z|x)`` (no ``rsample``: estimators needing one report it)."""
-        qz = self.posterior(x)
-        z = qz.sample()
-        return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [self.prior(x.shape[0])]}
-
-    def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
-        return [self.posterior(x)]
-
-    def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
-        pz = self.prior(bs)
-        z = pz.sample()
-        return {"px": self.observation_model(z), "z": [z], "pz": [pz]}
 
     @torch.no_grad()
     def extra_metrics(self, x: Tensor) -> Dict[str, float]:
