@@ -20,6 +20,7 @@ from ovis.estimators.base import RuntimeParams
 from ovis.estimators.discrete import categorical_log_prob
 from ovis.estimators.rebar import Rebar
 from ovis.testing import (
+    exact_gradient_problem,
     CategoricalToyModel,
     compare_variances,
     compare_with_exact,
@@ -40,11 +41,7 @@ def setup(decoder_scale: float = 1.0):
     if decoder_scale != 1.0:
         with torch.no_grad():
             model.generative_model.decoder.weight.mul_(decoder_scale)
-    x = torch.bernoulli(torch.full((3, 4), 0.5), generator=torch.Generator().manual_seed(5))
-    params = list(model.parameters())
-    is_phi = torch.cat([torch.full((p.numel(),), n.startswith("inference_network"))
-                        for n, p in model.named_parameters()])
-    return model, x, params, is_phi
+    return exact_gradient_problem(model)
 
 
 # ---------------------------------------------------------------------------- the hooks

@@ -13,6 +13,7 @@ from torch import nn
 
 from ovis.estimators import build_estimator
 from ovis.testing import (
+    exact_gradient_problem,
     BernoulliToyModel,
     LinearGaussianModel,
     compare_variances,
@@ -30,11 +31,7 @@ UNBIASED = ["arm", "disarm", "muprop", "simple-muprop", "rebar", "dynamic-rebar"
 
 def setup():
     model = BernoulliToyModel()
-    x = torch.bernoulli(torch.full((3, 4), 0.5), generator=torch.Generator().manual_seed(5))
-    params = list(model.parameters())
-    is_phi = torch.cat([torch.full((p.numel(),), n.startswith("inference_network"))
-                        for n, p in model.named_parameters()])
-    return model, x, params, is_phi
+    return exact_gradient_problem(model)
 
 
 @pytest.mark.parametrize("K", [1, 2])

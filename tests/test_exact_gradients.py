@@ -14,6 +14,7 @@ import torch
 from ovis.estimators import build_estimator
 from ovis.estimators.vimco import Vimco
 from ovis.testing import (
+    exact_gradient_problem,
     BernoulliToyModel,
     CategoricalToyModel,
     LinearGaussianModel,
@@ -35,11 +36,7 @@ UNBIASED = ["reinforce", "reinforce-baseline", "vimco-arithmetic", "vimco-geomet
 
 def setup(model_name: str):
     model = MODELS[model_name]()
-    x = torch.bernoulli(torch.full((3, 4), 0.5), generator=torch.Generator().manual_seed(5))
-    params = list(model.parameters())
-    is_phi = torch.cat([torch.full((p.numel(),), n.startswith("inference_network"))
-                        for n, p in model.named_parameters()])
-    return model, x, params, is_phi
+    return exact_gradient_problem(model)
 
 
 def build(eid: str, K: int, mc: int = MC):

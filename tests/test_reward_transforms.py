@@ -25,6 +25,7 @@ from ovis.estimators.reward_transforms import (
     parse_reward_transforms,
 )
 from ovis.testing import (
+    exact_gradient_problem,
     BernoulliToyModel,
     CategoricalToyModel,
     compare_with_exact,
@@ -40,11 +41,7 @@ MODELS = {"bernoulli": BernoulliToyModel, "categorical": CategoricalToyModel}
 
 def setup(model_name: str):
     model = MODELS[model_name]()
-    x = torch.bernoulli(torch.full((3, 4), 0.5), generator=torch.Generator().manual_seed(5))
-    params = list(model.parameters())
-    is_phi = torch.cat([torch.full((p.numel(),), n.startswith("inference_network"))
-                        for n, p in model.named_parameters()])
-    return model, x, params, is_phi
+    return exact_gradient_problem(model)
 
 
 def warm_up(est, model, x, steps: int = 10, train_baseline: bool = False) -> None:

@@ -12,6 +12,7 @@ from ovis.testing.enumerable import (
     exact_weighted_score,
     exact_gradients,
     exact_log_evidence,
+    exact_gradient_problem,
 )
 from ovis.testing.stats import (
     Comparison,
@@ -35,6 +36,7 @@ __all__ = [
     "exact_weighted_score",
     "exact_gradients",
     "exact_log_evidence",
+    "exact_gradient_problem",
     "Comparison",
     "compare_with_exact",
     "gradient_draws",

@@ -31,6 +31,7 @@ __all__ = [
     "exact_bound",
     "exact_gradients",
     "exact_log_evidence",
+    "exact_gradient_problem",
 ]
 
 
@@ -311,3 +312,16 @@ def exact_elbo(model: EnumerableModel, x: Tensor) -> Tensor:
     r"""The ELBO :math:`E_q[\log w]` by enumeration (batch-averaged)."""
     log_q, log_joint = model.enumerate_log_densities(x)
     return (log_q.exp() * (log_joint - log_q)).sum(-1).mean()
+
+
+def exact_gradient_problem(model: nn.Module, n: int = 3, dx: int = 4, seed: int = 5
+                ) -> tuple[nn.Module, Tensor, List[nn.Parameter], Tensor]:
+    r"""The fixed problem of the exact-gradient tests: ``(model, x, params, is_phi)`` with ``n``
+    binary observations ``x`` ``[n, dx]`` (fair coins, generator seed ``seed``), the model's
+    parameters and the mask ``[P]`` of the flattened coordinates that belong to the inference
+    network (``phi``; the rest is ``theta``)."""
+    x = torch.bernoulli(torch.full((n, dx), 0.5), generator=torch.Generator().manual_seed(seed))
+    params = list(model.parameters())
+    is_phi = torch.cat([torch.full((p.numel(),), name.startswith("inference_network"))
+                        for name, p in model.named_parameters()])
+    return model, x, params, is_phi
