@@ -176,26 +176,19 @@ class OvisMonteCarlo(ScoreFunctionEstimator):
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
         K, S = self.iw, self.n_aux
+        n_score = K if self.exclusive else K - S
+        p = self.evaluate(model, x, params, K=K, zgrads=False)
+        log_w, kl = log_weights(p.log_px, p.log_qz.detach(), p.log_pz, params.beta, params.freebits)
         if self.exclusive:
-            # the K particles of the bound carry gradients; the S auxiliary ones enter only the
-            # (detached) control variate: drawn in a second pass without an autograd graph, so
-            # the backward pass is that of K particles
-            p = self.evaluate(model, x, params, K=K, zgrads=False)
+            # the S auxiliary particles enter only the (detached) control variate: drawn in a
+            # second pass without an autograd graph, so the backward pass is that of K particles
             with torch.no_grad():
                 pa = self.evaluate(model, x, params, K=S, zgrads=False)
                 log_w_aux, _ = log_weights(pa.log_px, pa.log_qz, pa.log_pz, params.beta, params.freebits)
-            log_w_all, kl_all = log_weights(p.log_px, p.log_qz.detach(), p.log_pz, params.beta,
-                                            params.freebits)
-            n_score = K
         else:
-            n_score = K - S
-            p = self.evaluate(model, x, params, K=K, zgrads=False)
-            log_w_all, kl_all = log_weights(p.log_px, p.log_qz.detach(), p.log_pz, params.beta,
-                                            params.freebits)
-            log_w_aux = log_w_all[..., K - S:].detach()
-        log_w_bound = log_w_all[..., :K]  # the theta-gradient's bound
-        log_w_score = log_w_all[..., :n_score]
-        bound = renyi_bound(log_w_bound, params.alpha)
+            log_w_aux = log_w[..., K - S:].detach()
+        log_w_score = log_w[..., :n_score]
+        bound = renyi_bound(log_w, params.alpha)  # the theta-gradient's bound, all K particles
         with torch.no_grad():
             score_bound = renyi_bound(log_w_score, params.alpha)
             d = score_bound[..., None] - normalized_weights(log_w_score, params.alpha)
@@ -203,6 +196,6 @@ class OvisMonteCarlo(ScoreFunctionEstimator):
             signal = d - c
         log_q = p.log_qz.sum(-1)[..., :n_score]
         loss = -(signal * log_q).sum(-1).mean() - bound.mean()
-        diagnostics = self.base_diagnostics(log_w_bound, kl_all[..., :K], p.log_px[..., :K])
+        diagnostics = self.base_diagnostics(log_w, kl, p.log_px)
         diagnostics["estimator"] = {"cv_mse": (signal ** 2).mean(dim=(1, 2))}
         return loss, diagnostics, p.output
