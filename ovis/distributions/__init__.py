@@ -8,13 +8,14 @@ r"""Distributions and distribution helpers.
 * the Gumbel-Softmax baseline :class:`GumbelSoftmax` and its Monte Carlo KL
   :func:`gumbel_softmax_kl` (``ovis.distributions.gumbel``).
 """
-from ovis.distributions.bernoulli import BernoulliLogits
+from ovis.distributions.bernoulli import BernoulliLogits, bernoulli_log_mass
 from ovis.distributions.gumbel import GumbelSoftmax, gumbel_softmax_kl
 from ovis.distributions.igr import IGRI, IGRSB, IGRBase, IGRPlanar, softmax_pp, softmax_pp_inverse
 from ovis.distributions.utils import detach_distribution
 
 __all__ = [
     "BernoulliLogits",
+    "bernoulli_log_mass",
     "detach_distribution",
     "IGRBase",
     "IGRI",

@@ -25,7 +25,20 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
-__all__ = ["BernoulliLogits"]
+__all__ = ["BernoulliLogits", "bernoulli_log_mass"]
+
+
+def bernoulli_log_mass(logits: Tensor, value: Tensor, event_dims: int = 1) -> Tensor:
+    r""":math:`\sum_{event} z a - \mathrm{softplus}(a)` over the last ``event_dims`` dimensions (the
+    Bernoulli log mass, continuously extended to relaxed ``z`` in ``[0, 1]``; ``logits`` and
+    ``value`` broadcast).  Two reductions instead of a third ``[n, D]`` temporary: about 8% faster
+    for ``[5000, 784]``; no ``binary_cross_entropy_with_logits`` (slow on the CPU).  The one
+    implementation used by :class:`BernoulliLogits`, the SBNs' ``log_joint_at`` and the discrete
+    estimators."""
+    def reduce(t: Tensor) -> Tensor:
+        return t.flatten(t.dim() - event_dims).sum(-1) if event_dims else t
+
+    return reduce(value * logits) - reduce(F.softplus(logits))
 
 
 class BernoulliLogits(Distribution):
@@ -73,8 +86,7 @@ class BernoulliLogits(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         r""":math:`\sum_{event} z a - \mathrm{softplus}(a)`, shape ``batch_shape`` (broadcast)."""
-        # two reductions instead of a third [n, D] temporary: about 8% faster for [5000, 784]
-        return self._reduce(value * self.logits) - self._reduce(F.softplus(self.logits))
+        return bernoulli_log_mass(self.logits, value, self.event_dims)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         with torch.no_grad():

@@ -78,6 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ovis.distributions.bernoulli import bernoulli_log_mass
 from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
 from ovis.estimators.importance import log_mean_exp, log_weights
 from ovis.estimators.score_function import ReinforceBaseline
@@ -90,8 +91,8 @@ __all__ = ["bernoulli_log_prob", "categorical_log_prob", "check_discrete_model",
 def bernoulli_log_prob(logits: Tensor, z: Tensor) -> Tensor:
     r""":math:`\sum_i z_i \log\sigma(a_i) + (1-z_i)\log\sigma(-a_i)`, ``[n, N] -> [n]``; defined
     (and differentiable) for relaxed ``z`` in ``[0, 1]`` too."""
-    # z * a - softplus(a) (F.binary_cross_entropy_with_logits is ~100x slower on CPU here)
-    return (z * logits - F.softplus(logits)).reshape(z.shape[0], -1).sum(-1)
+    n = z.shape[0]
+    return bernoulli_log_mass(logits.reshape(n, -1), z.reshape(n, -1))
 
 
 def categorical_log_prob(logits: Tensor, z: Tensor) -> Tensor:

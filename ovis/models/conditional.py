@@ -46,10 +46,10 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical, constraints
 
+from ovis.distributions.bernoulli import bernoulli_log_mass
 from ovis.distributions.gumbel import GumbelSoftmax
 from ovis.models.discrete_vae import DiscreteVAE
 from ovis.models.sbm import SigmoidBeliefNetwork, sample_bernoulli
@@ -135,7 +135,7 @@ class HalfImageBernoulli(Distribution):
             raise ValueError(f"HalfImageBernoulli.log_prob expects full observations [{n}, "
                              f"{tuple(self._x_shape)}], got {tuple(value.shape)}")
         v = value.reshape(n, -1).index_select(1, self.bottom)
-        return (v * self.logits - F.softplus(self.logits)).sum(-1)
+        return bernoulli_log_mass(self.logits, v)
 
     @property
     def mean(self) -> Tensor:
@@ -265,13 +265,11 @@ class ConditionalSBN(_HalfImageConditioning, SigmoidBeliefNetwork):
         if len(z) != self.depth:
             raise ValueError(f"log_joint_at needs {self.depth} latent layers, got {len(z)}")
 
-        def lp(logits: Tensor, v: Tensor) -> Tensor:
-            return (v * logits - F.softplus(logits)).reshape(v.shape[0], -1).sum(-1)
-
         x_top, x_bot = self.split(x)
-        log_px = lp(self.generative_model.layers[0](2 * z[0] - 1), x_bot)
-        log_pz = [lp(self.generative_model.layers[l + 1](2 * z[l + 1] - 1), z[l]) for l in range(self.depth - 1)]
-        log_pz.append(lp(self.prior_logits_given(x_top), z[-1]))
+        log_px = bernoulli_log_mass(self.generative_model.layers[0](2 * z[0] - 1), x_bot)
+        log_pz = [bernoulli_log_mass(self.generative_model.layers[l + 1](2 * z[l + 1] - 1), z[l])
+                  for l in range(self.depth - 1)]
+        log_pz.append(bernoulli_log_mass(self.prior_logits_given(x_top), z[-1]))
         return log_px, torch.stack(log_pz, dim=-1)
 
     def sample_from_prior(self, bs: int, x: Optional[Tensor] = None, **kwargs: Any) -> Dict[str, Any]:

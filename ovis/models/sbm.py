@@ -29,11 +29,10 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 
-from ovis.distributions.bernoulli import BernoulliLogits
+from ovis.distributions.bernoulli import BernoulliLogits, bernoulli_log_mass
 from ovis.models.base import TemplateModel
 from ovis.models.vae import init_output_bias, mlp
 
@@ -173,13 +172,11 @@ class SigmoidBeliefNetwork(TemplateModel):
         if len(z) != self.depth:
             raise ValueError(f"log_joint_at needs {self.depth} latent layers, got {len(z)}")
 
-        def lp(logits: Tensor, v: Tensor) -> Tensor:
-            return (v * logits - F.softplus(logits)).reshape(v.shape[0], -1).sum(-1)
-
         n = z[0].shape[0]
-        log_px = lp(self.generative_model.layers[0](2 * z[0] - 1), x.reshape(n, -1))
-        log_pz = [lp(self.generative_model.layers[l + 1](2 * z[l + 1] - 1), z[l]) for l in range(self.depth - 1)]
-        log_pz.append(lp(self.generative_model.prior_logits.expand(n, self.N), z[-1]))
+        log_px = bernoulli_log_mass(self.generative_model.layers[0](2 * z[0] - 1), x.reshape(n, -1))
+        log_pz = [bernoulli_log_mass(self.generative_model.layers[l + 1](2 * z[l + 1] - 1), z[l])
+                  for l in range(self.depth - 1)]
+        log_pz.append(bernoulli_log_mass(self.generative_model.prior_logits.expand(n, self.N), z[-1]))
         return log_px, torch.stack(log_pz, dim=-1)
 
     def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:

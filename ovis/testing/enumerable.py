@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical
 
+from ovis.distributions.bernoulli import bernoulli_log_mass
 from ovis.models.base import SingleLayerModel
 
 __all__ = [
@@ -96,11 +97,9 @@ class BernoulliToyModel(EnumerableModel):
     def log_joint_at(self, x: Tensor, z: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         r"""``(log p(x|z) [n], log p(z) [n, 1])`` at given, possibly relaxed, ``z = [z_1]``."""
         (z1,) = z
-        softplus = torch.nn.functional.softplus
-        px_logits = self.generative_model.decoder(z1)
-        log_px = (x * px_logits - softplus(px_logits)).sum(-1)
+        log_px = bernoulli_log_mass(self.generative_model.decoder(z1), x)
         prior = self.generative_model.prior_logits.expand_as(z1)
-        return log_px, (z1 * prior - softplus(prior)).sum(-1, keepdim=True)
+        return log_px, bernoulli_log_mass(prior, z1)[:, None]
 
 
 class CategoricalToyModel(EnumerableModel):
@@ -174,7 +173,7 @@ class CategoricalToyModel(EnumerableModel):
         if z1.shape[1:] != (self.N, self.C):
             raise ValueError(f"log_joint_at needs z of shape [n, {self.N}, {self.C}], got {tuple(z1.shape)}")
         px_logits = self.generative_model.decoder(z1.reshape(n, -1))
-        log_px = (x * px_logits - torch.nn.functional.softplus(px_logits)).sum(-1)
+        log_px = bernoulli_log_mass(px_logits, x)
         log_prior = torch.log_softmax(self.generative_model.prior_logits.reshape(self.N, self.C), dim=-1)
         return log_px, (z1 * log_prior).reshape(n, -1).sum(-1, keepdim=True)
 
