@@ -17,6 +17,11 @@ floats flushed, ``torch.set_num_threads(--threads)``.
 
 5. **torch.compile** (``--only compile``, not in the default set: compiling takes about 30 s):
    eager vs compiled model (``run.py --compile``) training step of the SBN.
+6. **Retained memory** (``--only memory``): the training step with glibc's initial malloc thresholds
+   and with freed memory retained (:mod:`ovis.utils.memory`, what ``run.py`` does on the CPU),
+   switched in one process between alternating steps, with the minor page faults per step.
+
+Freed memory is retained as by ``run.py`` (``--no-retain-memory``: glibc's default, to compare).
 
     python benchmarks/bench_step.py [--threads 2] [--repeats 30] [--denormal-steps 1000] [--only ...]
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import resource
 import statistics
 import sys
 import time
@@ -41,6 +47,7 @@ from ovis.models.sbm import SigmoidBeliefNetwork  # noqa: E402
 from ovis.models.vae import VAE  # noqa: E402
 from ovis.training.evaluation import evaluate_bound  # noqa: E402
 from ovis.training.run import build_optimizer  # noqa: E402
+from ovis.utils.memory import GLIBC_INITIAL_THRESHOLDS, retain_freed_memory, set_malloc_thresholds  # noqa: E402
 
 SINGLE_PASS_SF = ["reinforce", "reinforce-baseline", "vimco-arithmetic", "vimco-geometric", "ovis-gamma1",
                   "ovis-gamma0", "wake-wake", "tvo-part2-config1"]
@@ -153,16 +160,22 @@ def overhead_table(x: torch.Tensor, repeats: int) -> None:
             print(f"{eid:22s} {K:4d} {tb * 1e3:9.2f} {t * 1e3:9.2f} {t / tb:7.2f}  (Gaussian VAE)", flush=True)
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def step_table(x: torch.Tensor, repeats: int) -> None:
-    print("\n## 2. Training step, 3-layer SBN (fwd + bwd + Adam), ms")
-    print(f"{'estimator':22s} {'K':>4s} {'ms':>8s} {'target':>8s}")
+    print("\n## 2. Training step, 3-layer SBN (fwd + bwd + Adam), ms (and minor page faults per step)")
+    print(f"{'estimator':22s} {'K':>4s} {'ms':>8s} {'target':>8s} {'faults':>7s}")
     for K in (5, 50):
         times: Dict[str, float] = {}
         for eid in ("vimco-arithmetic", "ovis-gamma1", "reinforce", "tvo-part2-config1"):
             torch.manual_seed(0)
             model = sbn(x)
+            f0 = _minor_faults()
             times[eid] = median_time(train_step(build_estimator(eid, iw=K), model, x), repeats)
-            print(f"{eid:22s} {K:4d} {times[eid] * 1e3:8.2f} {STEP_TARGETS_MS[K]:8.1f}", flush=True)
+            faults = (_minor_faults() - f0) / (repeats + 3)
+            print(f"{eid:22s} {K:4d} {times[eid] * 1e3:8.2f} {STEP_TARGETS_MS[K]:8.1f} {faults:7.0f}", flush=True)
         torch.manual_seed(0)
         tv, to = paired_median_times(train_step(build_estimator("vimco-arithmetic", iw=K), sbn(x), x),
                                      train_step(build_estimator("ovis-S10-exclusive", iw=K), sbn(x), x), repeats)
@@ -232,6 +245,31 @@ def compile_table(x: torch.Tensor, repeats: int) -> None:
         print(f"{K:4d} {eager * 1e3:8.2f} {compiled * 1e3:9.2f} {first:10.1f}", flush=True)
 
 
+def memory_table(x: torch.Tensor, repeats: int) -> None:
+    print("\n## 6. Retained memory: training step (vimco-arithmetic) with glibc's initial malloc thresholds "
+          "vs freed memory retained, alternating in one process")
+    print(f"{'K':>4s} {'glibc ms':>9s} {'faults':>7s} {'retained ms':>12s} {'faults':>7s} {'ratio':>6s}")
+    for K in (5, 50):
+        torch.manual_seed(0)
+        step = train_step(build_estimator("vimco-arithmetic", iw=K), sbn(x), x)
+        faults = {0: 0, 1: 0}
+
+        def counted(which: int, thresholds: Tuple[int, int]) -> Callable[[], None]:
+            def run() -> None:
+                set_malloc_thresholds(*thresholds)
+                f0 = _minor_faults()
+                step()
+                faults[which] += _minor_faults() - f0
+            return run
+
+        ta, tb = paired_median_times(counted(0, GLIBC_INITIAL_THRESHOLDS),
+                                     counted(1, (32 * 1024 * 1024, 256 * 1024 * 1024)), repeats)
+        n = repeats + 3
+        print(f"{K:4d} {ta * 1e3:9.2f} {faults[0] / n:7.0f} {tb * 1e3:12.2f} {faults[1] / n:7.0f} {tb / ta:6.2f}",
+              flush=True)
+    retain_freed_memory()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
@@ -240,13 +278,17 @@ def main(argv=None) -> int:
     p.add_argument("--eval-rows", type=int, default=20000, help="rows (points x particles) per chunk")
     p.add_argument("--denormal-steps", type=int, default=0)
     p.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats (to compare)")
-    p.add_argument("--only", default="overhead,step,eval,denormal")
+    p.add_argument("--no-retain-memory", action="store_true",
+                   help="glibc's default malloc behaviour instead of run.py's retained memory (to compare)")
+    p.add_argument("--only", default="overhead,step,eval,denormal,memory")
     args = p.parse_args(argv)
+    retained = False if args.no_retain_memory else retain_freed_memory()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(not args.keep_denormals)
     torch.manual_seed(0)
     x = (torch.rand(24, 784) < 0.13).float()
-    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, batch 24")
+    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, batch 24, "
+          f"freed memory {'retained' if retained else 'returned (glibc default)'}")
     parts = set(args.only.split(","))
     if "overhead" in parts:
         overhead_table(x, args.repeats)
@@ -258,6 +300,8 @@ def main(argv=None) -> int:
         denormal_table(x, args.denormal_steps, args.keep_denormals)
     if "compile" in parts:
         compile_table(x, args.repeats)
+    if "memory" in parts and not args.no_retain_memory:
+        memory_table(x, args.repeats)
     return 0
 
 

@@ -30,21 +30,93 @@ def test_sbn_particles_path_equals_expanded_batch():
         model(x, particles=0)
 
 
-def test_estimator_gradients_equal_with_and_without_the_particles_path():
+def test_estimator_gradients_equal_on_the_fused_particles_and_expanded_paths(monkeypatch):
+    # the three evaluation paths draw the same samples from one seed, so the gradients agree
     torch.manual_seed(0)
     x = (torch.rand(4, 20) < 0.3).float()
     model = SigmoidBeliefNetwork((20,), N=5, depth=2, nlayers=0, x_mean=x.mean(0))
     grads = []
-    for fast in (True, False):
-        type(model).supports_particles = fast
-        try:
-            torch.manual_seed(3)
-            model.zero_grad()
-            build_estimator("ovis-gamma1", mc=2, iw=5)(model, x, backward=True)
-            grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
-        finally:
-            type(model).supports_particles = True
+    for fused, particles in ((True, True), (False, True), (False, False)):
+        monkeypatch.setattr(SigmoidBeliefNetwork, "fused_log_densities", fused)
+        monkeypatch.setattr(SigmoidBeliefNetwork, "supports_particles", particles)
+        torch.manual_seed(3)
+        model.zero_grad()
+        build_estimator("ovis-gamma1", mc=2, iw=5)(model, x, backward=True)
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    assert grads[0].abs().max() > 0
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    assert torch.allclose(grads[0], grads[2], atol=1e-5)
+
+
+@pytest.mark.parametrize("depth,nlayers,particles", [(1, 0, 1), (3, 0, 4), (2, 1, 3)])
+@pytest.mark.parametrize("binary", [True, False])
+def test_fused_log_densities_equal_the_distributions(float64, depth, nlayers, particles, binary):
+    torch.manual_seed(0)
+    B, D = 3, 12
+    x = (torch.rand(B, D) < 0.4).double() if binary else torch.rand(B, D)
+    model = SigmoidBeliefNetwork((D,), N=5, depth=depth, nlayers=nlayers, hdim=7, x_mean=x.mean(0).clamp(0.1, 0.9))
+    with torch.no_grad():  # saturated logits too: both tails of the log mass
+        for p in model.parameters():
+            p.mul_(8.0)
+    out, log_px, log_qz, log_pz = model.particle_log_densities(x, particles=particles)
+    n = B * particles
+    assert log_px.shape == (n,) and log_qz.shape == log_pz.shape == (n, depth)
+    x_exp = x[:, None].expand(B, particles, D).reshape(n, D)
+    ref_px = out["px"].log_prob(x_exp)
+    ref_qz = torch.stack([q.log_prob(z) for q, z in zip(out["qz"], out["z"])], -1)
+    ref_pz = torch.stack([p.log_prob(z) for p, z in zip(out["pz"], out["z"])], -1)
+    for got, ref in ((log_px, ref_px), (log_qz, ref_qz), (log_pz, ref_pz)):
+        assert torch.allclose(got, ref, rtol=1e-10, atol=1e-9)
+    params = list(model.parameters())
+    g_fused = torch.autograd.grad((log_px.sum() + log_qz.sum() + log_pz.sum()), params, allow_unused=True,
+                                  retain_graph=True)  # (the logits are shared with the reference)
+    g_ref = torch.autograd.grad((ref_px.sum() + ref_qz.sum() + ref_pz.sum()), params, allow_unused=True)
+    for a, b in zip(g_fused, g_ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-9)
+    for z in out["z"]:
+        assert set(z.unique().tolist()) <= {0.0, 1.0} and not z.requires_grad
+
+
+def test_fused_sampling_has_the_right_law():
+    # q(z_1|x) of one data point, 40,000 particles: frequencies against sigmoid(logits)
+    torch.manual_seed(0)
+    x = (torch.rand(1, 10) < 0.5).float()
+    model = SigmoidBeliefNetwork((10,), N=6, depth=2, nlayers=0)
+    with torch.no_grad():
+        out, *_ = model.particle_log_densities(x, particles=40_000)
+    p = torch.sigmoid(out["qz"][0].logits[0])
+    freq = out["z"][0].mean(0)
+    z = (freq - p) / torch.sqrt(p * (1 - p) / 40_000)
+    assert float(z.abs().max()) < 3.5  # failure rate about 3e-3 over 6 units
+
+
+def test_retained_memory_stops_the_page_faults():
+    import resource
+
+    from ovis.utils.memory import GLIBC_INITIAL_THRESHOLDS, retain_freed_memory, set_malloc_thresholds
+
+    def faults_of_allocations(n: int = 30) -> int:
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(n):
+            torch.empty(256 * 1024).fill_(1.0)  # 1 MiB: 256 pages, mapped afresh by default
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+
+    try:
+        assert set_malloc_thresholds(*GLIBC_INITIAL_THRESHOLDS)
+        returned = faults_of_allocations()
+        assert retain_freed_memory()
+        faults_of_allocations(2)  # the heap grows once
+        retained = faults_of_allocations()
+    finally:
+        retain_freed_memory()
+    assert returned > 30 * 200, returned
+    assert retained < 30 * 5, retained
+    with pytest.raises(ValueError, match="mmap_threshold"):
+        set_malloc_thresholds(64 * 1024 * 1024, 64 * 1024 * 1024)
+    with pytest.raises(ValueError, match="trim_threshold"):
+        retain_freed_memory(mmap_threshold=1 << 20, trim_threshold=1 << 19)
 
 
 def test_uniform_bernoulli_sampling_has_the_right_law():

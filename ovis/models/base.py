@@ -25,6 +25,14 @@ Estimators evaluate a model on ``B*M*K`` expanded copies of ``x`` (see
 class attribute ``supports_particles = True`` and accept ``forward(x, particles=n)`` with the
 un-expanded batch, returning ``B*n`` rows (row ``b*n + j`` for particle ``j`` of data point
 ``b``); it can then evaluate its encoder once per data point (the SBN does).
+
+A model may also evaluate its own log-densities: with the class attribute
+``fused_log_densities = True`` it provides ``particle_log_densities(x, particles=n, **kwargs) ->
+(output, log_px [B*n], log_qz [B*n, L], log_pz [B*n, L])``, the output of ``forward(x, particles=n)``
+and the values its distributions give at ``x`` (expanded) and ``output['z']``, computed in fewer
+kernels (the SBN batches its ``2 L`` Bernoulli layers).  The estimators then use it for every
+evaluation without reparameterised latents; a subclass that changes the distributions must set the
+attribute back to ``False`` (the conditional SBN does).
 """
 from __future__ import annotations
 

@@ -218,6 +218,8 @@ class ConditionalSBN(_HalfImageConditioning, SigmoidBeliefNetwork):
     #: images whose top half is the training mean); ``wake-sleep`` is refused with a clear error
     #: (``wake-wake`` works)
     infer = None  # type: ignore[assignment]
+    #: its prior and observation model differ from the SBN's: the generic evaluation path
+    fused_log_densities = False
 
     # ------------------------------------------------------------------ pieces
     def prior_logits_given(self, x_top: Tensor) -> Tensor:

@@ -80,6 +80,7 @@ from ovis.training.checkpoint import get_rng_state, load_checkpoint, save_checkp
 from ovis.training.evaluation import active_units, evaluate_bound, fetch_batch
 from ovis.training.rundir import RunDirectory, atomic_write_json, compute_run_id
 from ovis.training.schedules import alpha_at, lr_factor_at
+from ovis.utils.memory import retain_freed_memory
 
 __all__ = ["main", "Trainer", "RunInterrupted", "EVAL_SUBSET_SEED", "resolve_device"]
 
@@ -231,6 +232,8 @@ class Trainer:
                 torch.backends.cudnn.benchmark = False
             if self.device.type == "cpu" and not args.no_flush_denormal:
                 flushed = torch.set_flush_denormal(True)
+            if self.device.type == "cpu" and not args.no_retain_memory:
+                retain_freed_memory()  # process-wide and one-way (ovis.utils.memory)
             yield
         finally:
             torch.use_deterministic_algorithms(det, warn_only=det_warn)
