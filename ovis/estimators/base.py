@@ -236,14 +236,27 @@ class GradientEstimator(nn.Module):
 
     @staticmethod
     def base_diagnostics(log_w: Tensor, kl: Tensor, log_px: Tensor, iw: Optional[Tensor] = None,
-                         v: Optional[Tensor] = None) -> Diagnostics:
+                         v: Optional[Tensor] = None, cv_residual: Optional[Tensor] = None) -> Diagnostics:
         r"""``L_k`` (IW bound, alpha = 0), ``elbo``, ``kl``, ``log_px``, ``ess``, each ``[B]``.
 
         ``iw`` (the IW bound ``[B, M]``) and ``v`` (the normalised weights ``[B, M, K]``, alpha = 0)
-        may be passed when the estimator has computed them already (fewer kernels per step).
+        may be passed when the estimator has computed them already; with ``cv_residual``
+        (``d - c``, ``[B, M, K]``) the mapping also has ``estimator/cv_mse``, its mean square.
+        The per-particle means are one stacked reduction (a score-function step at K = 5 is
+        mostly per-kernel overhead).
         """
         with torch.no_grad():
             L_k = iw_bound(log_w) if iw is None else iw.detach()
-            ess = effective_sample_size(log_w) if v is None else 1.0 / (v.detach() ** 2).sum(-1)
-            elbo, kl_, lpx = torch.stack((log_w.detach(), kl.detach(), log_px.detach())).mean(dim=(2, 3))
-            return {"loss": {"L_k": L_k.mean(1), "elbo": elbo, "kl": kl_, "log_px": lpx, "ess": ess.mean(1)}}
+            ess = effective_sample_size(log_w) if v is None else (v.detach() * v.detach()).sum(-1).reciprocal()
+            per_particle = [log_w.detach(), kl.detach(), log_px.detach()]
+            # (OVIS-MC within the budget has a residual on its K - S score particles only)
+            stacked_cv = cv_residual is not None and cv_residual.shape == log_w.shape
+            if stacked_cv:
+                per_particle.append(cv_residual.detach() * cv_residual.detach())
+            means = torch.stack(per_particle).mean(dim=(2, 3)).unbind(0)
+            L_k_mean, ess_mean = torch.stack((L_k, ess)).mean(2).unbind(0)
+            out: Diagnostics = {"loss": {"L_k": L_k_mean, "elbo": means[0], "kl": means[1], "log_px": means[2],
+                                         "ess": ess_mean}}
+            if cv_residual is not None:
+                out["estimator"] = {"cv_mse": means[3] if stacked_cv else (cv_residual.detach() ** 2).mean(dim=(1, 2))}
+            return out

@@ -82,7 +82,7 @@ def log_weights(
     if freebits is not None:
         kl_layers = kl_layers.clamp(min=freebits)
     kl = kl_layers.sum(-1)
-    return log_px - beta * kl, kl
+    return (log_px - kl if beta == 1.0 else log_px - beta * kl), kl  # (no kernel for a product by 1)
 
 
 def log_mean_exp(x: Tensor, dim: int = -1) -> Tensor:
@@ -115,7 +115,7 @@ def renyi_bound(log_w: Tensor, alpha: float = 0.0) -> Tensor:
 def normalized_weights(log_w: Tensor, alpha: float = 0.0) -> Tensor:
     r"""The (tempered) normalised weights :math:`v_k = \mathrm{softmax}_k((1-\alpha)\log w_k)`."""
     check_particles(log_w, "log_w")
-    return torch.softmax((1.0 - alpha) * log_w, dim=-1)
+    return torch.softmax(log_w if alpha == 0.0 else (1.0 - alpha) * log_w, dim=-1)
 
 
 def effective_sample_size(log_w: Tensor) -> Tensor:

@@ -54,7 +54,7 @@ from ovis.estimators.importance import (
     normalized_weights,
     renyi_bound,
 )
-from ovis.estimators.score_function import ScoreFunctionEstimator
+from ovis.estimators.score_function import ScoreFunctionEstimator, score_function_surrogate
 from ovis.estimators.vimco import leave_one_out_log_estimate
 
 __all__ = ["OvisAsymptotic", "OvisMonteCarlo", "ovis_mc_control_variate"]
@@ -85,24 +85,29 @@ class OvisAsymptotic(ScoreFunctionEstimator):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, gamma={self.gamma}, loo={self.loo}"
 
-    def control_variate(
-        self, log_w: Tensor, d: Tensor, x: Tensor, params: RuntimeParams
+    def learning_signal(
+        self, log_w: Tensor, bound: Tensor, v: Tensor, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        r"""``d_k - c_k`` in the closed form of the module docstring (``log(1 - v_k)`` from the
+        leave-one-out log-sum-exp and the bound: ``lse = (1 - alpha) bound + log K``)."""
         t = 1.0 - params.alpha
         g = self.gamma
         K = log_w.shape[-1]
-        lw = t * log_w
+        lw = log_w if t == 1.0 else t * log_w
         loo = leave_one_out_logsumexp(lw, dim=-1)
-        lse = torch.logsumexp(lw, dim=-1, keepdim=True)
-        v = torch.softmax(lw, dim=-1)
+        lse = (bound if t == 1.0 else t * bound)[..., None] + math.log(K)
         log_1mK = math.log(1.0 - 1.0 / K)
         if self.loo == "exact":
             log_1mv = loo - lse  # log(1 - v_k)
         else:  # log(1 - v_k) generalised: log Z_{-k}-estimate relative to log Z
             # log Z_{-k} := VIMCO's estimate; log(1 - v_k) = log Z_{-k} + log K + log(1 - 1/K) - lse
-            log_1mv = leave_one_out_log_estimate(lw, self.loo, loo=loo) + math.log(K) + log_1mK - lse
-        signal = (g * log_1mK - log_1mv) / t - (1.0 - g) * v
-        return d - signal, None, {}
+            log_1mv = leave_one_out_log_estimate(lw, self.loo, loo=loo) + (math.log(K) + log_1mK) - lse
+        signal = g * log_1mK - log_1mv
+        if t != 1.0:
+            signal = signal / t
+        if g != 1.0:
+            signal = signal - (1.0 - g) * v
+        return signal, None, {}
 
 
 def ovis_mc_control_variate(
@@ -194,8 +199,5 @@ class OvisMonteCarlo(ScoreFunctionEstimator):
             d = score_bound[..., None] - normalized_weights(log_w_score, params.alpha)
             c = ovis_mc_control_variate(log_w_score, log_w_aux, params.alpha)
             signal = d - c
-        log_q = p.log_qz.sum(-1)[..., :n_score]
-        loss = -(signal * log_q).sum(-1).mean() - bound.mean()
-        diagnostics = self.base_diagnostics(log_w, kl, p.log_px)
-        diagnostics["estimator"] = {"cv_mse": (signal ** 2).mean(dim=(1, 2))}
-        return loss, diagnostics, p.output
+        loss = score_function_surrogate(signal, p.log_qz[..., :n_score, :], bound)
+        return loss, self.base_diagnostics(log_w, kl, p.log_px, cv_residual=signal), p.output

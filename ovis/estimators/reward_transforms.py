@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from ovis.estimators.base import Diagnostics, RuntimeParams
 from ovis.estimators.importance import log_weights, normalized_weights, renyi_bound
-from ovis.estimators.score_function import Reinforce, baseline_mlp
+from ovis.estimators.score_function import Reinforce, baseline_mlp, score_function_surrogate
 
 __all__ = [
     "REWARD_TRANSFORMS",
@@ -327,11 +327,9 @@ class ReinforceTransformed(Reinforce):
             return cache["d"]
 
         signal, aux_loss, extra = self.chain(d, RewardContext(x=x, fresh=fresh))
-        log_q = p.log_qz.sum(-1)
-        loss = -(signal * log_q).sum(-1).mean() - bound.mean()
+        loss = score_function_surrogate(signal, p.log_qz, bound)
         if aux_loss is not None:
             loss = loss + aux_loss
-        diagnostics = self.base_diagnostics(log_w, kl, p.log_px)
-        with torch.no_grad():
-            diagnostics["estimator"] = {"cv_mse": (signal ** 2).mean(dim=(1, 2)), **extra}
+        diagnostics = self.base_diagnostics(log_w, kl, p.log_px, cv_residual=signal)
+        diagnostics["estimator"].update(extra)
         return loss, diagnostics, p.output

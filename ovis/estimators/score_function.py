@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ovis.estimators.base import Diagnostics, GradientEstimator, Particles, RuntimeParams
 from ovis.estimators.importance import log_weights, normalized_weights, renyi_bound
 
-__all__ = ["ScoreFunctionEstimator", "Reinforce", "ReinforceBaseline", "baseline_mlp"]
+__all__ = ["ScoreFunctionEstimator", "Reinforce", "ReinforceBaseline", "baseline_mlp", "score_function_surrogate"]
 
 
 def baseline_mlp(dim: int, hdim: int, like: Optional[Tensor] = None) -> nn.Sequential:
@@ -40,12 +40,27 @@ def baseline_mlp(dim: int, hdim: int, like: Optional[Tensor] = None) -> nn.Seque
     return net if like is None else net.to(device=like.device, dtype=like.dtype)
 
 
+def score_function_surrogate(signal: Tensor, log_qz: Tensor, bound: Tensor) -> Tensor:
+    r"""The surrogate :math:`-\frac{1}{BM}\sum_{b,m}\big(\sum_{k,l}\mathrm{sg}(s_k)\log q(z_{l,k}|\cdot)
+    + \mathcal{L}\big)` of every score-function estimator.
+
+    Args:
+        signal: the learning signal ``[B, M, K]`` (no graph).
+        log_qz: ``log q`` per layer ``[B, M, K, L]`` (``phi``'s graph), or per particle ``[B, M, K]``.
+        bound: the bound ``[B, M]`` (``theta``'s graph).
+    """
+    if log_qz.dim() == 4:
+        signal = signal[..., None]
+    return -((signal.detach() * log_qz).flatten(2).sum(-1) + bound).mean()
+
+
 class ScoreFunctionEstimator(GradientEstimator):
     r"""Base of the score-function estimators of :math:`\mathcal{L}_K^\alpha`.
 
     Subclasses implement :meth:`control_variate` (``c_k``, ``[B, M, K]``, detached, independent of
-    ``z_k`` for an unbiased estimator).  The learning signal, the surrogate and the diagnostics
-    (``estimator/cv_mse``: the mean squared difference between ``d_k`` and ``c_k``) are built here.
+    ``z_k`` for an unbiased estimator), or :meth:`learning_signal` directly when ``d_k - c_k`` has
+    a cheaper closed form.  The surrogate and the diagnostics (``estimator/cv_mse``: the mean
+    squared difference between ``d_k`` and ``c_k``) are built here.
     """
 
     family = "score-function"
@@ -58,20 +73,27 @@ class ScoreFunctionEstimator(GradientEstimator):
         bound = renyi_bound(log_w, params.alpha)  # [B, M], theta-gradient only
         with torch.no_grad():
             v = normalized_weights(log_w, params.alpha)
-            d = bound[..., None] - v
-        c, aux_loss, extra = self.control_variate(log_w.detach(), d, x, params)
-        signal = (d - c).detach()
-        log_q = p.log_qz.sum(-1)  # [B, M, K], phi-gradient
-        loss = -(signal * log_q).sum(-1).mean() - bound.mean()
+            signal, aux_loss, extra = self.learning_signal(log_w.detach(), bound.detach(), v, x, params)
+        loss = score_function_surrogate(signal, p.log_qz, bound)
         if aux_loss is not None:
             loss = loss + aux_loss
-        if params.alpha == 0.0:  # the bound and v are those of the diagnostics
-            diagnostics = self.base_diagnostics(log_w, kl, p.log_px, iw=bound, v=v)
-        else:
-            diagnostics = self.base_diagnostics(log_w, kl, p.log_px)
-        with torch.no_grad():
-            diagnostics["estimator"] = {"cv_mse": ((d - c) ** 2).mean(dim=(1, 2)), **extra}
+        # the bound and v are those of the diagnostics when alpha = 0
+        diagnostics = self.base_diagnostics(log_w, kl, p.log_px, iw=bound if params.alpha == 0.0 else None,
+                                            v=v if params.alpha == 0.0 else None, cv_residual=signal)
+        diagnostics["estimator"].update(extra)
         return loss, diagnostics, p.output
+
+    def learning_signal(
+        self, log_w: Tensor, bound: Tensor, v: Tensor, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        r"""``(d - c, aux_loss, extra_diagnostics)`` from the detached ``log_w`` ``[B, M, K]``, the
+        bound ``[B, M]`` and the tempered normalised weights ``v`` ``[B, M, K]``
+        (``d_k = bound - v_k``); called without gradient recording, but ``aux_loss`` may carry
+        the graph of the estimator's own parameters."""
+        d = bound[..., None] - v
+        with torch.enable_grad():
+            c, aux_loss, extra = self.control_variate(log_w, d, x, params)
+        return d - c.detach(), aux_loss, extra
 
     def control_variate(
         self, log_w: Tensor, d: Tensor, x: Tensor, params: RuntimeParams
@@ -85,10 +107,10 @@ class Reinforce(ScoreFunctionEstimator):
 
     family = "reinforce"
 
-    def control_variate(
-        self, log_w: Tensor, d: Tensor, x: Tensor, params: RuntimeParams
+    def learning_signal(
+        self, log_w: Tensor, bound: Tensor, v: Tensor, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
-        return torch.zeros_like(d), None, {}
+        return bound[..., None] - v, None, {}
 
 
 class ReinforceBaseline(ScoreFunctionEstimator):

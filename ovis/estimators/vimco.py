@@ -37,14 +37,14 @@ def leave_one_out_log_estimate(log_w: Tensor, mean: str, loo: Optional[Tensor] =
     ``"geometric"``; ``loo`` may be passed when already computed.
     """
     K = log_w.shape[-1]
+    if mean not in _MEANS:
+        raise ValueError(f"mean must be one of {_MEANS}, got {mean!r}")
     if loo is None:
         loo = leave_one_out_logsumexp(log_w, dim=-1)
     if mean == "arithmetic":
-        log_hat = loo - math.log(K - 1)
-    elif mean == "geometric":
-        log_hat = (log_w.sum(-1, keepdim=True) - log_w) / (K - 1)
-    else:
-        raise ValueError(f"mean must be one of {_MEANS}, got {mean!r}")
+        # log (1/K)(S_k + S_k / (K - 1)) with S_k = sum_{l != k} w_l is exactly log(S_k / (K - 1))
+        return loo - math.log(K - 1)
+    log_hat = (log_w.sum(-1, keepdim=True) - log_w) / (K - 1)
     return torch.logaddexp(loo, log_hat) - math.log(K)
 
 
@@ -68,5 +68,13 @@ class Vimco(ScoreFunctionEstimator):
     def control_variate(
         self, log_w: Tensor, d: Tensor, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        if params.alpha == 0.0:
+            return leave_one_out_log_estimate(log_w, self.mean), None, {}
         t = 1.0 - params.alpha
         return leave_one_out_log_estimate(t * log_w, self.mean) / t, None, {}
+
+    def learning_signal(
+        self, log_w: Tensor, bound: Tensor, v: Tensor, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        c = self.control_variate(log_w, v, x, params)[0]
+        return (bound[..., None] - v) - c, None, {}
