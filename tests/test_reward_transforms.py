@@ -24,6 +24,7 @@ from ovis.estimators.reward_transforms import (
     ScaledReward,
     parse_reward_transforms,
 )
+from ovis.estimators.score_function import score_function_surrogate
 from ovis.testing import (
     exact_gradient_problem,
     BernoulliToyModel,
@@ -103,9 +104,10 @@ def test_a_broken_transform_fails_the_comparison():
 
     class _Broken(ReinforceTransformed):
         def compute(self, model, x, params):
-            p, log_w, kl, bound, d = self._signal(model, x, params)
+            p, log_w, kl, bound, v = self._weights(model, x, params)
+            d = bound[..., None] - v
             signal = d - 0.5 * d
-            loss = -(signal * p.log_qz.sum(-1)).sum(-1).mean() - bound.mean()
+            loss = score_function_surrogate(signal, p.log_px, p.log_qz, p.log_pz, v, bound)
             return loss, self.base_diagnostics(log_w, kl, p.log_px), p.output
 
     model, x, params, _ = setup("bernoulli")

@@ -199,15 +199,15 @@ class GradientEstimator(nn.Module):
         B, M = x.shape[0], self.mc
         K = self.iw if K is None else K
         zgrads = self.reparameterised if zgrads is None else zgrads
-        x_exp = self.expand(x, M, K)
         kwargs = {} if params.tau is None else {"tau": params.tau}
-        hint = (f"{self.family} needs reparameterised latents (rsample), but the model's q(z|x) "
-                "has none: use a score-function estimator (e.g. reinforce, vimco-arithmetic, ovis-gamma1)")
         if not zgrads and not detach_qz_params and getattr(model, "fused_log_densities", False):
             # the model evaluates its own log-densities in one pass (ovis.models.base)
             output, log_px, log_qz, log_pz = model.particle_log_densities(x, particles=M * K, **kwargs)
             return Particles(output=output, log_px=log_px.view(B, M, K), log_qz=log_qz.view(B, M, K, -1),
                              log_pz=log_pz.view(B, M, K, -1))
+        x_exp = self.expand(x, M, K)
+        hint = (f"{self.family} needs reparameterised latents (rsample), but the model's q(z|x) "
+                "has none: use a score-function estimator (e.g. reinforce, vimco-arithmetic, ovis-gamma1)")
         try:
             with distribution_validation(_VALIDATE_DISTRIBUTIONS):
                 if getattr(model, "supports_particles", False):  # the model expands x itself

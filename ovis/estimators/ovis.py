@@ -183,21 +183,20 @@ class OvisMonteCarlo(ScoreFunctionEstimator):
         K, S = self.iw, self.n_aux
         n_score = K if self.exclusive else K - S
         p = self.evaluate(model, x, params, K=K, zgrads=False)
-        log_w, kl = log_weights(p.log_px, p.log_qz.detach(), p.log_pz, params.beta, params.freebits)
-        if self.exclusive:
-            # the S auxiliary particles enter only the (detached) control variate: drawn in a
-            # second pass without an autograd graph, so the backward pass is that of K particles
-            with torch.no_grad():
+        with torch.no_grad():
+            log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
+            if self.exclusive:
+                # the S auxiliary particles enter only the control variate: drawn in a second
+                # pass without an autograd graph, so the backward pass is that of K particles
                 pa = self.evaluate(model, x, params, K=S, zgrads=False)
                 log_w_aux, _ = log_weights(pa.log_px, pa.log_qz, pa.log_pz, params.beta, params.freebits)
-        else:
-            log_w_aux = log_w[..., K - S:].detach()
-        log_w_score = log_w[..., :n_score]
-        bound = renyi_bound(log_w, params.alpha)  # the theta-gradient's bound, all K particles
-        with torch.no_grad():
+            else:
+                log_w_aux = log_w[..., K - S:]
+            log_w_score = log_w[..., :n_score]
+            bound = renyi_bound(log_w, params.alpha)  # the theta-gradient's bound, all K particles
             score_bound = renyi_bound(log_w_score, params.alpha)
             d = score_bound[..., None] - normalized_weights(log_w_score, params.alpha)
-            c = ovis_mc_control_variate(log_w_score, log_w_aux, params.alpha)
-            signal = d - c
-        loss = score_function_surrogate(signal, p.log_qz[..., :n_score, :], bound)
+            signal = d - ovis_mc_control_variate(log_w_score, log_w_aux, params.alpha)
+            v = normalized_weights(log_w, params.alpha)
+        loss = score_function_surrogate(signal, p.log_px, p.log_qz, p.log_pz, v, bound, params.beta, params.freebits)
         return loss, self.base_diagnostics(log_w, kl, p.log_px, cv_residual=signal), p.output

@@ -308,26 +308,29 @@ class ReinforceTransformed(Reinforce):
     def extra_repr(self) -> str:
         return f"mc={self.mc}, iw={self.iw}, reward_transforms={','.join(self.chain.names) or '()'}"
 
-    def _signal(self, model: nn.Module, x: Tensor, params: RuntimeParams) -> Tuple[Any, Tensor, Tensor, Tensor, Tensor]:
+    def _weights(self, model: nn.Module, x: Tensor, params: RuntimeParams) -> Tuple[Any, Tensor, Tensor, Tensor, Tensor]:
+        r"""``(particles, log_w, kl, bound, v)`` of one evaluation (only the particles carry graphs)."""
         p = self.evaluate(model, x, params, zgrads=False)
-        log_w, kl = log_weights(p.log_px, p.log_qz.detach(), p.log_pz, params.beta, params.freebits)
-        bound = renyi_bound(log_w, params.alpha)
         with torch.no_grad():
-            d = bound[..., None] - normalized_weights(log_w, params.alpha)
-        return p, log_w, kl, bound, d
+            log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
+            bound = renyi_bound(log_w, params.alpha)
+            v = normalized_weights(log_w, params.alpha)
+        return p, log_w, kl, bound, v
 
     def compute(self, model: nn.Module, x: Tensor, params: RuntimeParams) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
-        p, log_w, kl, bound, d = self._signal(model, x, params)
+        p, log_w, kl, bound, v = self._weights(model, x, params)
         cache: Dict[str, Tensor] = {}
 
         def fresh() -> Tensor:
             if "d" not in cache:
                 with torch.no_grad():
-                    cache["d"] = self._signal(model, x, params)[4]
+                    _, _, _, bound2, v2 = self._weights(model, x, params)
+                    cache["d"] = bound2[..., None] - v2
             return cache["d"]
 
-        signal, aux_loss, extra = self.chain(d, RewardContext(x=x, fresh=fresh))
-        loss = score_function_surrogate(signal, p.log_qz, bound)
+        signal, aux_loss, extra = self.chain(bound[..., None] - v, RewardContext(x=x, fresh=fresh))
+        loss = score_function_surrogate(signal.detach(), p.log_px, p.log_qz, p.log_pz, v, bound, params.beta,
+                                        params.freebits)
         if aux_loss is not None:
             loss = loss + aux_loss
         diagnostics = self.base_diagnostics(log_w, kl, p.log_px, cv_residual=signal)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ovis.estimators.base import Diagnostics, GradientEstimator, Particles, RuntimeParams
 from ovis.estimators.importance import log_weights, normalized_weights, renyi_bound
+from ovis.estimators.surrogate import linear_surrogate, log_weight_coefficients
 
 __all__ = ["ScoreFunctionEstimator", "Reinforce", "ReinforceBaseline", "baseline_mlp", "score_function_surrogate"]
 
@@ -40,18 +41,31 @@ def baseline_mlp(dim: int, hdim: int, like: Optional[Tensor] = None) -> nn.Seque
     return net if like is None else net.to(device=like.device, dtype=like.dtype)
 
 
-def score_function_surrogate(signal: Tensor, log_qz: Tensor, bound: Tensor) -> Tensor:
-    r"""The surrogate :math:`-\frac{1}{BM}\sum_{b,m}\big(\sum_{k,l}\mathrm{sg}(s_k)\log q(z_{l,k}|\cdot)
-    + \mathcal{L}\big)` of every score-function estimator.
+def score_function_surrogate(signal: Tensor, log_px: Tensor, log_qz: Tensor, log_pz: Tensor, v: Tensor,
+                             bound: Tensor, beta: float = 1.0, freebits: Optional[float] = None) -> Tensor:
+    r"""The surrogate :math:`-\frac{1}{BM}\sum_{b,m}\big(\sum_k\mathrm{sg}(s_k)\log q(z_k|\cdot) + \mathcal{L}\big)`
+    of every score-function estimator, as one linear node (:mod:`ovis.estimators.surrogate`): the
+    ``phi``-gradient is :math:`\sum_k s_k\nabla\log q(z_k)`, the ``theta``-gradient of the bound
+    :math:`\sum_k v_k\nabla\log w_k`.
 
     Args:
-        signal: the learning signal ``[B, M, K]`` (no graph).
-        log_qz: ``log q`` per layer ``[B, M, K, L]`` (``phi``'s graph), or per particle ``[B, M, K]``.
-        bound: the bound ``[B, M]`` (``theta``'s graph).
+        signal: the learning signal ``[B, M, K']`` (no graph); its ``K' <= K`` particles are the
+            first ``K'`` of the bound's (OVIS-MC within the budget), the others carry no score term.
+        log_px, log_qz, log_pz: the particles' log-densities ``[B, M, K]``, ``[B, M, K, L]`` (graphs).
+        v: the tempered normalised weights ``[B, M, K]`` and ``bound`` the bound ``[B, M]`` (no graph).
+        beta, freebits: as in :func:`~ovis.estimators.importance.log_weights`.
     """
-    if log_qz.dim() == 4:
-        signal = signal[..., None]
-    return -((signal.detach() * log_qz).flatten(2).sum(-1) + bound).mean()
+    B, M, K = log_px.shape
+    Ks = signal.shape[-1]
+    with torch.no_grad():
+        scale = -1.0 / (B * M)
+        log_q = log_qz.sum(-1)
+        value = scale * ((signal * (log_q if Ks == K else log_q[..., :Ks])).sum(-1) + bound).sum()
+        d_px, d_pz = log_weight_coefficients(scale * v, log_qz, log_pz, beta, freebits)
+        d_qz = (scale * signal)[..., None]
+        if Ks < K:
+            d_qz = torch.cat([d_qz, d_qz.new_zeros(B, M, K - Ks, 1)], dim=2)
+    return linear_surrogate(value, log_px, log_qz, log_pz, d_px, d_qz, d_pz)
 
 
 class ScoreFunctionEstimator(GradientEstimator):
@@ -69,12 +83,12 @@ class ScoreFunctionEstimator(GradientEstimator):
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
         p = self.evaluate(model, x, params, zgrads=False)
-        log_w, kl = log_weights(p.log_px, p.log_qz.detach(), p.log_pz, params.beta, params.freebits)
-        bound = renyi_bound(log_w, params.alpha)  # [B, M], theta-gradient only
-        with torch.no_grad():
+        with torch.no_grad():  # the surrogate's coefficients (its graph is one linear node)
+            log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
+            bound = renyi_bound(log_w, params.alpha)  # [B, M]
             v = normalized_weights(log_w, params.alpha)
-            signal, aux_loss, extra = self.learning_signal(log_w.detach(), bound.detach(), v, x, params)
-        loss = score_function_surrogate(signal, p.log_qz, bound)
+            signal, aux_loss, extra = self.learning_signal(log_w, bound, v, x, params)
+        loss = score_function_surrogate(signal, p.log_px, p.log_qz, p.log_pz, v, bound, params.beta, params.freebits)
         if aux_loss is not None:
             loss = loss + aux_loss
         # the bound and v are those of the diagnostics when alpha = 0

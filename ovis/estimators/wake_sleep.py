@@ -16,8 +16,9 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import Tensor, nn
 
-from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
+from ovis.estimators.base import Diagnostics, GradientEstimator, Particles, RuntimeParams
 from ovis.estimators.importance import log_weights, normalized_weights, renyi_bound
+from ovis.estimators.score_function import score_function_surrogate
 from ovis.models.base import batch_reduce, require_hook
 
 __all__ = ["WakeWake", "WakeSleep"]
@@ -30,28 +31,36 @@ class _ReweightedWakeSleep(GradientEstimator):
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
         p = self.evaluate(model, x, params, zgrads=False)
-        log_w, kl = log_weights(p.log_px, p.log_qz.detach(), p.log_pz, params.beta, params.freebits)
-        bound = renyi_bound(log_w, params.alpha)
-        phi_loss = self.phi_loss(model, x, log_w, p.log_qz.sum(-1), params)
-        loss = -bound.mean() + phi_loss
+        with torch.no_grad():
+            log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
+            bound = renyi_bound(log_w, params.alpha)
+            v = normalized_weights(log_w, params.alpha)
+        loss, phi_loss = self.surrogate(model, x, p, v, bound, params)
         diagnostics = self.base_diagnostics(log_w, kl, p.log_px)
         diagnostics["estimator"] = {"phi_loss": phi_loss.detach().expand(x.shape[0])}
         return loss, diagnostics, p.output
 
-    def phi_loss(self, model: nn.Module, x: Tensor, log_w: Tensor, log_q: Tensor,
-                 params: RuntimeParams) -> Tensor:
+    def surrogate(self, model: nn.Module, x: Tensor, p: Particles, v: Tensor, bound: Tensor,
+                  params: RuntimeParams) -> Tuple[Tensor, Tensor]:
+        r"""``(loss, phi_loss)``: the surrogate (``-bound`` for theta plus the phi phase) and the
+        phi phase's value."""
         raise NotImplementedError
 
 
 class WakeWake(_ReweightedWakeSleep):
-    r"""Reweighted wake-sleep with the wake phase for ``phi`` (``wake-wake``)."""
+    r"""Reweighted wake-sleep with the wake phase for ``phi`` (``wake-wake``).
+
+    The surrogate :math:`-\frac{1}{BM}\sum(\mathcal{L} + \sum_k \mathrm{sg}(v_k)\log q(z_k|x))` is
+    that of a score-function estimator whose learning signal is ``v`` (one linear node)."""
 
     family = "wake-wake"
 
-    def phi_loss(self, model: nn.Module, x: Tensor, log_w: Tensor, log_q: Tensor,
-                 params: RuntimeParams) -> Tensor:
-        v = normalized_weights(log_w.detach(), params.alpha)
-        return -(v * log_q).sum(-1).mean()
+    def surrogate(self, model: nn.Module, x: Tensor, p: Particles, v: Tensor, bound: Tensor,
+                  params: RuntimeParams) -> Tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            phi_loss = -(v * p.log_qz.sum(-1)).sum(-1).mean()
+        loss = score_function_surrogate(v, p.log_px, p.log_qz, p.log_pz, v, bound, params.beta, params.freebits)
+        return loss, phi_loss
 
 
 class WakeSleep(_ReweightedWakeSleep):
@@ -63,10 +72,10 @@ class WakeSleep(_ReweightedWakeSleep):
 
     family = "wake-sleep"
 
-    def phi_loss(self, model: nn.Module, x: Tensor, log_w: Tensor, log_q: Tensor,
-                 params: RuntimeParams) -> Tensor:
+    def surrogate(self, model: nn.Module, x: Tensor, p: Particles, v: Tensor, bound: Tensor,
+                  params: RuntimeParams) -> Tuple[Tensor, Tensor]:
         infer = require_hook(model, "infer", self.family)
-        B, M, K = log_w.shape
+        B, M, K = v.shape
         with torch.no_grad():
             kwargs = {} if params.tau is None else {"tau": params.tau}
             prior = model.sample_from_prior(B * M * K, **kwargs)
@@ -74,4 +83,8 @@ class WakeSleep(_ReweightedWakeSleep):
             zs = [z.detach() for z in prior["z"]]
         qz = infer(xs, zs)
         log_q_sleep = sum(batch_reduce(q.log_prob(z)) for q, z in zip(qz, zs))
-        return -log_q_sleep.mean()
+        phi_loss = -log_q_sleep.mean()
+        no_score = v.new_zeros(B, M, 0)  # the wake phase carries no phi term
+        theta_loss = score_function_surrogate(no_score, p.log_px, p.log_qz, p.log_pz, v, bound, params.beta,
+                                              params.freebits)
+        return theta_loss + phi_loss, phi_loss

@@ -1,0 +1,51 @@
+"""The linear surrogate (one autograd node) equals the surrogate written with autograd."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ovis.estimators.importance import log_weights, normalized_weights, renyi_bound
+from ovis.estimators.score_function import score_function_surrogate
+from ovis.estimators.surrogate import linear_surrogate
+
+
+def _particles(seed: int = 0, B: int = 3, M: int = 2, K: int = 4, L: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(*shape, generator=g, dtype=torch.float64) * 3).requires_grad_()
+            for shape in ((B, M, K), (B, M, K, L), (B, M, K, L))]
+
+
+@pytest.mark.parametrize("alpha,beta,freebits,n_score", [(0.0, 1.0, None, 4), (0.3, 0.5, 0.2, 4), (0.0, 1.0, None, 2),
+                                                         (0.0, 2.0, -0.5, 0)])
+def test_score_function_surrogate_equals_its_autograd_form(alpha, beta, freebits, n_score):
+    log_px, log_qz, log_pz = _particles()
+    with torch.no_grad():
+        log_w, _ = log_weights(log_px, log_qz, log_pz, beta, freebits)
+        bound, v = renyi_bound(log_w, alpha), normalized_weights(log_w, alpha)
+        signal = torch.randn(3, 2, n_score, dtype=torch.float64)
+    loss = score_function_surrogate(signal, log_px, log_qz, log_pz, v, bound, beta, freebits)
+    # the same surrogate through autograd: log q detached in log w, the bound differentiated
+    lw, _ = log_weights(log_px, log_qz.detach(), log_pz, beta, freebits)
+    ref = -((signal * log_qz.sum(-1)[..., :n_score]).sum(-1) + renyi_bound(lw, alpha)).mean()
+    assert torch.allclose(loss, ref, rtol=1e-12)
+    g = torch.autograd.grad(loss, (log_px, log_qz, log_pz))
+    g_ref = torch.autograd.grad(ref, (log_px, log_qz, log_pz))
+    for a, b in zip(g, g_ref):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert g_ref[2].abs().sum() > 0 and g_ref[0].abs().sum() > 0
+
+
+def test_linear_surrogate_scales_with_the_incoming_gradient_and_checks_its_inputs():
+    log_px, log_qz, log_pz = _particles()
+    d_px, d_qz, d_pz = (torch.rand(*s, dtype=torch.float64) for s in ((3, 2, 4), (3, 2, 4, 1), (3, 2, 4, 2)))
+    out = linear_surrogate(torch.tensor(1.5), log_px, log_qz, log_pz, d_px, d_qz, d_pz)
+    assert float(out.detach()) == 1.5
+    (3.0 * out).backward()
+    assert torch.allclose(log_qz.grad, 3.0 * d_qz.expand(3, 2, 4, 2))
+    assert torch.allclose(log_px.grad, 3.0 * d_px) and torch.allclose(log_pz.grad, 3.0 * d_pz)
+    with pytest.raises(ValueError, match="d_qz"):
+        linear_surrogate(torch.tensor(0.0), log_px, log_qz, log_pz, d_px, torch.rand(3, 2, 4, 3), d_pz)
+    with pytest.raises(ValueError, match="scalar"):
+        linear_surrogate(torch.zeros(2), log_px, log_qz, log_pz, d_px, d_qz, d_pz)
+    with pytest.raises(ValueError, match="no gradient"):
+        linear_surrogate(torch.tensor(0.0), log_px, log_qz, log_pz, d_px.requires_grad_(), d_qz, d_pz)
