@@ -16,11 +16,10 @@ Every estimator is called as::
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -47,15 +46,26 @@ def set_distribution_validation(enabled: bool) -> None:
     _VALIDATE_DISTRIBUTIONS = bool(enabled)
 
 
-@contextlib.contextmanager
-def distribution_validation(enabled: bool) -> Iterator[None]:
-    r"""Temporarily set torch.distributions' default ``validate_args`` (restored on exit)."""
-    old = torch.distributions.Distribution._validate_args
-    torch.distributions.Distribution.set_default_validate_args(enabled)
-    try:
-        yield
-    finally:
-        torch.distributions.Distribution.set_default_validate_args(old)
+class distribution_validation:
+    r"""Temporarily set torch.distributions' default ``validate_args`` (restored on exit).
+
+    A plain context manager class (not a generator): entered at every estimator call, it only
+    touches torch's setting when it differs."""
+
+    __slots__ = ("enabled", "old")
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = bool(enabled)
+        self.old = self.enabled
+
+    def __enter__(self) -> None:
+        self.old = torch.distributions.Distribution._validate_args
+        if self.old != self.enabled:
+            torch.distributions.Distribution.set_default_validate_args(self.enabled)
+
+    def __exit__(self, *exc: Any) -> None:
+        if torch.distributions.Distribution._validate_args != self.old:
+            torch.distributions.Distribution.set_default_validate_args(self.old)
 
 
 @dataclass(frozen=True)
@@ -88,13 +98,30 @@ class RuntimeParams:
 
     @classmethod
     def from_kwargs(cls, estimator: str, kwargs: Mapping[str, Any]) -> "RuntimeParams":
+        r"""Validated parameters from keyword arguments (tensors are read as floats).  The last
+        few distinct sets of plain numbers are cached: every training step passes the same ones."""
+        key = tuple(kwargs.items())
+        if all(v is None or type(v) in (int, float) for _, v in key):
+            hit = _RUNTIME_CACHE.get(key)
+            if hit is not None:
+                return hit
+        else:
+            key = None  # type: ignore[assignment]
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(kwargs) - set(valid))
         if unknown:
             raise TypeError(
                 f"{estimator}: unknown runtime parameter(s) {unknown}; valid names are {valid}"
             )
-        return cls(**{k: (float(v) if isinstance(v, Tensor) else v) for k, v in kwargs.items()})
+        params = cls(**{k: (float(v) if isinstance(v, Tensor) else v) for k, v in kwargs.items()})
+        if key is not None:
+            if len(_RUNTIME_CACHE) >= 64:
+                _RUNTIME_CACHE.clear()
+            _RUNTIME_CACHE[key] = params
+        return params
+
+
+_RUNTIME_CACHE: Dict[tuple, RuntimeParams] = {}
 
 
 @dataclass
@@ -242,21 +269,21 @@ class GradientEstimator(nn.Module):
         ``iw`` (the IW bound ``[B, M]``) and ``v`` (the normalised weights ``[B, M, K]``, alpha = 0)
         may be passed when the estimator has computed them already; with ``cv_residual``
         (``d - c``, ``[B, M, K]``) the mapping also has ``estimator/cv_mse``, its mean square.
-        The per-particle means are one stacked reduction (a score-function step at K = 5 is
-        mostly per-kernel overhead).
+        All the means are one stacked reduction (a score-function step at K = 5 is mostly
+        per-kernel overhead).
         """
         with torch.no_grad():
-            L_k = iw_bound(log_w) if iw is None else iw.detach()
-            ess = effective_sample_size(log_w) if v is None else (v.detach() * v.detach()).sum(-1).reciprocal()
-            per_particle = [log_w.detach(), kl.detach(), log_px.detach()]
+            B, M, K = log_w.shape
+            L_k = iw_bound(log_w) if iw is None else iw
+            ess = effective_sample_size(log_w) if v is None else (v * v).sum(-1).reciprocal()
+            columns = [log_w, kl, log_px, L_k[..., None].expand(B, M, K), ess[..., None].expand(B, M, K)]
             # (OVIS-MC within the budget has a residual on its K - S score particles only)
             stacked_cv = cv_residual is not None and cv_residual.shape == log_w.shape
             if stacked_cv:
-                per_particle.append(cv_residual.detach() * cv_residual.detach())
-            means = torch.stack(per_particle).mean(dim=(2, 3)).unbind(0)
-            L_k_mean, ess_mean = torch.stack((L_k, ess)).mean(2).unbind(0)
-            out: Diagnostics = {"loss": {"L_k": L_k_mean, "elbo": means[0], "kl": means[1], "log_px": means[2],
-                                         "ess": ess_mean}}
+                columns.append(cv_residual * cv_residual)
+            means = torch.stack(columns).detach().mean(dim=(2, 3)).unbind(0)
+            out: Diagnostics = {"loss": {"L_k": means[3], "elbo": means[0], "kl": means[1], "log_px": means[2],
+                                         "ess": means[4]}}
             if cv_residual is not None:
-                out["estimator"] = {"cv_mse": means[3] if stacked_cv else (cv_residual.detach() ** 2).mean(dim=(1, 2))}
+                out["estimator"] = {"cv_mse": means[5] if stacked_cv else (cv_residual.detach() ** 2).mean(dim=(1, 2))}
             return out
