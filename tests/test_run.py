@@ -374,3 +374,31 @@ def test_compiled_model_trains_and_checkpoints_like_the_eager_one(tmp_path, data
     assert not any("_orig_mod" in k for k in state)
     test = [ln for ln in _lines(d) if ln["split"] == "test"][0]["metrics"]
     assert math.isfinite(test["loss/L_k"]) and test["loss/L_k"] < 0
+
+
+def test_running_sums_equal_the_per_entry_means_and_survive_a_checkpoint():
+    from ovis.training.run import RunningSums
+
+    g = torch.Generator().manual_seed(0)
+    steps = [{"loss": {"L_k": torch.randn(4, generator=g), "elbo": torch.randn(4, generator=g)},
+              "estimator": {"cv_mse": torch.rand(4, generator=g), "scale": torch.rand((), generator=g)}}
+             for _ in range(5)]
+    sums = RunningSums()
+    for d in steps[:3]:
+        sums.add(*RunningSums.step_means(d))
+    restored = RunningSums()  # a checkpoint in the middle, in the old format (with kl_q_p summed)
+    state = sums.state()
+    state["loss/kl_q_p"] = state["loss/L_k"] - state["loss/elbo"]
+    restored.load(state, sums.count, torch.device("cpu"))
+    for d in steps[3:]:
+        sums.add(*RunningSums.step_means(d))
+        restored.add(*RunningSums.step_means(d))
+    expected = {f"{grp}/{k}": sum(float(d[grp][k].double().mean()) for d in steps) / 5
+                for grp in ("loss", "estimator") for k in steps[0][grp]}
+    expected["loss/kl_q_p"] = expected["loss/L_k"] - expected["loss/elbo"]
+    for got in (sums.means(), restored.means()):
+        assert got.keys() == expected.keys()
+        assert all(abs(got[k] - expected[k]) < 1e-12 for k in expected)
+    sums.add(("loss/L_k", "other"), torch.tensor([1.0, 2.0], dtype=torch.float64))  # names change: merged
+    assert sums.count == 6 and abs(sums.means()["other"] - 2.0 / 6) < 1e-12
+    assert RunningSums().means() == {}
