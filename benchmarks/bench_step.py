@@ -19,7 +19,7 @@ floats flushed, ``torch.set_num_threads(--threads)``.
    eager vs compiled model (``run.py --compile``) training step of the SBN.
 6. **Retained memory** (``--only memory``): the training step with glibc's initial malloc thresholds
    and with freed memory retained (:mod:`ovis.utils.memory`, what ``run.py`` does on the CPU),
-   switched in one process between alternating steps, with the minor page faults per step.
+   switched in one process between blocks of steps, with the minor page faults per step.
 
 Freed memory is retained as by ``run.py`` (``--no-retain-memory``: glibc's default, to compare).
 
@@ -47,7 +47,12 @@ from ovis.models.sbm import SigmoidBeliefNetwork  # noqa: E402
 from ovis.models.vae import VAE  # noqa: E402
 from ovis.training.evaluation import evaluate_bound  # noqa: E402
 from ovis.training.run import build_optimizer  # noqa: E402
-from ovis.utils.memory import GLIBC_INITIAL_THRESHOLDS, retain_freed_memory, set_malloc_thresholds  # noqa: E402
+from ovis.utils.memory import (  # noqa: E402
+    GLIBC_INITIAL_THRESHOLDS,
+    MAX_MMAP_THRESHOLD,
+    retain_freed_memory,
+    set_malloc_thresholds,
+)
 
 SINGLE_PASS_SF = ["reinforce", "reinforce-baseline", "vimco-arithmetic", "vimco-geometric", "ovis-gamma1",
                   "ovis-gamma0", "wake-wake", "tvo-part2-config1"]
@@ -247,24 +252,26 @@ def compile_table(x: torch.Tensor, repeats: int) -> None:
 
 def memory_table(x: torch.Tensor, repeats: int) -> None:
     print("\n## 6. Retained memory: training step (vimco-arithmetic) with glibc's initial malloc thresholds "
-          "vs freed memory retained, alternating in one process")
+          "vs freed memory retained")
+    print("   (blocks of steps in the order a b b a; the first steps of a block, which adapt the heap, are dropped)")
     print(f"{'K':>4s} {'glibc ms':>9s} {'faults':>7s} {'retained ms':>12s} {'faults':>7s} {'ratio':>6s}")
+    settings = (GLIBC_INITIAL_THRESHOLDS, (MAX_MMAP_THRESHOLD, 256 * 1024 * 1024))
+    block, dropped = max(repeats // 2, 5), 3
     for K in (5, 50):
         torch.manual_seed(0)
         step = train_step(build_estimator("vimco-arithmetic", iw=K), sbn(x), x)
+        times: Dict[int, List[float]] = {0: [], 1: []}
         faults = {0: 0, 1: 0}
-
-        def counted(which: int, thresholds: Tuple[int, int]) -> Callable[[], None]:
-            def run() -> None:
-                set_malloc_thresholds(*thresholds)
-                f0 = _minor_faults()
+        for which in (0, 1, 1, 0):
+            set_malloc_thresholds(*settings[which])
+            for i in range(dropped + block):
+                f0, t0 = _minor_faults(), time.perf_counter()
                 step()
-                faults[which] += _minor_faults() - f0
-            return run
-
-        ta, tb = paired_median_times(counted(0, GLIBC_INITIAL_THRESHOLDS),
-                                     counted(1, (32 * 1024 * 1024, 256 * 1024 * 1024)), repeats)
-        n = repeats + 3
+                if i >= dropped:
+                    times[which].append(time.perf_counter() - t0)
+                    faults[which] += _minor_faults() - f0
+        ta, tb = statistics.median(times[0]), statistics.median(times[1])
+        n = 2 * block
         print(f"{K:4d} {ta * 1e3:9.2f} {faults[0] / n:7.0f} {tb * 1e3:12.2f} {faults[1] / n:7.0f} {tb / ta:6.2f}",
               flush=True)
     retain_freed_memory()
@@ -275,7 +282,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--eval-images", type=int, default=10)
-    p.add_argument("--eval-rows", type=int, default=20000, help="rows (points x particles) per chunk")
+    p.add_argument("--eval-rows", type=int, default=10000,
+                   help="rows (points x particles) per chunk (run.py's --eval_chunk default)")
     p.add_argument("--denormal-steps", type=int, default=0)
     p.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats (to compare)")
     p.add_argument("--no-retain-memory", action="store_true",

@@ -196,3 +196,19 @@ def test_bernoulli_logits_equals_torch_bernoulli():
     assert isinstance(d, BernoulliLogits) and d.event_dims == 2 and not d.logits.requires_grad
     with pytest.raises(ValueError, match="event_dims"):
         BernoulliLogits(a, 4)
+
+
+def test_random_bits24_are_uniform_24_bit_integers():
+    from ovis.distributions.bernoulli import BITS24, random_bits24
+
+    torch.manual_seed(0)
+    bits = random_bits24((3, 33_333))  # an odd count: the last 64-bit word is half used
+    assert bits.dtype == torch.int32 and bits.shape == (3, 33_333)
+    assert int(bits.min()) >= 0 and int(bits.max()) < BITS24
+    flat = bits.reshape(-1).long()
+    for words in (flat[0::2], flat[1::2]):  # the low and the high halves of the 64-bit draws
+        for shift in (0, 10, 20):  # 16 bins of 4 bits: low, middle and top bits
+            counts = torch.bincount((words >> shift) & 15, minlength=16).double()
+            expected = len(words) / 16
+            chi2 = float(((counts - expected) ** 2 / expected).sum())
+            assert chi2 < 37.7, (shift, chi2)  # chi-square, 15 degrees of freedom, p = 1e-3

@@ -20,12 +20,15 @@ K = 5 5.84 vs 5.99 ms and at K = 50 30.8 vs 31.0 ms.  (A hand-written autograd f
 """
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
-__all__ = ["BernoulliLogits", "bernoulli_log_mass"]
+__all__ = ["BernoulliLogits", "bernoulli_log_mass", "random_bits24", "BITS24"]
 
 
 def bernoulli_log_mass(logits: Tensor, value: Tensor, event_dims: int = 1) -> Tensor:
@@ -39,6 +42,24 @@ def bernoulli_log_mass(logits: Tensor, value: Tensor, event_dims: int = 1) -> Te
         return t.flatten(t.dim() - event_dims).sum(-1) if event_dims else t
 
     return reduce(value * logits) - reduce(F.softplus(logits))
+
+
+#: ``2 ** 24``: ``1[random_bits24() < p * BITS24]`` is a Bernoulli(p) sample
+BITS24 = float(1 << 24)
+
+
+def random_bits24(shape: Sequence[int], device: torch.device | str | None = None) -> Tensor:
+    r"""Independent uniform integers in ``[0, 2^24)`` (``int32``), two from every 64-bit draw of
+    torch's generator (its low and high words, masked to 24 bits).
+
+    ``1[bits < p * 2^24]`` has probability ``ceil(p 2^24) / 2^24``: the law of ``torch.rand() < p``
+    for float32, whose uniforms are the same 24-bit grid, at about 60% of its cost on the CPU
+    (a K = 50 SBN step 34 instead of 35 ms).  Float64 probabilities are resolved to ``2^-24``
+    too (torch.rand would give 53 bits).
+    """
+    numel = math.prod(shape)
+    words = torch.empty((numel + 1) // 2, dtype=torch.int64, device=device).random_()
+    return words.view(torch.int32)[:numel].view(*shape) & 0xFFFFFF
 
 
 class BernoulliLogits(Distribution):

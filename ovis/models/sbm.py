@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 
-from ovis.distributions.bernoulli import BernoulliLogits, bernoulli_log_mass
+from ovis.distributions.bernoulli import BITS24, BernoulliLogits, bernoulli_log_mass, random_bits24
 from ovis.models.base import TemplateModel
 from ovis.models.vae import init_output_bias, mlp
 
@@ -134,13 +134,14 @@ class SigmoidBeliefNetwork(TemplateModel):
         r"""``(logits, z, signs)``, lists over the layers of ``q(z_l | ...)``'s logits ``[n, N]``,
         its samples ``z_l`` and their signs ``2 z_l - 1`` (the input of the next map), on
         ``n = B * particles`` rows (row ``b * particles + j``).  The first layer is evaluated once
-        per data point; ``z_l = 1[u_l < sigmoid(a_l)]`` with the uniforms of all layers drawn in one
-        call (the same law as ``torch.bernoulli``, fewer kernels)."""
+        per data point; ``z_l = 1[b_l < sigmoid(a_l) 2^24]`` with uniform 24-bit integers ``b`` for
+        all layers drawn in one call (:func:`~ovis.distributions.bernoulli.random_bits24`: the law of
+        ``torch.rand() < p``, cheaper)."""
         if particles < 1:
             raise ValueError(f"particles must be >= 1, got {particles}")
         B = x.shape[0]
         h = 2 * x.reshape(B, -1) - 1
-        u = torch.rand(self.depth, B * particles, self.N, dtype=h.dtype, device=h.device)
+        bits = random_bits24((self.depth, B * particles, self.N), device=h.device)
         logits: List[Tensor] = []
         z: List[Tensor] = []
         signs: List[Tensor] = []
@@ -149,7 +150,7 @@ class SigmoidBeliefNetwork(TemplateModel):
             if l == 0 and particles > 1:
                 a = a.repeat_interleave(particles, 0)
             with torch.no_grad():
-                zl = (u[l] < torch.sigmoid(a)).to(a.dtype)
+                zl = (bits[l] < torch.sigmoid(a) * BITS24).to(a.dtype)
                 h = 2 * zl - 1
             logits.append(a)
             z.append(zl)
