@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -71,22 +71,28 @@ def median_time(fn: Callable[[], None], repeats: int, warmup: int = 3) -> float:
     return statistics.median(ts)
 
 
-def paired_median_times(fa: Callable[[], None], fb: Callable[[], None], repeats: int,
-                        warmup: int = 3) -> Tuple[float, float]:
-    r"""Median times of ``fa`` and ``fb`` measured alternately, in the order ``a b b a a b ...``,
-    so that a drift of the machine's speed (a shared or throttled CPU) and the position in a pair
-    hit both alike and their ratio stays fair."""
+def interleaved_median_times(fns: Sequence[Callable[[], None]], repeats: int, warmup: int = 3) -> List[float]:
+    r"""Median times of ``fns`` measured in turn, in the order ``a b c c b a a b c ...``, so that a
+    drift of the machine's speed (a shared or throttled CPU) and the position in a round hit all
+    alike and their ratios stay fair."""
     for _ in range(warmup):
-        fa()
-        fb()
-    times: Dict[int, List[float]] = {0: [], 1: []}
-    fns = (fa, fb)
+        for f in fns:
+            f()
+    times: List[List[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
     for i in range(repeats):
-        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+        for j in (order if i % 2 == 0 else order[::-1]):
             t0 = time.perf_counter()
             fns[j]()
             times[j].append(time.perf_counter() - t0)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return [statistics.median(t) for t in times]
+
+
+def paired_median_times(fa: Callable[[], None], fb: Callable[[], None], repeats: int,
+                        warmup: int = 3) -> Tuple[float, float]:
+    r"""Median times of ``fa`` and ``fb`` measured alternately (:func:`interleaved_median_times`)."""
+    ta, tb = interleaved_median_times((fa, fb), repeats, warmup)
+    return ta, tb
 
 
 def sbn(x: torch.Tensor) -> SigmoidBeliefNetwork:
@@ -169,23 +175,32 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def _counting_faults(fn: Callable[[], None], faults: List[int]) -> Callable[[], None]:
+    def run() -> None:
+        f0 = _minor_faults()
+        fn()
+        faults.append(_minor_faults() - f0)
+    return run
+
+
 def step_table(x: torch.Tensor, repeats: int) -> None:
     print("\n## 2. Training step, 3-layer SBN (fwd + bwd + Adam), ms (and minor page faults per step)")
+    print("   (the five estimators step in turn, so they see the same machine)")
     print(f"{'estimator':22s} {'K':>4s} {'ms':>8s} {'target':>8s} {'faults':>7s}")
+    ids = ("vimco-arithmetic", "ovis-gamma1", "reinforce", "tvo-part2-config1", "ovis-S10-exclusive")
     for K in (5, 50):
-        times: Dict[str, float] = {}
-        for eid in ("vimco-arithmetic", "ovis-gamma1", "reinforce", "tvo-part2-config1"):
+        steps, faults = [], []
+        for eid in ids:
             torch.manual_seed(0)
-            model = sbn(x)
-            f0 = _minor_faults()
-            times[eid] = median_time(train_step(build_estimator(eid, iw=K), model, x), repeats)
-            faults = (_minor_faults() - f0) / (repeats + 3)
-            print(f"{eid:22s} {K:4d} {times[eid] * 1e3:8.2f} {STEP_TARGETS_MS[K]:8.1f} {faults:7.0f}", flush=True)
-        torch.manual_seed(0)
-        tv, to = paired_median_times(train_step(build_estimator("vimco-arithmetic", iw=K), sbn(x), x),
-                                     train_step(build_estimator("ovis-S10-exclusive", iw=K), sbn(x), x), repeats)
-        print(f"{'ovis-S10-exclusive':22s} {K:4d} {to * 1e3:8.2f} {1.3 * tv * 1e3:7.1f}*  "
-              f"(1.3 x vimco-arithmetic, measured alternately: {tv * 1e3:.2f} ms)", flush=True)
+            faults.append([])
+            steps.append(_counting_faults(train_step(build_estimator(eid, iw=K), sbn(x), x), faults[-1]))
+        times = dict(zip(ids, interleaved_median_times(steps, repeats)))
+        for eid, f in zip(ids[:-1], faults):
+            print(f"{eid:22s} {K:4d} {times[eid] * 1e3:8.2f} {STEP_TARGETS_MS[K]:8.1f} "
+                  f"{sum(f) / len(f):7.0f}", flush=True)
+        tv, to = times["vimco-arithmetic"], times["ovis-S10-exclusive"]
+        print(f"{'ovis-S10-exclusive':22s} {K:4d} {to * 1e3:8.2f} {1.3 * tv * 1e3:7.1f}* "
+              f"{sum(faults[-1]) / len(faults[-1]):7.0f}  (* 1.3 x vimco-arithmetic)", flush=True)
         print(f"  ovis-S10-exclusive / vimco-arithmetic at K={K}: {to / tv:.2f} "
               "(target <= 1.3; original 2.1 at K=5)")
 

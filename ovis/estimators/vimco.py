@@ -72,9 +72,3 @@ class Vimco(ScoreFunctionEstimator):
             return leave_one_out_log_estimate(log_w, self.mean), None, {}
         t = 1.0 - params.alpha
         return leave_one_out_log_estimate(t * log_w, self.mean) / t, None, {}
-
-    def learning_signal(
-        self, log_w: Tensor, bound: Tensor, v: Tensor, x: Tensor, params: RuntimeParams
-    ) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
-        c = self.control_variate(log_w, v, x, params)[0]
-        return (bound[..., None] - v) - c, None, {}
