@@ -33,6 +33,7 @@ from ovis.estimators import build_estimator  # noqa: E402
 from ovis.models import build_model  # noqa: E402
 from ovis.training.arguments import parse_run_args  # noqa: E402
 from ovis.training.evaluation import evaluate_bound, fetch_batch  # noqa: E402
+from ovis.utils.memory import retain_freed_memory  # noqa: E402
 
 SBN = ["--dataset", "binmnist", "--model", "sbm", "--prior", "bernoulli", "--N", "200", "--nlayers", "0",
        "--depth", "3", "--bs", "24"]
@@ -50,6 +51,7 @@ def _setup(data_root: str):
 
 def train_speed(data_root: str, steps: int) -> List[Dict[str, float]]:
     torch.set_flush_denormal(True)
+    retain_freed_memory()  # as run.py on the CPU
     args, data, model0 = _setup(data_root)
     state = {k: v.clone() for k, v in model0.state_dict().items()}
     rows = []
@@ -104,6 +106,7 @@ def _rss_kib(field: str) -> int:
 
 def _eval_worker(data_root: str, images: int, chunk: int, queue) -> None:  # type: ignore[no-untyped-def]
     torch.set_flush_denormal(True)
+    retain_freed_memory()  # as run.py on the CPU
     args, data, model = _setup(data_root)
     idx = torch.arange(images)
     evaluate_bound(model, data.test, idx[:1], 1, 10, chunk, torch.device("cpu"))  # warm-up

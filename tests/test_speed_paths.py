@@ -50,7 +50,12 @@ def test_estimator_gradients_equal_on_the_fused_particles_and_expanded_paths(mon
 
 @pytest.mark.parametrize("depth,nlayers,particles", [(1, 0, 1), (3, 0, 4), (2, 1, 3)])
 @pytest.mark.parametrize("binary", [True, False])
-def test_fused_log_densities_equal_the_distributions(float64, depth, nlayers, particles, binary):
+@pytest.mark.parametrize("batched", [True, False])
+def test_fused_log_densities_equal_the_distributions(float64, monkeypatch, depth, nlayers, particles, binary,
+                                                     batched):
+    import ovis.models.sbm as sbm
+
+    monkeypatch.setattr(sbm, "BATCHED_TERMS_MAX_ELEMENTS", 1 << 30 if batched else 0)
     torch.manual_seed(0)
     B, D = 3, 12
     x = (torch.rand(B, D) < 0.4).double() if binary else torch.rand(B, D)

@@ -37,7 +37,11 @@ from ovis.distributions.bernoulli import BITS24, BernoulliLogits, bernoulli_log_
 from ovis.models.base import TemplateModel
 from ovis.models.vae import init_output_bias, mlp
 
-__all__ = ["SigmoidBeliefNetwork", "sample_bernoulli"]
+__all__ = ["SigmoidBeliefNetwork", "sample_bernoulli", "BATCHED_TERMS_MAX_ELEMENTS"]
+
+#: the largest ``n * 2 L * N`` for which :meth:`SigmoidBeliefNetwork.particle_log_densities` batches
+#: its latent log masses into one tensor (measured crossover: between 120 and 600 rows of 3 x 200)
+BATCHED_TERMS_MAX_ELEMENTS = 1 << 19
 
 
 def sample_bernoulli(dist: Distribution) -> Tensor:
@@ -175,7 +179,9 @@ class SigmoidBeliefNetwork(TemplateModel):
 
         With the signs ``s = 2 z - 1`` of a sample, the Bernoulli log mass is ``log sigmoid(s a)``
         (one kernel instead of ``z a - softplus(a)``, and exact on both tails), and the ``2 L``
-        latent terms are one ``[n, 2, L, N]`` evaluation.  ``log p(x|z_1)`` is
+        latent terms are one ``[n, 2, L, N]`` evaluation up to :data:`BATCHED_TERMS_MAX_ELEMENTS`
+        elements (a K = 5 training step), layer by layer above (an evaluation chunk of 10,000 rows:
+        a 48 MB batch falls out of the cache and takes 4x longer than its layers one by one).  ``log p(x|z_1)`` is
         ``log sigmoid(a) + (x - 1) a``, the continuous extension of :func:`bernoulli_log_mass` for
         grey ``x`` too.  With the linear surrogate of the score-function estimators, a K = 5 VIMCO
         training step dispatches about 205 operations instead of 330 (``tests/test_speed_paths.py``
@@ -185,9 +191,13 @@ class SigmoidBeliefNetwork(TemplateModel):
         B, n, N = x.shape[0], z[0].shape[0], self.N
         p_logits = [self.generative_model.layers[l + 1](signs[l + 1]) for l in range(self.depth - 1)]
         p_logits.append(self.generative_model.prior_logits.expand(n, N))
-        logits = torch.cat(q_logits + p_logits, dim=-1).view(n, 2, self.depth * N)
-        terms = F.logsigmoid(logits * torch.cat(signs, dim=-1)[:, None]).view(n, 2, self.depth, N).sum(-1)
-        log_qz, log_pz = terms.unbind(1)
+        if n * 2 * self.depth * N <= BATCHED_TERMS_MAX_ELEMENTS:  # few kernels for small batches
+            logits = torch.cat(q_logits + p_logits, dim=-1).view(n, 2, self.depth * N)
+            terms = F.logsigmoid(logits * torch.cat(signs, dim=-1)[:, None]).view(n, 2, self.depth, N).sum(-1)
+            log_qz, log_pz = terms.unbind(1)
+        else:  # layer by layer: each pass stays in the cache (4x faster at 10,000 rows)
+            log_qz = torch.stack([F.logsigmoid(a * s).sum(-1) for a, s in zip(q_logits, signs)], dim=-1)
+            log_pz = torch.stack([F.logsigmoid(a * s).sum(-1) for a, s in zip(p_logits, signs)], dim=-1)
         px_logits = self.generative_model.layers[0](signs[0]).view(B, particles, -1)
         # x a - softplus(a) = log sigmoid(a) + (x - 1) a: one formula for binary and grey x, no sync
         log_px = torch.addcmul(F.logsigmoid(px_logits), x.reshape(B, 1, -1) - 1, px_logits).sum(-1).view(n)
