@@ -54,8 +54,8 @@ def random_bits24(shape: Sequence[int], device: torch.device | str | None = None
 
     ``1[bits < p * 2^24]`` has probability ``ceil(p 2^24) / 2^24``: the law of ``torch.rand() < p``
     for float32, whose uniforms are the same 24-bit grid, at about 60% of its cost on the CPU
-    (a K = 50 SBN training step about 4% faster, measured alternately).  Float64 probabilities are resolved to ``2^-24``
-    too (torch.rand would give 53 bits).
+    (a K = 50 SBN training step about 4% faster, measured alternately).  Float64 probabilities are
+    resolved to ``2^-24`` too (torch.rand would give 53 bits).
     """
     numel = math.prod(shape)
     words = torch.empty((numel + 1) // 2, dtype=torch.int64, device=device).random_()

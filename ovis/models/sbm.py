@@ -131,8 +131,8 @@ class SigmoidBeliefNetwork(TemplateModel):
         inference layer is evaluated once per data point and its logits repeated, which saves
         ``n - 1`` of ``n`` evaluations of the largest map (784 x N) and of its weight gradient.
         """
-        z, qz = self.sample_posterior(x, particles)
-        return {"px": self.observation_model(z[0]), "z": z, "qz": qz, "pz": self._generative(z)}
+        q_logits, z, _, p_logits, px_logits = self._particle_logits(x, particles)
+        return self._output(q_logits, z, p_logits, px_logits)
 
     def _posterior_samples(self, x: Tensor, particles: int) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
         r"""``(logits, z, signs)``, lists over the layers of ``q(z_l | ...)``'s logits ``[n, N]``,
@@ -161,6 +161,25 @@ class SigmoidBeliefNetwork(TemplateModel):
             signs.append(h)
         return logits, z, signs
 
+    def _particle_logits(self, x: Tensor, particles: int
+                         ) -> Tuple[List[Tensor], List[Tensor], List[Tensor], List[Tensor], Tensor]:
+        r"""``(q_logits, z, signs, p_logits, px_logits)`` of ``B * particles`` particles: the
+        posterior samples of :meth:`_posterior_samples`, the logits ``[n, N]`` of
+        ``p(z_l | z_{l+1})`` (``l = 1..L-1``) and of the prior (expanded), and those of
+        ``p(x | z_1)`` ``[n, D]``; the one pass behind :meth:`forward` and
+        :meth:`particle_log_densities`."""
+        q_logits, z, signs = self._posterior_samples(x, particles)
+        n = z[0].shape[0]
+        p_logits = [self.generative_model.layers[l + 1](signs[l + 1]) for l in range(self.depth - 1)]
+        p_logits.append(self.generative_model.prior_logits.expand(n, self.N))
+        return q_logits, z, signs, p_logits, self.generative_model.layers[0](signs[0])
+
+    def _output(self, q_logits: List[Tensor], z: List[Tensor], p_logits: List[Tensor],
+                px_logits: Tensor) -> Dict[str, Any]:
+        r"""The model output mapping (``px``, ``z``, ``qz``, ``pz``) from :meth:`_particle_logits`."""
+        return {"px": BernoulliLogits(px_logits.view(-1, *self._x_shape), len(self._x_shape)), "z": z,
+                "qz": [self._bernoulli(a) for a in q_logits], "pz": [self._bernoulli(a) for a in p_logits]}
+
     def sample_posterior(self, x: Tensor, particles: int = 1) -> Tuple[List[Tensor], List[Distribution]]:
         r"""``([z_1..z_L], [q(z_1|x), q(z_2|z_1), ...])`` on ``B * particles`` rows (row
         ``b * particles + j``); the first layer is evaluated once per data point."""
@@ -181,16 +200,14 @@ class SigmoidBeliefNetwork(TemplateModel):
         (one kernel instead of ``z a - softplus(a)``, and exact on both tails), and the ``2 L``
         latent terms are one ``[n, 2, L, N]`` evaluation up to :data:`BATCHED_TERMS_MAX_ELEMENTS`
         elements (a K = 5 training step), layer by layer above (an evaluation chunk of 10,000 rows:
-        a 48 MB batch falls out of the cache and takes 4x longer than its layers one by one).  ``log p(x|z_1)`` is
-        ``log sigmoid(a) + (x - 1) a``, the continuous extension of :func:`bernoulli_log_mass` for
-        grey ``x`` too.  With the linear surrogate of the score-function estimators, a K = 5 VIMCO
+        a 48 MB batch falls out of the cache and takes 4x longer than its layers one by one).
+        ``log p(x|z_1)`` is ``log sigmoid(a) + (x - 1) a``, the continuous extension of
+        :func:`bernoulli_log_mass` for grey ``x`` too.  With the linear surrogate of the score-function estimators, a K = 5 VIMCO
         training step dispatches about 205 operations instead of 330 (``tests/test_speed_paths.py``
         checks the values and gradients against evaluating the distributions one by one).
         """
-        q_logits, z, signs = self._posterior_samples(x, particles)
+        q_logits, z, signs, p_logits, px_logits = self._particle_logits(x, particles)
         B, n, N = x.shape[0], z[0].shape[0], self.N
-        p_logits = [self.generative_model.layers[l + 1](signs[l + 1]) for l in range(self.depth - 1)]
-        p_logits.append(self.generative_model.prior_logits.expand(n, N))
         if n * 2 * self.depth * N <= BATCHED_TERMS_MAX_ELEMENTS:  # few kernels for small batches
             logits = torch.cat(q_logits + p_logits, dim=-1).view(n, 2, self.depth * N)
             terms = F.logsigmoid(logits * torch.cat(signs, dim=-1)[:, None]).view(n, 2, self.depth, N).sum(-1)
@@ -198,12 +215,10 @@ class SigmoidBeliefNetwork(TemplateModel):
         else:  # layer by layer: each pass stays in the cache (4x faster at 10,000 rows)
             log_qz = torch.stack([F.logsigmoid(a * s).sum(-1) for a, s in zip(q_logits, signs)], dim=-1)
             log_pz = torch.stack([F.logsigmoid(a * s).sum(-1) for a, s in zip(p_logits, signs)], dim=-1)
-        px_logits = self.generative_model.layers[0](signs[0]).view(B, particles, -1)
         # x a - softplus(a) = log sigmoid(a) + (x - 1) a: one formula for binary and grey x, no sync
-        log_px = torch.addcmul(F.logsigmoid(px_logits), x.reshape(B, 1, -1) - 1, px_logits).sum(-1).view(n)
-        output = {"px": BernoulliLogits(px_logits.view(n, *self._x_shape), len(self._x_shape)), "z": z,
-                  "qz": [self._bernoulli(a) for a in q_logits], "pz": [self._bernoulli(a) for a in p_logits]}
-        return output, log_px, log_qz, log_pz
+        a = px_logits.view(B, particles, -1)
+        log_px = torch.addcmul(F.logsigmoid(a), x.reshape(B, 1, -1) - 1, a).sum(-1).view(n)
+        return self._output(q_logits, z, p_logits, px_logits), log_px, log_qz, log_pz
 
     def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
         r"""``[q(z_1|x), q(z_2|z_1), ...]`` evaluated along the given ``z`` (wake-sleep)."""

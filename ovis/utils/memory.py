@@ -13,8 +13,9 @@ K = 50, and about 1 and 10 with the freed memory retained.
 The setting is process-wide, and once set glibc no longer adjusts its thresholds by itself (there
 is no query to restore the previous state), so it is applied by the entry points that own their
 process: ``run.py`` on the CPU, in the queue's workers too (turned off with
-``run.py --no_retain_memory``), and the speed benchmarks ``bench_step.py`` and ``bench_run.py``.  The cost is resident memory: up to
-``trim_threshold`` bytes of freed heap stay mapped instead of being returned to the system.
+``run.py --no_retain_memory``), and the speed benchmarks ``bench_step.py`` and ``bench_run.py``.
+The cost is resident memory: up to ``trim_threshold`` bytes of freed heap stay mapped instead of
+being returned to the system.
 Allocations above glibc's ceiling for the threshold (32 MiB) are still mapped and returned one by
 one, so a large chunk of an ``L_5000`` evaluation does not stay resident.
 """
@@ -68,7 +69,8 @@ def set_malloc_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
     libc = _libc()
     if libc is None:
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    return (bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold))
+            and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)))
 
 
 def retain_freed_memory(mmap_threshold: int = MAX_MMAP_THRESHOLD,
