@@ -192,11 +192,15 @@ class OvisMonteCarlo(ScoreFunctionEstimator):
                 log_w_aux, _ = log_weights(pa.log_px, pa.log_qz, pa.log_pz, params.beta, params.freebits)
             else:
                 log_w_aux = log_w[..., K - S:]
-            log_w_score = log_w[..., :n_score]
             bound = renyi_bound(log_w, params.alpha)  # the theta-gradient's bound, all K particles
-            score_bound = renyi_bound(log_w_score, params.alpha)
-            d = score_bound[..., None] - normalized_weights(log_w_score, params.alpha)
-            signal = d - ovis_mc_control_variate(log_w_score, log_w_aux, params.alpha)
             v = normalized_weights(log_w, params.alpha)
+            if n_score == K:  # (exclusive) the score particles are the bound's
+                log_w_score, score_bound, v_score = log_w, bound, v
+            else:
+                log_w_score = log_w[..., :n_score]
+                score_bound = renyi_bound(log_w_score, params.alpha)
+                v_score = normalized_weights(log_w_score, params.alpha)
+            d = score_bound[..., None] - v_score
+            signal = d - ovis_mc_control_variate(log_w_score, log_w_aux, params.alpha)
         loss = score_function_surrogate(signal, p.log_px, p.log_qz, p.log_pz, v, bound, params.beta, params.freebits)
-        return loss, self.base_diagnostics(log_w, kl, p.log_px, cv_residual=signal), p.output
+        return loss, self.signal_diagnostics(log_w, kl, p.log_px, bound, v, signal, params.alpha), p.output

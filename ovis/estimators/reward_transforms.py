@@ -333,6 +333,6 @@ class ReinforceTransformed(Reinforce):
                                         params.freebits)
         if aux_loss is not None:
             loss = loss + aux_loss
-        diagnostics = self.base_diagnostics(log_w, kl, p.log_px, cv_residual=signal)
+        diagnostics = self.signal_diagnostics(log_w, kl, p.log_px, bound, v, signal, params.alpha)
         diagnostics["estimator"].update(extra)
         return loss, diagnostics, p.output

@@ -91,11 +91,17 @@ class ScoreFunctionEstimator(GradientEstimator):
         loss = score_function_surrogate(signal, p.log_px, p.log_qz, p.log_pz, v, bound, params.beta, params.freebits)
         if aux_loss is not None:
             loss = loss + aux_loss
-        # the bound and v are those of the diagnostics when alpha = 0
-        diagnostics = self.base_diagnostics(log_w, kl, p.log_px, iw=bound if params.alpha == 0.0 else None,
-                                            v=v if params.alpha == 0.0 else None, cv_residual=signal)
+        diagnostics = self.signal_diagnostics(log_w, kl, p.log_px, bound, v, signal, params.alpha)
         diagnostics["estimator"].update(extra)
         return loss, diagnostics, p.output
+
+    def signal_diagnostics(self, log_w: Tensor, kl: Tensor, log_px: Tensor, bound: Tensor, v: Tensor,
+                           signal: Tensor, alpha: float) -> Diagnostics:
+        r""":meth:`base_diagnostics` with ``estimator/cv_mse`` of the learning signal; the bound and
+        the weights are those of the diagnostics when ``alpha = 0`` (not recomputed)."""
+        untempered = alpha == 0.0
+        return self.base_diagnostics(log_w, kl, log_px, iw=bound if untempered else None,
+                                     v=v if untempered else None, cv_residual=signal)
 
     def learning_signal(
         self, log_w: Tensor, bound: Tensor, v: Tensor, x: Tensor, params: RuntimeParams
