@@ -170,6 +170,51 @@ def test_fused_optimizer_matches_the_loop(name):
 
 
 
+@pytest.mark.parametrize("amsgrad,hook", [(False, False), (True, False), (False, True)])
+def test_lean_fused_adam_steps_exactly_as_torch_adam(amsgrad, hook):
+    from ovis.training.optimizers import LeanFusedAdam
+
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(7, 3)), torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(2))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+
+    def groups(ps):
+        return [{"params": ps[:2], "lr": 1e-2, "weight_decay": 0.1}, {"params": ps[2:], "lr": 3e-3}]
+
+    lean = LeanFusedAdam(groups(a), amsgrad=amsgrad)
+    ref = torch.optim.Adam(groups(b), amsgrad=amsgrad, fused=True)
+    calls = []
+    if hook:
+        lean.register_step_pre_hook(lambda opt, args, kwargs: calls.append(1))
+    direct = 0
+    for step in range(12):
+        for i, (p, q) in enumerate(zip(a, b)):
+            if step in (3, 4) and i == 1:  # a parameter without a gradient is left alone
+                p.grad = q.grad = None
+                continue
+            g = torch.randn_like(p)
+            p.grad, q.grad = g.clone(), g.clone()
+        if step == 6:  # a scheduler's change of the learning rate is taken
+            for ga, gb in zip(lean.param_groups, ref.param_groups):
+                ga["lr"] *= 0.5
+                gb["lr"] *= 0.5
+        direct += lean._lean_lists() is not None
+        lean.step()
+        ref.step()
+        assert all(torch.equal(p, q) for p, q in zip(a, b)), step
+    # the fused kernel is called directly unless amsgrad or a hook needs Adam.step (and on the
+    # first step, which creates the state)
+    assert direct == (0 if amsgrad or hook else 11)
+    assert len(calls) == (12 if hook else 0)
+    sa, sb = lean.state_dict(), ref.state_dict()
+    assert sa["state"].keys() == sb["state"].keys()
+    for k in sa["state"]:
+        assert sa["state"][k].keys() == sb["state"][k].keys()
+        assert all(torch.equal(sa["state"][k][n], sb["state"][k][n]) for n in sa["state"][k])
+    with pytest.raises(ValueError, match="fused"):
+        LeanFusedAdam(a, fused=False)
+
+
 def test_bernoulli_logits_equals_torch_bernoulli():
     from torch.distributions import Bernoulli, Independent
 

@@ -149,13 +149,13 @@ class SigmoidBeliefNetwork(TemplateModel):
         logits: List[Tensor] = []
         z: List[Tensor] = []
         signs: List[Tensor] = []
-        for l in range(self.depth):
-            a = self.inference_network.layers[l](h)
+        for l, layer in enumerate(self.inference_network.layers):
+            a = layer(h)
             if l == 0 and particles > 1:
                 a = a.repeat_interleave(particles, 0)
-            with torch.no_grad():
-                zl = (bits[l] < torch.sigmoid(a) * BITS24).to(a.dtype)
-                h = 2 * zl - 1
+            with torch.no_grad():  # 4 kernels: the comparison writes the float sample itself
+                zl = torch.lt(bits[l], torch.sigmoid(a).mul_(BITS24), out=torch.empty_like(a))
+                h = torch.mul(zl, 2).sub_(1)
             logits.append(a)
             z.append(zl)
             signs.append(h)

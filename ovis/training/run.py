@@ -79,6 +79,7 @@ from ovis.training.arguments import RunArgumentError, build_run_parser, parse_ru
 from ovis.training.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from ovis.training.evaluation import active_units, evaluate_bound, fetch_batch
 from ovis.training.rundir import RunDirectory, atomic_write_json, compute_run_id
+from ovis.training.optimizers import build_optimizer  # noqa: F401  (re-exported: run.build_optimizer)
 from ovis.training.schedules import alpha_at, lr_factor_at
 from ovis.utils.memory import retain_freed_memory
 
@@ -122,25 +123,6 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
 
 def _eval_seed(seed: int, step: int) -> int:
     return (int(seed) * 7_919 + int(step) * 104_729 + 17) % (2 ** 62)
-
-
-def build_optimizer(name: str, groups: List[Dict[str, Any]]) -> torch.optim.Optimizer:
-    r"""The optimiser ``name`` (adam, sgd, rmsprop, adamax) over parameter ``groups``.
-
-    Adam and SGD use torch's fused kernels (one kernel over all parameters, on the CPU and on
-    CUDA): Adam's step on the 3-layer SBN falls from about 1.7 ms to 0.3 ms on 2 CPU threads.
-    Same update rule; the values differ from the per-parameter loop only by rounding.
-    """
-    classes = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop,
-               "adamax": torch.optim.Adamax}
-    if name not in classes:
-        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(classes)}")
-    if name in ("adam", "sgd"):
-        try:
-            return classes[name](groups, fused=True)
-        except (RuntimeError, TypeError, ValueError):  # a device/dtype without a fused kernel
-            pass
-    return classes[name](groups)
 
 
 def _finite(v: float) -> Optional[float]:
