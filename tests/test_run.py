@@ -359,6 +359,7 @@ def test_a_run_already_running_elsewhere_is_left_alone(tmp_path, data_root, caps
     assert "already running" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")  # dynamo
 @pytest.mark.slow
 def test_compiled_model_trains_and_checkpoints_like_the_eager_one(tmp_path, data_root):
     # --compile compiles the model in place (torch.compile): same run id, same parameter names

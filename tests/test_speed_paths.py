@@ -262,3 +262,22 @@ def test_random_bits24_are_uniform_24_bit_integers():
             expected = len(words) / 16
             chi2 = float(((counts - expected) ** 2 / expected).sum())
             assert chi2 < 37.7, (shift, chi2)  # chi-square, 15 degrees of freedom, p = 1e-3
+
+
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")  # dynamo
+@pytest.mark.slow
+def test_compile_covers_the_fused_log_densities_and_keeps_their_values():
+    # the estimators call particle_log_densities, not forward: --compile must compile it too
+    torch.manual_seed(0)
+    x = (torch.rand(6, 20) < 0.3).float()
+    model = SigmoidBeliefNetwork((20,), N=5, depth=2, nlayers=0)
+    torch.manual_seed(1)
+    eager = model.particle_log_densities(x, particles=3)
+    model.compile()
+    assert hasattr(model.particle_log_densities, "_torchdynamo_orig_callable")
+    torch.manual_seed(1)
+    compiled = model.particle_log_densities(x, particles=3)
+    assert all(torch.equal(a, b) for a, b in zip(eager[0]["z"], compiled[0]["z"]))  # the same draws
+    for a, b in zip(eager[1:], compiled[1:]):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert not any("_orig_mod" in k for k in model.state_dict())

@@ -101,6 +101,17 @@ class TemplateModel(nn.Module):
         r"""The shape of one observation (used to build baselines)."""
         raise NotImplementedError
 
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        r"""``torch.compile`` the model's hot path in place (``run.py --compile``): its ``forward``
+        (:meth:`torch.nn.Module.compile`) and, for a model with ``fused_log_densities``, its
+        ``particle_log_densities``, which the estimators call instead of ``forward``.  Parameter
+        names and so checkpoints are those of the eager model; ``args``/``kwargs`` go to
+        ``torch.compile``."""
+        super().compile(*args, **kwargs)
+        if getattr(self, "fused_log_densities", False):
+            # an instance attribute: it shadows the method for this model only
+            self.particle_log_densities = torch.compile(self.particle_log_densities, *args, **kwargs)
+
 
 class SingleLayerModel(TemplateModel):
     r"""A model with one stochastic layer, defined by three distributions.
