@@ -128,8 +128,9 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--rf", action="store_true", help="delete the run directory first")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     g.add_argument("--compile", action="store_true",
-                   help="compile the model's forward pass and fused log-densities with torch.compile (off by default: on the "
-                        "CPU it does not pay for the paper's models; see benchmarks/bench_step.py)")
+                   help="compile the model's forward pass and fused log-densities with torch.compile (off "
+                        "by default: on the CPU it does not pay for the paper's models; see "
+                        "benchmarks/bench_step.py --only compile)")
     g.add_argument("--no_flush_denormal", action="store_true",
                    help="keep denormal floats on the CPU (they are flushed by default)")
     g.add_argument("--no_retain_memory", action="store_true",
