@@ -127,10 +127,14 @@ class Rebar(BernoulliEstimator):
         (:meth:`~ovis.estimators.discrete.BernoulliEstimator.layerwise_smooth`): the layers below
         layer ``l`` are relaxed in the control variate, :math:`y_m = \sigma_\lambda(a_m(y_{m-1}) +
         \omega_m)` (logistic noise and the sigmoid, or Gumbel noise and the softmax), a smooth
-        function of the relaxed :math:`y_l`."""
-        tau = self.temperature(params)
+        function of the relaxed :math:`y_l`.
+
+        The temperature is taken afresh in every relaxation: with an adapted temperature (dynamic
+        REBAR, RELAX) each layer differentiates its own control variate's second moment, which
+        frees the graph it went through, so no graph node may be shared between layers (a shared
+        ``exp(log_tau)`` broke every model of three layers or more)."""
         return self.layerwise_smooth(model, x, params, depth,
-                                     lambda a_m, omega_m: self.relax(a_m + omega_m, tau))
+                                     lambda a_m, omega_m: self.relax(a_m + omega_m, self.temperature(params)))
 
     # --------------------------------------------------------------- estimator
     def score_gradient(self, fbar, a, shape, params, fsmooth=None):  # type: ignore[no-untyped-def]
