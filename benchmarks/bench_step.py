@@ -9,6 +9,11 @@ floats flushed, ``torch.set_num_threads(--threads)``.
    divided by the bare model's forward + backward on the same ``B*K`` particles (its log-densities
    summed, then backward).  Multi-pass estimators (OVIS-MC) are compared with the bare passes they
    make (``K + S`` particles).
+   **Multi-pass estimators** (``--only multipass``, in the default set): MuProp, ARM/DisARM, REBAR
+   and RELAX evaluate the model several times a step (the layer-wise estimators of a 3-layer SBN);
+   their passes are counted during a step (the rows given to ``log_joint_at``, with and without an
+   autograd graph, in units of ``B*K``), and the estimator's forward + backward is divided by as
+   many bare passes: ``n_graph x`` (bare forward + backward) ``+ n_nograd x`` (bare forward).
 2. **Training step** (forward + backward + Adam, the optimiser of ``run.py``) of the SBN at K = 5 and 50.
 3. **Evaluation**: ``L_5000`` per test image (chunked particles, inference mode) and its peak
    memory (rise of the resident set).
@@ -57,6 +62,7 @@ from ovis.utils.memory import (  # noqa: E402
 SINGLE_PASS_SF = ["reinforce", "reinforce-baseline", "vimco-arithmetic", "vimco-geometric", "ovis-gamma1",
                   "ovis-gamma0", "wake-wake", "tvo-part2-config1"]
 PATHWISE = ["pathwise-vae", "pathwise-iwae", "stl", "dreg"]
+MULTI_PASS = ["muprop", "simple-muprop", "arm", "disarm", "rebar", "dynamic-rebar", "relax"]
 STEP_TARGETS_MS = {5: 5.3, 50: 40.0}
 
 
@@ -169,6 +175,67 @@ def overhead_table(x: torch.Tensor, repeats: int) -> None:
         for eid in PATHWISE:
             tb, t = paired_median_times(bare_v, estimator_pass(build_estimator(eid, iw=K), vae, x), repeats)
             print(f"{eid:22s} {K:4d} {tb * 1e3:9.2f} {t * 1e3:9.2f} {t / tb:7.2f}  (Gaussian VAE)", flush=True)
+
+
+class PassCounter:
+    r"""Counts the model evaluations of the discrete-latent estimators: the rows given to
+    ``model.log_joint_at`` (an instance attribute shadows the method while counting), in units of
+    ``rows`` (``B*K``), with (``graph``) and without (``nograd``) an autograd graph."""
+
+    def __init__(self, model: torch.nn.Module, rows: int) -> None:
+        self.model, self.rows = model, rows
+        self.graph = self.nograd = 0.0
+
+    def __enter__(self) -> "PassCounter":
+        method = type(self.model).log_joint_at
+
+        def counting(x: torch.Tensor, z: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+            out = method(self.model, x, z)
+            if out[0].requires_grad:
+                self.graph += out[0].shape[0] / self.rows
+            else:
+                self.nograd += out[0].shape[0] / self.rows
+            return out
+
+        self.model.log_joint_at = counting  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.model.log_joint_at
+
+
+def multipass_table(x: torch.Tensor, repeats: int) -> None:
+    print("\n## 1b. Multi-pass estimators: estimator fwd+bwd / the bare passes it makes (3-layer SBN)")
+    print("   (passes counted in one step: n_graph bare fwd+bwd + n_nograd bare fwd, measured alternately)")
+    print(f"{'estimator':22s} {'K':>4s} {'graph':>6s} {'nograd':>7s} {'bare ms':>9s} {'est ms':>9s} {'ratio':>7s}")
+    B = x.shape[0]
+    for K in (5, 50):
+        reps = repeats if K == 5 else max(5, repeats // 6)  # a REBAR step at K = 50 takes about a second
+        torch.manual_seed(0)
+        model = sbn(x)
+        bare = bare_pass(model, x, K, zgrads=False)
+        helper = GradientEstimator(mc=1, iw=K)
+
+        def bare_nograd() -> None:
+            with torch.no_grad():
+                helper.evaluate(model, x, RuntimeParams(), K=K, zgrads=False)
+
+        for eid in MULTI_PASS:
+            est = build_estimator(eid, iw=K)
+            run = estimator_pass(est, model, x)
+            with PassCounter(model, B * K) as passes:
+                run()
+            n_graph, n_nograd = round(passes.graph), round(passes.nograd)
+
+            def reference() -> None:
+                for _ in range(n_graph):
+                    bare()
+                for _ in range(n_nograd):
+                    bare_nograd()
+
+            tb, t = paired_median_times(reference, run, reps, warmup=1)
+            print(f"{eid:22s} {K:4d} {passes.graph:6.1f} {passes.nograd:7.1f} {tb * 1e3:9.2f} {t * 1e3:9.2f} "
+                  f"{t / tb:7.2f}", flush=True)
 
 
 def _minor_faults() -> int:
@@ -305,7 +372,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats (to compare)")
     p.add_argument("--no-retain-memory", action="store_true",
                    help="glibc's default malloc behaviour instead of run.py's retained memory (to compare)")
-    p.add_argument("--only", default="overhead,step,eval,denormal,memory")
+    p.add_argument("--only", default="overhead,multipass,step,eval,denormal,memory")
     args = p.parse_args(argv)
     retained = False if args.no_retain_memory else retain_freed_memory()
     torch.set_num_threads(args.threads)
@@ -317,6 +384,8 @@ def main(argv=None) -> int:
     parts = set(args.only.split(","))
     if "overhead" in parts:
         overhead_table(x, args.repeats)
+    if "multipass" in parts:
+        multipass_table(x, args.repeats)
     if "step" in parts:
         step_table(x, args.repeats)
     if "eval" in parts:
