@@ -362,13 +362,18 @@ def test_a_run_already_running_elsewhere_is_left_alone(tmp_path, data_root, caps
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")  # dynamo
 @pytest.mark.slow
 def test_compiled_model_trains_and_checkpoints_like_the_eager_one(tmp_path, data_root):
-    # --compile compiles the model in place (torch.compile): same run id, same parameter names
+    # --compile compiles the training estimation (ovis.estimators.base.compile_estimator): same run
+    # id, same parameter names
     base = ["--dataset", "binmnist", "--mini", "--model", "sbm", "--N", "8", "--depth", "2",
             "--bs", "8", "--iw_test", "4", "--iw_valid", "4", "--max_eval", "8", "--silent",
             "--no_tensorboard", "--estimator", "vimco-arithmetic", "--iw", "3", "--nsteps", "4",
             "--eval_freq", "100", "--grad_samples", "0", "--npoints_au_analysis", "0"] + _common(tmp_path, data_root)
     assert compute_run_id(parse_run_args(base + ["--compile"])) == compute_run_id(parse_run_args(base))
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
     assert main(base + ["--compile"]) == 0
+    assert counters["stats"]["unique_graphs"] > graphs  # the training steps ran a compiled graph
     d = _run_dir(tmp_path, base)
     assert json.loads((d / "status.json").read_text())["status"] == "success"
     state = torch.load(d / "last.pt", weights_only=True)["model"]

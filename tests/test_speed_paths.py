@@ -276,8 +276,57 @@ def test_compile_covers_the_fused_log_densities_and_keeps_their_values():
     model.compile()
     assert hasattr(model.particle_log_densities, "_torchdynamo_orig_callable")
     torch.manual_seed(1)
-    compiled = model.particle_log_densities(x, particles=3)
+    with torch._inductor.config.patch(fallback_random=True):  # the eager draws (random_bits24)
+        compiled = model.particle_log_densities(x, particles=3)
     assert all(torch.equal(a, b) for a, b in zip(eager[0]["z"], compiled[0]["z"]))  # the same draws
     for a, b in zip(eager[1:], compiled[1:]):
         assert torch.allclose(a, b, atol=1e-5)
     assert not any("_orig_mod" in k for k in model.state_dict())
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")  # dynamo
+@pytest.mark.parametrize("eid", ["vimco-arithmetic", "ovis-gamma1"])
+def test_compiled_estimation_equals_the_eager_one_on_the_same_draws(eid):
+    # run.py --compile: one graph for the model's pass, the maths and the surrogate; with inductor's
+    # fallback_random the compiled graph draws the eager samples, so loss and gradients agree
+    from ovis.estimators.base import compile_estimator
+
+    torch.manual_seed(0)
+    x = (torch.rand(6, 20) < 0.3).float()
+    model = SigmoidBeliefNetwork((20,), N=5, depth=2, nlayers=0, x_mean=x.mean(0))
+    est = build_estimator(eid, iw=4)
+    call = compile_estimator(est, model)
+    results = []
+    with torch._inductor.config.patch(fallback_random=True):
+        for compiled in (False, True, True):  # the second compiled call reuses the graph
+            model.zero_grad()
+            torch.manual_seed(7)
+            if compiled:
+                loss, diagnostics, _ = call(x, alpha=0.0)
+                loss.backward()
+            else:
+                loss, diagnostics, _ = est(model, x, backward=True, alpha=0.0)
+            results.append((loss.detach(), diagnostics["loss"]["L_k"].detach(),
+                            torch.cat([p.grad.reshape(-1) for p in model.parameters()])))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert results[0][2].abs().max() > 0
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")  # dynamo
+def test_random_bits24_under_compile_are_uniform_24_bit_integers():
+    # inside a compiled graph the words come from inductor's generator: each of the 24 bits of the
+    # values is a fair coin (binomial bound, 6 standard errors), none is above 2^24
+    from ovis.distributions.bernoulli import random_bits24
+
+    bits = torch.compile(lambda: random_bits24((3, 1000, 100)))()
+    assert bits.dtype == torch.int32 and bits.shape == (3, 1000, 100)
+    assert int(bits.min()) >= 0 and int(bits.max()) < (1 << 24)
+    n = bits.numel()
+    means = torch.stack([((bits >> k) & 1).double().mean() for k in range(24)])
+    assert float((means - 0.5).abs().max()) < 6 * math.sqrt(0.25 / n)
+    again = torch.compile(lambda: random_bits24((3, 1000, 100)))()
+    assert not torch.equal(bits, again)

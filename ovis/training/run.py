@@ -340,8 +340,6 @@ class Trainer:
             raise ValueError(f"data set {args.dataset!r} has an empty split "
                              f"(train {len(data.train)}, valid {len(data.valid)}, test {len(data.test)})")
         self.model = models.build_model(args, data).to(self.device)
-        if args.compile:  # in place: parameter names and checkpoints are those of the eager model
-            self.model.compile()
         cls, _ = estimators.parse_estimator_id(args.estimator)
         extra: Dict[str, Any] = {}
         if "x_shape" in inspect.signature(cls.__init__).parameters:
@@ -354,6 +352,11 @@ class Trainer:
         else:
             self.estimator = estimators.build_estimator(args.estimator, mc=args.mc, iw=args.iw, **extra)
         self.estimator.to(self.device)
+        # --compile: the training estimation (model pass, estimator maths, surrogate) as one compiled
+        # graph; the modules themselves are not wrapped, so parameter names and checkpoints are
+        # those of the eager run
+        self._compiled = (estimators.base.compile_estimator(self.estimator, self.model) if args.compile
+                          else None)
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad],
                    "lr": args.lr, "name": "model"}]
         est_params = [p for p in self.estimator.parameters() if p.requires_grad]
@@ -455,7 +458,11 @@ class Trainer:
         x = fetch_batch(self.data.train, self._batch_indices(step)).to(self.device)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, diagnostics, _ = self.estimator(self.model, x, backward=True, **self.runtime(step))
+        if self._compiled is not None:
+            loss, diagnostics, _ = self._compiled(x, **self.runtime(step))
+            loss.backward()
+        else:
+            loss, diagnostics, _ = self.estimator(self.model, x, backward=True, **self.runtime(step))
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite surrogate loss ({loss.item()}) at step {step}: lower --lr, or check the "
