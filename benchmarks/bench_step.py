@@ -390,6 +390,10 @@ def main(argv=None) -> int:
     x = (torch.rand(24, 784) < 0.13).float()
     print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, batch 24, "
           f"freed memory {'retained' if retained else 'returned (glibc default)'}")
+    a, w = torch.randn(120, 200), torch.randn(200, 784)
+    print(f"# machine speed: a 120x200 @ 200x784 float32 matmul (the SBN's largest at K = 5) takes "
+          f"{median_time(lambda: torch.mm(a, w), 200, warmup=20) * 1e6:.0f} us now; a shared VM drifts "
+          "(up to 1.5x here), so compare absolute times within one run and trust the alternated ratios")
     parts = set(args.only.split(","))
     if "overhead" in parts:
         overhead_table(x, args.repeats)
