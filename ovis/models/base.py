@@ -102,11 +102,13 @@ class TemplateModel(nn.Module):
         raise NotImplementedError
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
-        r"""``torch.compile`` the model's hot path in place (``run.py --compile``): its ``forward``
+        r"""``torch.compile`` the model's hot path in place: its ``forward``
         (:meth:`torch.nn.Module.compile`) and, for a model with ``fused_log_densities``, its
-        ``particle_log_densities``, which the estimators call instead of ``forward``.  Parameter
-        names and so checkpoints are those of the eager model; ``args``/``kwargs`` go to
-        ``torch.compile``."""
+        ``particle_log_densities``, which the estimators call instead of ``forward`` (without it
+        ``model.compile()`` would compile nothing they run).  Parameter names and so checkpoints
+        are those of the eager model; ``args``/``kwargs`` go to ``torch.compile``.  ``run.py
+        --compile`` compiles the whole estimation instead
+        (:func:`ovis.estimators.base.compile_estimator`), which is faster on the CPU."""
         super().compile(*args, **kwargs)
         if getattr(self, "fused_log_densities", False):
             # an instance attribute: it shadows the method for this model only
