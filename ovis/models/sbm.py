@@ -138,14 +138,15 @@ class SigmoidBeliefNetwork(TemplateModel):
         r"""``(logits, z, signs)``, lists over the layers of ``q(z_l | ...)``'s logits ``[n, N]``,
         its samples ``z_l`` and their signs ``2 z_l - 1`` (the input of the next map), on
         ``n = B * particles`` rows (row ``b * particles + j``).  The first layer is evaluated once
-        per data point; ``z_l = 1[b_l < sigmoid(a_l) 2^24]`` with uniform 24-bit integers ``b`` for
-        all layers drawn in one call (:func:`~ovis.distributions.bernoulli.random_bits24`: the law of
-        ``torch.rand() < p``, cheaper)."""
+        per data point; ``z_l = 1[b_l / 2^24 < sigmoid(a_l)]`` with uniform 24-bit integers ``b``
+        for all layers drawn in one call (:func:`~ovis.distributions.bernoulli.random_bits24`: the
+        law of ``torch.rand() < p``, cheaper; the division by ``2^24`` is exact)."""
         if particles < 1:
             raise ValueError(f"particles must be >= 1, got {particles}")
         B = x.shape[0]
         h = 2 * x.reshape(B, -1) - 1
-        bits = random_bits24((self.depth, B * particles, self.N), device=h.device)
+        # uniforms u = bits / 2^24 (exact): u < sigmoid(a) is bits < sigmoid(a) 2^24, the same draws
+        u = random_bits24((self.depth, B * particles, self.N), device=h.device).to(h.dtype).mul_(1.0 / BITS24)
         logits: List[Tensor] = []
         z: List[Tensor] = []
         signs: List[Tensor] = []
@@ -154,7 +155,7 @@ class SigmoidBeliefNetwork(TemplateModel):
             if l == 0 and particles > 1:
                 a = a.repeat_interleave(particles, 0)
             with torch.no_grad():  # 4 kernels: the comparison writes the float sample itself
-                zl = torch.lt(bits[l], torch.sigmoid(a).mul_(BITS24), out=torch.empty_like(a))
+                zl = torch.lt(u[l], torch.sigmoid(a), out=torch.empty_like(a))
                 h = torch.mul(zl, 2).sub_(1)
             logits.append(a)
             z.append(zl)
