@@ -23,7 +23,7 @@ floats flushed, ``torch.set_num_threads(--threads)``.
 5. **torch.compile** (``--only compile``, not in the default set: compiling takes about a minute):
    eager vs compiled training step of the SBN (``run.py --compile``:
    :func:`ovis.estimators.base.compile_estimator`).
-6. **Retained memory** (``--only memory``): the training step with glibc's initial malloc thresholds
+6. **Retained memory** (``--only memory``, run first): the training step with glibc's initial malloc thresholds
    and with freed memory retained (:mod:`ovis.utils.memory`, what ``run.py`` does on the CPU),
    switched in one process between blocks of steps, with the minor page faults per step.
 
@@ -395,6 +395,10 @@ def main(argv=None) -> int:
           f"{median_time(lambda: torch.mm(a, w), 200, warmup=20) * 1e6:.0f} us now; a shared VM drifts "
           "(up to 1.5x here), so compare absolute times within one run and trust the alternated ratios")
     parts = set(args.only.split(","))
+    if "memory" in parts and not args.no_retain_memory:
+        # first: after the other sections the heap holds large free chunks, and glibc's initial
+        # thresholds no longer show their page faults in this process
+        memory_table(x, args.repeats)
     if "overhead" in parts:
         overhead_table(x, args.repeats)
     if "multipass" in parts:
@@ -407,8 +411,6 @@ def main(argv=None) -> int:
         denormal_table(x, args.denormal_steps, args.keep_denormals)
     if "compile" in parts:
         compile_table(x, args.repeats)
-    if "memory" in parts and not args.no_retain_memory:
-        memory_table(x, args.repeats)
     return 0
 
 
