@@ -81,7 +81,7 @@ def test_normalized_weights_and_ess():
     assert torch.allclose(effective_sample_size(dominant), torch.tensor([[1.0]]))
 
 
-@pytest.mark.parametrize("K", [1, 2, 3, 10, 32, 33, 257])
+@pytest.mark.parametrize("K", [1, 2, 3, 10, 16, 17, 32, 33, 257])  # masked K x K up to 16, prefix/suffix above
 def test_leave_one_out_matches_naive(K):
     x = torch.randn(4, 3, K, dtype=torch.float64) * 5
     loo = leave_one_out_logsumexp(x)

@@ -11,7 +11,8 @@ particles:
 with :math:`\hat{\tilde w}_{-k}` the arithmetic mean of the other (tempered) weights or their
 geometric mean :math:`\exp(\frac{1}{K-1}\sum_{l\neq k}\log\tilde w_l)`.  ``c_k`` does not depend on
 ``z_k``: the estimator is unbiased for :math:`\nabla\mathcal{L}_K^\alpha`.  The leave-one-out sums
-use the ``O(K)`` leave-one-out log-sum-exp (no ``K x K`` matrix).  Needs ``K >= 2``.
+use the exact leave-one-out log-sum-exp (a masked ``K x K`` one up to ``K = 16``, ``O(K)`` memory
+above: :func:`~ovis.estimators.importance.leave_one_out_logsumexp`).  Needs ``K >= 2``.
 """
 from __future__ import annotations
 
