@@ -102,6 +102,12 @@ def paired_median_times(fa: Callable[[], None], fb: Callable[[], None], repeats:
     return ta, tb
 
 
+def reference_matmul_us() -> float:
+    r"""Median time (us) of a ``[120, 200] @ [200, 784]`` float32 matmul: the machine's speed phase."""
+    a, w = torch.randn(120, 200), torch.randn(200, 784)
+    return median_time(lambda: torch.mm(a, w), 200, warmup=20) * 1e6
+
+
 def sbn(x: torch.Tensor) -> SigmoidBeliefNetwork:
     return SigmoidBeliefNetwork((784,), N=200, depth=3, nlayers=0, x_mean=x.mean(0))
 
@@ -253,7 +259,8 @@ def _counting_faults(fn: Callable[[], None], faults: List[int]) -> Callable[[], 
 
 def step_table(x: torch.Tensor, repeats: int) -> None:
     print("\n## 2. Training step, 3-layer SBN (fwd + bwd + Adam), ms (and minor page faults per step)")
-    print("   (the five estimators step in turn, so they see the same machine)")
+    print(f"   (the five estimators step in turn, so they see the same machine; reference matmul now "
+          f"{reference_matmul_us():.0f} us)")
     print(f"{'estimator':22s} {'K':>4s} {'ms':>8s} {'target':>8s} {'faults':>7s}")
     ids = ("vimco-arithmetic", "ovis-gamma1", "reinforce", "tvo-part2-config1", "ovis-S10-exclusive")
     for K in (5, 50):
@@ -320,7 +327,8 @@ def denormal_table(x: torch.Tensor, steps: int, keep_denormals: bool = False) ->
 def compile_table(x: torch.Tensor, repeats: int) -> None:
     print("\n## 5. torch.compile (run.py --compile): training step, 3-layer SBN, ms")
     print("   (eager and compiled steps alternate; the compiled step runs ovis.estimators.base.compile_estimator:")
-    print("    the model's pass, the estimator's maths and the surrogate as one graph, then its backward)")
+    print("    the model's pass, the estimator's maths and the surrogate as one graph, then its backward;")
+    print(f"    reference matmul now {reference_matmul_us():.0f} us)")
     print(f"{'estimator':22s} {'K':>4s} {'eager':>8s} {'compiled':>9s} {'ratio':>6s} {'compile s':>10s}")
     for K in (5, 50):
         for eid in ("vimco-arithmetic", "ovis-gamma1"):
@@ -390,9 +398,8 @@ def main(argv=None) -> int:
     x = (torch.rand(24, 784) < 0.13).float()
     print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, batch 24, "
           f"freed memory {'retained' if retained else 'returned (glibc default)'}")
-    a, w = torch.randn(120, 200), torch.randn(200, 784)
     print(f"# machine speed: a 120x200 @ 200x784 float32 matmul (the SBN's largest at K = 5) takes "
-          f"{median_time(lambda: torch.mm(a, w), 200, warmup=20) * 1e6:.0f} us now; a shared VM drifts "
+          f"{reference_matmul_us():.0f} us now (about 300 in this VM's fast phases); a shared VM drifts "
           "(up to 1.5x here), so compare absolute times within one run and trust the alternated ratios")
     parts = set(args.only.split(","))
     if "memory" in parts and not args.no_retain_memory:
