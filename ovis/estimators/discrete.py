@@ -416,43 +416,46 @@ class ARM(BernoulliEstimator):
         shape = (B, M, K)
         x_exp = self.expand(x, M, K)
 
-        def complete(prefix: List[Tensor]) -> List[Tensor]:
-            r"""Sample the layers below ``prefix`` from ``q`` (no gradient)."""
-            z = list(prefix)
+        def complete(prefix: List[Tensor], logits: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+            r"""Sample the layers below ``prefix`` from ``q`` (no gradient); ``logits`` are those of
+            the prefix's layers, and the returned logits those of all the layers."""
+            z, logits = list(prefix), list(logits)
             with torch.no_grad():
                 while len(z) < depth:
-                    z.append(torch.bernoulli(torch.sigmoid(model.q_logits(len(z), z[-1]))))
-            return z
+                    logits.append(model.q_logits(len(z), z[-1]))
+                    z.append(torch.bernoulli(torch.sigmoid(logits[-1])))
+            return z, logits
 
-        def f(z: List[Tensor], attached: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, List[Tensor]]:
-            logits = [model.q_logits(l, x_exp if l == 0 else z[l - 1]) for l in range(depth)]
-            if not attached:
-                logits = [a.detach() for a in logits]
+        def f(z: List[Tensor], logits: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
             lq = torch.stack([bernoulli_log_prob(a, zl) for a, zl in zip(logits, z)], -1)
             log_px, log_pz = model.log_joint_at(x_exp, z)
             log_w, kl = log_weights(log_px.view(B, M, K), lq.view(B, M, K, depth),
                                     log_pz.view(B, M, K, depth), params.beta, params.freebits)
-            return log_mean_exp(log_w, -1), log_w, kl, log_px.view(B, M, K), logits
+            return log_mean_exp(log_w, -1), log_w, kl, log_px.view(B, M, K)
 
-        # the main sample, layer by layer, keeping each layer's uniforms
+        # the main sample, layer by layer, keeping each layer's uniforms and its logits (attached to
+        # phi); the first layer's logits are those of each data point, repeated over its M*K copies
         main: List[Tensor] = []
         us: List[Tensor] = []
-        with torch.no_grad():
-            h = x_exp
-            for l in range(depth):
-                a_l = model.q_logits(l, h)
+        logits: List[Tensor] = []
+        for l in range(depth):
+            a_l = (model.q_logits(0, x).repeat_interleave(M * K, 0) if l == 0
+                   else model.q_logits(l, main[-1]))
+            with torch.no_grad():
                 u = _uniform(a_l.shape, a_l)
                 main.append((u < torch.sigmoid(a_l)).to(a_l.dtype))
-                us.append(u)
-                h = main[-1]
-        fmain, log_w, kl, log_px, logits = f(main, attached=True)  # logits attached to phi
+            us.append(u)
+            logits.append(a_l)
+        fmain, log_w, kl, log_px = f(main, logits)
         surrogate = torch.zeros((), dtype=fmain.dtype, device=fmain.device)
         diffs = []
         for l in range(depth):
             a_l = logits[l].detach()
             bt = (us[l] > torch.sigmoid(-a_l)).to(a_l.dtype)
             with torch.no_grad():
-                fbt = f(complete(main[:l] + [bt]), attached=False)[0]
+                # the antithetic sample shares the main sample's layers above l, so their logits;
+                # the layers below are drawn given bt, their logits computed once for both uses
+                fbt = f(*complete(main[:l] + [bt], [a.detach() for a in logits[:l + 1]]))[0]
                 g = self._layer_gradient(fmain.detach(), fbt, us[l], a_l, main[l], bt, shape)
             surrogate = surrogate + (g * logits[l]).sum()
             diffs.append((fmain.detach() - fbt).abs().mean(1))
