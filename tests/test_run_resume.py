@@ -109,13 +109,12 @@ def test_sigkill_and_restart_equals_uninterrupted(tmp_path, reference):
         pytest.fail("three runs finished before the kill could land")
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
-    tmp_path = root
-    d = _dir(tmp_path)
+    d = _dir(root)
     killed_at = _status(d)
     assert killed_at["status"] == "running"  # SIGKILL leaves no chance to write anything
     ckpt = torch.load(d / "last.pt", weights_only=True)
     assert 0 < ckpt["step"] < 60
-    r = subprocess.run(_cmd(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(_cmd(root), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert _status(d)["status"] == "success"
     assert f"resumed from" in (d / "run.log").read_text()
