@@ -104,7 +104,7 @@ def test_a_broken_transform_fails_the_comparison():
 
     class _Broken(ReinforceTransformed):
         def compute(self, model, x, params):
-            p, log_w, kl, bound, v = self._weights(model, x, params)
+            p, log_w, kl, bound, v = self.weighted_particles(model, x, params)
             d = bound[..., None] - v
             signal = d - 0.5 * d
             loss = score_function_surrogate(signal, p.log_px, p.log_qz, p.log_pz, v, bound)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ovis.distributions.utils import detach_distribution
-from ovis.estimators.importance import effective_sample_size, iw_bound, log_weights
+from ovis.estimators.importance import effective_sample_size, iw_bound, log_weights, normalized_weights, renyi_bound
 from ovis.models.base import batch_reduce, check_model_output
 
 __all__ = ["RuntimeParams", "Particles", "GradientEstimator", "Diagnostics", "compile_estimator",
@@ -280,6 +280,20 @@ class GradientEstimator(nn.Module):
             [batch_reduce(p.log_prob(z)) for p, z in zip(output["pz"], output["z"])], dim=-1
         ).view(B, M, K, -1)
         return Particles(output=output, log_px=log_px, log_qz=log_qz, log_pz=log_pz)
+
+    def weighted_particles(
+        self, model: nn.Module, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Particles, Tensor, Tensor, Tensor, Tensor]:
+        r"""``(particles, log_w, kl, bound, v)``: :meth:`evaluate` without reparameterised latents,
+        then, without a graph, the log-weights ``[B, M, K]`` and KL ``[B, M, K]``, the Renyi bound
+        ``[B, M]`` and the tempered normalised weights ``[B, M, K]`` (the coefficients of the
+        score-function and reweighted wake-sleep surrogates; only the particles carry graphs)."""
+        p = self.evaluate(model, x, params, zgrads=False)
+        with torch.no_grad():
+            log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
+            bound = renyi_bound(log_w, params.alpha)
+            v = normalized_weights(log_w, params.alpha)
+        return p, log_w, kl, bound, v
 
     @staticmethod
     def base_diagnostics(log_w: Tensor, kl: Tensor, log_px: Tensor, iw: Optional[Tensor] = None,

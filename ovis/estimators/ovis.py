@@ -182,9 +182,8 @@ class OvisMonteCarlo(ScoreFunctionEstimator):
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
         K, S = self.iw, self.n_aux
         n_score = K if self.exclusive else K - S
-        p = self.evaluate(model, x, params, K=K, zgrads=False)
+        p, log_w, kl, bound, v = self.weighted_particles(model, x, params)  # the bound's K particles
         with torch.no_grad():
-            log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
             if self.exclusive:
                 # the S auxiliary particles enter only the control variate: drawn in a second
                 # pass without an autograd graph, so the backward pass is that of K particles
@@ -192,8 +191,6 @@ class OvisMonteCarlo(ScoreFunctionEstimator):
                 log_w_aux, _ = log_weights(pa.log_px, pa.log_qz, pa.log_pz, params.beta, params.freebits)
             else:
                 log_w_aux = log_w[..., K - S:]
-            bound = renyi_bound(log_w, params.alpha)  # the theta-gradient's bound, all K particles
-            v = normalized_weights(log_w, params.alpha)
             if n_score == K:  # (exclusive) the score particles are the bound's
                 log_w_score, score_bound, v_score = log_w, bound, v
             else:

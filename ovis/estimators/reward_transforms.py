@@ -50,7 +50,6 @@ import torch
 from torch import Tensor, nn
 
 from ovis.estimators.base import Diagnostics, RuntimeParams
-from ovis.estimators.importance import log_weights, normalized_weights, renyi_bound
 from ovis.estimators.score_function import Reinforce, baseline_mlp, score_function_surrogate
 
 __all__ = [
@@ -308,23 +307,14 @@ class ReinforceTransformed(Reinforce):
     def extra_repr(self) -> str:
         return f"mc={self.mc}, iw={self.iw}, reward_transforms={','.join(self.chain.names) or '()'}"
 
-    def _weights(self, model: nn.Module, x: Tensor, params: RuntimeParams) -> Tuple[Any, Tensor, Tensor, Tensor, Tensor]:
-        r"""``(particles, log_w, kl, bound, v)`` of one evaluation (only the particles carry graphs)."""
-        p = self.evaluate(model, x, params, zgrads=False)
-        with torch.no_grad():
-            log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
-            bound = renyi_bound(log_w, params.alpha)
-            v = normalized_weights(log_w, params.alpha)
-        return p, log_w, kl, bound, v
-
     def compute(self, model: nn.Module, x: Tensor, params: RuntimeParams) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
-        p, log_w, kl, bound, v = self._weights(model, x, params)
+        p, log_w, kl, bound, v = self.weighted_particles(model, x, params)
         cache: Dict[str, Tensor] = {}
 
         def fresh() -> Tensor:
             if "d" not in cache:
                 with torch.no_grad():
-                    _, _, _, bound2, v2 = self._weights(model, x, params)
+                    _, _, _, bound2, v2 = self.weighted_particles(model, x, params)
                     cache["d"] = bound2[..., None] - v2
             return cache["d"]
 

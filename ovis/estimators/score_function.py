@@ -27,8 +27,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ovis.estimators.base import Diagnostics, GradientEstimator, Particles, RuntimeParams
-from ovis.estimators.importance import log_weights, normalized_weights, renyi_bound
+from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
+from ovis.estimators.importance import log_weights
 from ovis.estimators.surrogate import linear_surrogate, log_weight_coefficients
 
 __all__ = ["ScoreFunctionEstimator", "Reinforce", "ReinforceBaseline", "baseline_mlp", "score_function_surrogate"]
@@ -82,11 +82,8 @@ class ScoreFunctionEstimator(GradientEstimator):
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
-        p = self.evaluate(model, x, params, zgrads=False)
+        p, log_w, kl, bound, v = self.weighted_particles(model, x, params)
         with torch.no_grad():  # the surrogate's coefficients (its graph is one linear node)
-            log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
-            bound = renyi_bound(log_w, params.alpha)  # [B, M]
-            v = normalized_weights(log_w, params.alpha)
             signal, aux_loss, extra = self.learning_signal(log_w, bound, v, x, params)
         loss = score_function_surrogate(signal, p.log_px, p.log_qz, p.log_pz, v, bound, params.beta, params.freebits)
         if aux_loss is not None:

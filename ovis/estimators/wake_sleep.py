@@ -17,7 +17,6 @@ import torch
 from torch import Tensor, nn
 
 from ovis.estimators.base import Diagnostics, GradientEstimator, Particles, RuntimeParams
-from ovis.estimators.importance import log_weights, normalized_weights, renyi_bound
 from ovis.estimators.score_function import score_function_surrogate
 from ovis.models.base import batch_reduce, require_hook
 
@@ -30,11 +29,7 @@ class _ReweightedWakeSleep(GradientEstimator):
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
-        p = self.evaluate(model, x, params, zgrads=False)
-        with torch.no_grad():
-            log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
-            bound = renyi_bound(log_w, params.alpha)
-            v = normalized_weights(log_w, params.alpha)
+        p, log_w, kl, bound, v = self.weighted_particles(model, x, params)
         loss, phi_loss = self.surrogate(model, x, p, v, bound, params)
         diagnostics = self.base_diagnostics(log_w, kl, p.log_px)
         diagnostics["estimator"] = {"phi_loss": phi_loss.detach().expand(x.shape[0])}
