@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
 from ovis.estimators.importance import log_weights
+from ovis.estimators.surrogate import linear_surrogate, log_weight_coefficients
 
 __all__ = ["ThermodynamicVO", "tvo_partition"]
 
@@ -99,24 +100,28 @@ class ThermodynamicVO(GradientEstimator):
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
         p = self.evaluate(model, x, params, zgrads=False)
-        log_q = p.log_qz.sum(-1)  # [B, M, K], phi
-        log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)  # theta, phi
-        K = log_w.shape[-1]
+        B, M, K = p.log_px.shape
         betas, coef = self.riemann_weights()
-        betas = betas.to(log_w)
-        coef = coef.to(log_w)
-        f = log_w[..., None]  # [B, M, K, 1]
-        with torch.no_grad():
+        with torch.no_grad():  # the surrogate is linear in the log-densities: only its coefficients
+            log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)  # [B, M, K]
+            betas = betas.to(log_w)
+            coef = coef.to(log_w)
+            f = log_w[..., None]  # [B, M, K, 1]
             omega = torch.softmax(betas * f, dim=2)  # [B, M, K, P]
-            f_bar = (omega * f).sum(2, keepdim=True)  # [B, M, 1, P]
-            centred = f - f_bar
-        correction = K / (K - 1)
-        g = log_q[..., None] + betas * f  # log pi~_beta as a function of the parameters
-        expectation = (omega * f).sum(2)  # [B, M, P]: E_pi[grad f]
-        covariance = correction * (omega * centred * g).sum(2)  # [B, M, P]
-        surrogate = ((expectation + covariance) * coef).sum(-1)  # [B, M]
-        loss = -surrogate.mean()
-        diagnostics = self.base_diagnostics(log_w.detach(), kl.detach(), p.log_px.detach())
-        with torch.no_grad():
-            diagnostics["estimator"] = {"tvo": ((omega * f).sum(2) * coef).sum(-1).mean(1)}
+            e_f = (omega * f).sum(2)  # [B, M, P]: the estimates of E_pi[f]
+            cov = (K / (K - 1)) * omega * (f - e_f[:, :, None])  # [B, M, K, P]: the covariance weights
+            log_q = p.log_qz.sum(-1)  # [B, M, K]
+            # surrogate per (b, m): sum_j coef_j (E[f]_j + sum_k cov_kj (log q_k + beta_j f_k))
+            per_point = ((e_f + (cov * (log_q[..., None] + betas * f)).sum(2)) * coef).sum(-1)  # [B, M]
+            scale = -1.0 / (B * M)
+            value = scale * per_point.sum()
+            # coefficients of f = log w (omega and the centring held fixed) and of log q
+            d_f = scale * ((omega + cov * betas) * coef).sum(-1)  # [B, M, K]
+            d_log_q = scale * (cov * coef).sum(-1)  # [B, M, K]
+            # log w = log p(x|z) - beta sum_l max(log q_l - log p_l, lambda): log q enters it too
+            d_px, d_pz = log_weight_coefficients(d_f, p.log_qz, p.log_pz, params.beta, params.freebits)
+            d_qz = d_log_q[..., None] - d_pz
+        loss = linear_surrogate(value, p.log_px, p.log_qz, p.log_pz, d_px, d_qz, d_pz)
+        diagnostics = self.base_diagnostics(log_w, kl, p.log_px)
+        diagnostics["estimator"] = {"tvo": (e_f * coef).sum(-1).mean(1)}
         return loss, diagnostics, p.output
