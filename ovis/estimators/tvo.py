@@ -60,6 +60,11 @@ def tvo_partition(K: int, partitions: int = 2, log_beta_min: float = 10.0, sched
 class ThermodynamicVO(GradientEstimator):
     r"""TVO with the covariance gradient estimator.
 
+    With ``omega`` and the centring held fixed, the surrogate is linear in the particles'
+    log-densities: it is one :func:`~ovis.estimators.surrogate.linear_surrogate` node whose
+    coefficients are computed without a graph (``tests/test_surrogate.py`` checks them against
+    the estimator written with autograd).
+
     Args:
         partitions: ``n``, the number of points after ``0``.
         log_beta_min: ``m`` with ``beta_1 = 10^-m`` (``schedule="log"``).
