@@ -52,7 +52,7 @@ from ovis.estimators.base import GradientEstimator, RuntimeParams, compile_estim
 from ovis.models.sbm import SigmoidBeliefNetwork  # noqa: E402
 from ovis.models.vae import VAE  # noqa: E402
 from ovis.training.evaluation import evaluate_bound  # noqa: E402
-from ovis.training.run import build_optimizer  # noqa: E402
+from ovis.training.optimizers import build_optimizer  # noqa: E402
 from ovis.utils.memory import (  # noqa: E402
     GLIBC_INITIAL_THRESHOLDS,
     MAX_MMAP_THRESHOLD,

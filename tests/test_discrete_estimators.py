@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from ovis.estimators import build_estimator
 from ovis.testing import (

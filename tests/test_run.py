@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,6 @@ import torch
 from torch import nn
 from torch.distributions import Independent, Normal
 
-from ovis.training import arguments
 from ovis.training.arguments import RUN_IDENTITY_DEFAULTS, parse_run_args
 from ovis.training.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from ovis.training.evaluation import accumulate_chunked_bound, active_units, evaluate_bound

@@ -8,7 +8,7 @@ import torch
 
 from ovis.estimators import build_estimator
 from ovis.models.sbm import SigmoidBeliefNetwork, sample_bernoulli
-from ovis.training.run import build_optimizer
+from ovis.training.optimizers import build_optimizer
 
 
 def test_sbn_particles_path_equals_expanded_batch():

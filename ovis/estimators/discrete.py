@@ -71,7 +71,6 @@ categorical REBAR draw, training the Gumbel-softmax discrete VAE) and ``tests/te
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch

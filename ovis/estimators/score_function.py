@@ -28,7 +28,6 @@ import torch
 from torch import Tensor, nn
 
 from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
-from ovis.estimators.importance import log_weights
 from ovis.estimators.surrogate import linear_surrogate, log_weight_coefficients
 
 __all__ = ["ScoreFunctionEstimator", "Reinforce", "ReinforceBaseline", "baseline_mlp", "score_function_surrogate"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from typing import Iterable, List, Optional, Sequence
+from typing import List, Sequence
 
 __all__ = [
     "RunArgumentError",

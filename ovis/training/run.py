@@ -72,14 +72,14 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 import ovis
 from ovis.training.arguments import RunArgumentError, build_run_parser, parse_run_args
 from ovis.training.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from ovis.training.evaluation import active_units, evaluate_bound, fetch_batch
 from ovis.training.rundir import RunDirectory, atomic_write_json, compute_run_id
-from ovis.training.optimizers import build_optimizer  # noqa: F401  (re-exported: run.build_optimizer)
+from ovis.training.optimizers import build_optimizer
 from ovis.training.schedules import alpha_at, lr_factor_at
 from ovis.utils.memory import retain_freed_memory
 
