@@ -189,13 +189,33 @@ class GradientEstimator(nn.Module):
 
     def __init__(self, mc: int = 1, iw: int = 1) -> None:
         super().__init__()
-        for name, v in (("mc", mc), ("iw", iw)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{self.family}: {name} must be an integer >= 1, got {v!r}")
-        if iw < self.min_iw:
-            raise ValueError(f"{self.family} needs iw (K) >= {self.min_iw}, got K={iw}")
+        self._check_mc_iw(mc, iw)
         self.mc = mc
         self.iw = iw
+
+    @classmethod
+    def check_arguments(cls, mc: int = 1, iw: int = 1, **config: Any) -> None:
+        r"""Check ``mc`` / ``iw`` (and, in subclasses, the id's ``config``) before building.
+
+        The one source of truth for an estimator's constraints on its arguments: the
+        constructor calls it, and ``run.py`` / the experiment manager call it at parse time, so
+        that an impossible combination (e.g. VIMCO with ``K = 1``) is refused before anything is
+        written.  ``config`` is what :func:`ovis.estimators.config.parse_estimator_id` returns for
+        the id (ignored here, checked by subclasses that depend on it).
+
+        Raises:
+            ValueError: one line naming the argument, the constraint and the fix.
+        """
+        cls._check_mc_iw(mc, iw)
+
+    @classmethod
+    def _check_mc_iw(cls, mc: int, iw: int) -> None:
+        for name, v in (("mc", mc), ("iw", iw)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{cls.family}: {name} must be an integer >= 1, got {v!r}")
+        if iw < cls.min_iw:
+            raise ValueError(f"{cls.family} needs iw (K) >= {cls.min_iw}, got K={iw}; "
+                             f"use --iw {cls.min_iw} or more")
 
     def extra_repr(self) -> str:
         return f"mc={self.mc}, iw={self.iw}"

@@ -156,6 +156,17 @@ class OvisMonteCarlo(ScoreFunctionEstimator):
     def __init__(self, mc: int = 1, iw: int = 2, n_aux: Optional[int] = None,
                  aux_fraction: Optional[float] = None, exclusive: bool = False) -> None:
         super().__init__(mc=mc, iw=iw)
+        self.n_aux = self.auxiliary_count(iw, n_aux, aux_fraction, exclusive)
+        self.exclusive = bool(exclusive)
+
+    @staticmethod
+    def auxiliary_count(iw: int, n_aux: Optional[int] = None, aux_fraction: Optional[float] = None,
+                        exclusive: bool = False) -> int:
+        r"""The number ``S`` of auxiliary particles for ``K = iw``; ``ValueError`` when impossible.
+
+        ``S = n_aux``, or ``S = max(1, floor(aux_fraction * K))``; without ``exclusive`` the
+        ``S`` particles come from the budget ``K``, so ``S <= K - 1``.
+        """
         if (n_aux is None) == (aux_fraction is None):
             raise ValueError("give exactly one of n_aux (an integer S) and aux_fraction (0 < r < 1)")
         if n_aux is not None:
@@ -171,8 +182,14 @@ class OvisMonteCarlo(ScoreFunctionEstimator):
                 f"ovis-S without -exclusive takes its S={S} auxiliary particles from the budget "
                 f"K={iw}, so it needs S <= K-1; use K > {S} or the -exclusive form"
             )
-        self.n_aux = S
-        self.exclusive = bool(exclusive)
+        return S
+
+    @classmethod
+    def check_arguments(cls, mc: int = 1, iw: int = 1, **config: Any) -> None:
+        r"""The base checks, then the auxiliary count against ``K`` (see :meth:`auxiliary_count`)."""
+        super().check_arguments(mc=mc, iw=iw)
+        cls.auxiliary_count(iw, config.get("n_aux"), config.get("aux_fraction"),
+                            bool(config.get("exclusive", False)))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, S={self.n_aux}, exclusive={self.exclusive}"

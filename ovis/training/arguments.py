@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 __all__ = [
     "RunArgumentError",
@@ -248,11 +248,16 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     from ovis.estimators.config import parse_estimator_id
 
     try:
-        cls, _ = parse_estimator_id(args.estimator)
+        cls, est_config = parse_estimator_id(args.estimator)
     except NotImplementedError as e:
         raise RunArgumentError(f"run.py: error: argument --estimator: {e}") from None
     except ValueError as e:
         raise RunArgumentError(f"run.py: error: argument --estimator: {e}") from None
+    # the estimator's own constraints on --mc / --iw (e.g. VIMCO needs K >= 2), stated by its class
+    try:
+        cls.check_arguments(mc=args.mc, iw=args.iw, **est_config)
+    except ValueError as e:
+        raise RunArgumentError(f"run.py: error: argument --iw: --estimator {args.estimator}: {e}") from None
     if (args.alpha > 0 or args.alpha_init > 0) and not getattr(cls, "supports_alpha", True):
         raise RunArgumentError(
             f"run.py: error: estimator {args.estimator!r} does not support a Renyi alpha > 0 "
@@ -266,7 +271,7 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             "run.py: error: argument --grad_samples: needs >= 2 draws to estimate a variance "
             "(0 skips the gradient analysis)"
         )
-    args.track_variance = ",".join(parse_tracked_estimators(args.track_variance))
+    args.track_variance = ",".join(parse_tracked_estimators(args.track_variance, mc=args.mc, iw=args.iw))
     if args.track_variance and args.track_variance_draws < 2:
         raise RunArgumentError(
             "run.py: error: argument --track_variance_draws: needs >= 2 draws to estimate a variance, "
@@ -300,16 +305,19 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def parse_tracked_estimators(text: str) -> List[str]:
+def parse_tracked_estimators(text: str, mc: Optional[int] = None, iw: Optional[int] = None) -> List[str]:
     r"""The estimator ids of ``--track_variance`` (comma-separated, whitespace and duplicates
     dropped, order kept); each id is validated by the estimator grammar
-    (:func:`ovis.estimators.config.parse_estimator_id`).  Raises :class:`RunArgumentError`."""
+    (:func:`ovis.estimators.config.parse_estimator_id`) and, given the run's ``mc`` and ``iw``, by
+    the estimator's own constraints (``check_arguments``).  Raises :class:`RunArgumentError`."""
     from ovis.estimators.config import parse_estimator_id
 
     ids = list(dict.fromkeys(t.strip() for t in str(text).split(",") if t.strip()))
     for eid in ids:
         try:
-            parse_estimator_id(eid)
+            cls, config = parse_estimator_id(eid)
+            if mc is not None and iw is not None:
+                cls.check_arguments(mc=mc, iw=iw, **config)
         except (NotImplementedError, ValueError) as e:
             raise RunArgumentError(f"run.py: error: argument --track_variance: {eid!r}: {e}") from None
     return ids

@@ -10,19 +10,32 @@ objects), so that loading never executes code:
   ``random`` (the 625-word state as an ``int64`` tensor).
 
 Restoring all of them makes a resumed run draw exactly what an uninterrupted run draws.
+
+**Keeping the previous good checkpoint.**  :func:`save_checkpoint` with ``keep_previous=True``
+writes the new checkpoint to a temporary file first (flushed, fsynced), then moves the current
+one, when it is a complete archive, to :func:`previous_path` (``last.pt -> last.prev.pt``) and the
+new one in its place (``os.replace`` both).  A kill at any instant leaves at least one complete
+checkpoint.  :func:`load_resume_checkpoint` loads ``last.pt``, else (missing, empty, truncated,
+not an ovis checkpoint) ``last.prev.pt`` with a one-line warning naming the bad file; when neither
+is good it raises :class:`CheckpointError`, one line naming the file and the fix (``--rf``).
 """
 from __future__ import annotations
 
+import io
 import os
 import random
-from typing import Any, Dict, Mapping
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ovis.training.rundir import atomic_torch_save
+from ovis.utils.files import atomic_write_bytes, fsync_dir
 
-__all__ = ["get_rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "CHECKPOINT_VERSION"]
+__all__ = ["get_rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "load_resume_checkpoint",
+           "previous_path", "CheckpointError", "CHECKPOINT_VERSION"]
 
 CHECKPOINT_VERSION = 1
 
@@ -58,16 +71,108 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
             torch.cuda.set_rng_state_all(cuda_states)
 
 
-def save_checkpoint(path: os.PathLike | str, state: Mapping[str, Any]) -> None:
-    r"""Save a checkpoint atomically (``torch.save`` to a temporary file, then ``os.replace``)."""
-    atomic_torch_save({"version": CHECKPOINT_VERSION, **state}, path)
+class CheckpointError(ValueError):
+    r"""A checkpoint cannot be used (unreadable, truncated, empty, or not an ovis checkpoint).
+
+    The message is one line naming the file and the fix.
+    """
+
+
+def previous_path(path: os.PathLike | str) -> Path:
+    r"""Where the previous good checkpoint of ``path`` is kept: ``last.pt -> last.prev.pt``."""
+    p = Path(path)
+    return p.with_name(p.stem + ".prev" + p.suffix)
+
+
+def _complete(path: Path) -> bool:
+    r"""Whether ``path`` is a complete ``torch.save`` archive (a zip whose central directory,
+    at the end of the file, is intact); cheap: reads the end of the file only."""
+    try:
+        return path.is_file() and path.stat().st_size > 0 and zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def save_checkpoint(path: os.PathLike | str, state: Mapping[str, Any], keep_previous: bool = False) -> None:
+    r"""Save a checkpoint atomically (``torch.save`` to a temporary file, then ``os.replace``).
+
+    With ``keep_previous``, the current file, when complete, becomes :func:`previous_path` just
+    before the new one takes its place, so that a good checkpoint survives a bad write.
+    """
+    obj = {"version": CHECKPOINT_VERSION, **state}
+    path = Path(path)
+    if not keep_previous:
+        atomic_torch_save(obj, path)
+        return
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    staged = path.with_name(path.name + ".new")
+    atomic_write_bytes(staged, buf.getvalue())  # complete and fsynced before anything moves
+    if _complete(path):
+        os.replace(path, previous_path(path))
+    os.replace(staged, path)
+    fsync_dir(path.parent)
 
 
 def load_checkpoint(path: os.PathLike | str, map_location: Any = "cpu") -> Dict[str, Any]:
-    r"""Load a checkpoint with ``weights_only=True`` (no code is executed)."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    r"""Load a checkpoint with ``weights_only=True`` (no code is executed).
+
+    Raises:
+        CheckpointError: the file is empty, truncated, unreadable or not an ovis checkpoint of
+            this version (one line naming the file).
+    """
+    try:
+        if Path(path).stat().st_size == 0:
+            raise CheckpointError(f"{path}: empty checkpoint file")
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt: "
+                              f"{type(e).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: not an ovis checkpoint of version {CHECKPOINT_VERSION}; delete the run with --rf"
         )
     return ckpt
+
+
+def load_resume_checkpoint(path: os.PathLike | str, map_location: Any = "cpu",
+                           check: Optional[Callable[[Dict[str, Any]], None]] = None,
+                           warn: Callable[[str], None] = lambda msg: None
+                           ) -> Tuple[Optional[Dict[str, Any]], Optional[Path]]:
+    r"""The checkpoint to resume from: ``path``, else its previous good one (:func:`previous_path`).
+
+    ``check(ckpt)`` may reject a loadable checkpoint by raising ``ValueError`` (e.g. another
+    run's).  Returns ``(None, None)`` when neither file exists (a fresh run), ``(ckpt, file)``
+    otherwise; ``warn`` receives one line when ``path`` is bad and the previous one is used.
+
+    Raises:
+        CheckpointError: a checkpoint exists but none is good; one line naming the file(s) and
+            the fix (``--rf`` starts the run over).
+    """
+    path = Path(path)
+    prev = previous_path(path)
+    if not path.exists() and not prev.exists():
+        return None, None
+    errors = []
+    for i, p in enumerate((path, prev)):
+        if not p.exists():
+            if i == 0:
+                errors.append(f"{p}: missing")
+            continue
+        try:
+            ckpt = load_checkpoint(p, map_location=map_location)
+            if check is not None:
+                check(ckpt)
+        except (CheckpointError, ValueError) as e:
+            errors.append(str(e).split("; delete the run")[0])
+            continue
+        if i == 1:
+            warn(f"{errors[0]}; resuming from the previous good checkpoint {p}")
+        return ckpt, p
+    raise CheckpointError(f"no usable checkpoint to resume from ({'; '.join(errors)}); start the run over "
+                          "with --rf (or put a good last.pt back)")

@@ -2,7 +2,8 @@ r"""One training run (``run.py``): parse, train, evaluate, checkpoint, resume.
 
 ``main(argv) -> exit code``:
 
-* ``2``: invalid command line (usage message on stderr; no run directory is written);
+* ``2``: invalid command line (one line on stderr naming the flag and the fix, with the usage for
+  argparse's own errors; no run directory is written);
 * ``0``: the run finished (``status.json`` says ``success``);
 * ``1``: an exception (``failed``, with the error and its traceback in ``status.json``);
 * ``130`` / ``143``: Ctrl-C / SIGTERM: a checkpoint is saved and the status is ``aborted``;
@@ -76,7 +77,8 @@ from torch import Tensor
 
 import ovis
 from ovis.training.arguments import RunArgumentError, build_run_parser, parse_run_args
-from ovis.training.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from ovis.training.checkpoint import (CheckpointError, get_rng_state, load_resume_checkpoint, save_checkpoint,
+                                     set_rng_state)
 from ovis.training.evaluation import active_units, evaluate_bound, fetch_batch
 from ovis.training.rundir import RunDirectory, atomic_write_json, compute_run_id
 from ovis.training.optimizers import build_optimizer
@@ -387,8 +389,10 @@ class Trainer:
         self.sums = RunningSums()  # since the last evaluation
         self.log_sums = RunningSums()  # since the last progress log
         self.resumed = False
-        if self.rundir.last_path.exists():
-            self._restore(load_checkpoint(self.rundir.last_path, map_location="cpu"))
+        ckpt, used = load_resume_checkpoint(self.rundir.last_path, map_location="cpu", check=self._check_owner,
+                                            warn=self.log.warning)
+        if ckpt is not None:
+            self._restore(ckpt, used)
             self.resumed = True
         dropped = self.rundir.truncate_metrics(self.step if self.resumed else -1)
         if dropped:
@@ -411,10 +415,13 @@ class Trainer:
             "run_id": self.run_id,
         }
 
-    def _restore(self, ckpt: Mapping[str, Any]) -> None:
+    def _check_owner(self, ckpt: Mapping[str, Any]) -> None:
         if ckpt.get("run_id") != self.run_id:
             raise ValueError(f"{self.rundir.last_path} belongs to run {ckpt.get('run_id')!r}, not "
                              f"{self.run_id!r}; delete the run with --rf")
+
+    def _restore(self, ckpt: Mapping[str, Any], path: Optional[Path] = None) -> None:
+        self._check_owner(ckpt)
         self.model.load_state_dict(ckpt["model"])
         self.estimator.load_state_dict(ckpt["estimator"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -425,10 +432,10 @@ class Trainer:
         self.sums.load(ckpt["sums"], ckpt["count"], self.device)
         self.log_sums.load(ckpt["log_sums"], ckpt["log_count"], self.device)
         set_rng_state(ckpt["rng"])
-        self.log.info(f"resumed from {self.rundir.last_path} at step {self.step}")
+        self.log.info(f"resumed from {path or self.rundir.last_path} at step {self.step}")
 
     def save_last(self) -> None:
-        save_checkpoint(self.rundir.last_path, self._state())
+        save_checkpoint(self.rundir.last_path, self._state(), keep_previous=True)
         self._last_ckpt_time = time.monotonic()
         self.rundir.write_status("running", self.step)
 
@@ -745,9 +752,14 @@ class Trainer:
                     code = 128 + int(signum)
                     # a checkpoint only from a consistent state: between steps, after setup
                     if isinstance(e, RunInterrupted) and not e.forced and self._ready:
-                        save_checkpoint(self.rundir.last_path, self._state())
+                        save_checkpoint(self.rundir.last_path, self._state(), keep_previous=True)
                     self.rundir.write_status("aborted", self.step, error=str(e) or "KeyboardInterrupt")
                     self.log.info(f"aborted at step {self.step} ({e or 'KeyboardInterrupt'})")
+                except CheckpointError as e:  # a known failure: one line naming the file and the fix
+                    code = EXIT_FAILED
+                    self.rundir.write_status("failed", self.step, error=f"{e}")
+                    self.log.error(f"failed: {e}")
+                    sys.stderr.write(f"run.py: error: {e}\n")
                 except Exception as e:  # noqa: BLE001 - every failure is recorded
                     code = EXIT_FAILED
                     tb = traceback.format_exc()
@@ -774,8 +786,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse_run_args(argv)
-    except RunArgumentError as e:
-        sys.stderr.write(build_run_parser().format_usage())
+    except RunArgumentError as e:  # a cross-check of valid flags: one line naming them and the fix
         sys.stderr.write(f"{e}\n")
         return EXIT_USAGE
     except SystemExit as e:  # --help
