@@ -11,6 +11,7 @@ read and the exact files expected.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable, Dict
 
 from ovis.datasets.core import DataSplits, TensorImageDataset
@@ -30,6 +31,7 @@ __all__ = [
     "load_dataset",
     "load_grey_levels",
     "load_labels",
+    "locate_dataset",
     "read_amat",
     "read_idx",
 ]
@@ -84,3 +86,39 @@ def load_dataset(name: str, data_root: str | os.PathLike = "data/", mini: bool =
         data = load_gaussian_toy(mini=mini, seed=seed)
     data.description.setdefault("seed", int(seed))
     return data
+
+
+def locate_dataset(name: str, data_root: str | os.PathLike = "data/") -> Dict[str, Path]:
+    r"""The files :func:`load_dataset` would read for ``name`` (``{}`` for generated sets),
+    found exactly as the loader finds them but without reading them (a cheap check that a data
+    set is available, e.g. before queueing jobs).
+
+    Raises:
+        ValueError: unknown data set name.
+        DatasetNotFoundError: the files are not there (the message names the data set, the
+            folders searched and the files to place there).
+    """
+    from ovis.datasets.files import find_files
+    from ovis.datasets.mnist import IDX_FILES, IDX_FOLDERS, IDX_SYSTEM_DIRS, _find_amat
+
+    if not isinstance(name, str) or name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid names are {list(DATASETS)}")
+
+    def idx(base: str) -> Dict[str, Path]:
+        return find_files(base, data_root, IDX_FOLDERS[base], list(IDX_FILES[base]), IDX_SYSTEM_DIRS[base])
+
+    if name in ("mnist", "fashion", *GREY_DATASETS):
+        return idx(GREY_DATASETS.get(name, name))
+    if name == "binmnist":
+        amat = _find_amat(data_root)
+        if amat is not None:
+            return amat
+        try:
+            return idx("mnist")
+        except DatasetNotFoundError as e:
+            raise DatasetNotFoundError(
+                f"{e} (binmnist reads binarized_mnist/binarized_mnist_{{train,valid,test}}.amat, "
+                "or else the MNIST IDX files)") from None
+    if name == "omniglot":
+        return find_files("omniglot", data_root, ("omniglot", "."), ["chardata.mat"], allow_gz=False)
+    return {}

@@ -11,8 +11,9 @@ r"""Inspect and edit an experiment's queue (``dbutils.py``).
 * ``--requeue --requeue_level L``: 0 nothing, 1 aborted+lost, 2 +failed, 100 +running whose process
   is gone (all running with ``--force``), 10000 everything (a requeued success starts over).
 * ``--update key:old:new,...``: in the matched jobs (``--find``, else all), replace the value of
-  ``--key`` ``old`` by ``new`` (the job id is recomputed); running jobs only with ``--force``.
-* ``--delete PATTERN``: delete the matching jobs; running ones only with ``--force``.
+  ``--key`` ``old`` by ``new``: the rewritten job is a new job (id recomputed, status ``queued``,
+  no attempt, the old outcome dropped); running jobs only with ``--force`` (their process is killed).
+* ``--delete PATTERN``: delete the matching jobs; running and succeeded ones only with ``--force``.
 Changes are printed before they are made.
 """
 from __future__ import annotations
@@ -129,17 +130,22 @@ def dbutils_main(argv: Optional[Sequence[str]] = None, out=None) -> int:
                 if new_id in existing:
                     print(f"  skip {d['job_id']}: the updated job already exists as {new_id}", file=out)
                     continue
-                print(f"  update {d['job_id']} -> {new_id}:\n    {_cmd(d)}\n    {' '.join(map(shlex.quote, new_argv))}", file=out)
-                q.update_jobs([d["job_id"]], {"argv": new_argv, "job_id": new_id})
+                print(f"  update {d['job_id']} ({d['status']} -> queued) -> {new_id}:\n    {_cmd(d)}\n"
+                      f"    {' '.join(map(shlex.quote, new_argv))}", file=out)
+                if d["status"] == "running":  # (--force) its process is killed: the old arguments stop
+                    q.requeue(100, force=True, grace=a.grace, job_ids=[d["job_id"]])
+                # a rewritten job is a new job: queued, no attempt, nothing of the old outcome kept
+                q.update_jobs([d["job_id"]], JobQueue._new_record(new_id, d["script"], new_argv, time.time()))
                 existing.add(new_id)
                 n += 1
             print(f"updated {n} job(s)", file=out)
         if a.delete:
             acted = True
             jobs = match_jobs(q.all_jobs(), a.delete)
-            dele = [d for d in jobs if d["status"] != "running" or a.force]
+            protected = ("running", "success")  # a live job, a finished result: only with --force
+            dele = [d for d in jobs if d["status"] not in protected or a.force]
             for d in jobs:
-                tag = "delete" if d in dele else "skip running (use --force)"
+                tag = "delete" if d in dele else f"skip {d['status']} (use --force)"
                 print(f"  {tag} {d['job_id']} {d['status']}: {_cmd(d)}", file=out)
             q.delete_jobs([d["job_id"] for d in dele])
             print(f"deleted {len(dele)} job(s)", file=out)

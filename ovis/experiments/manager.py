@@ -10,11 +10,13 @@ experiment directory without ``--resume``/``--rf``, make the snapshot ``<root>/<
 queued, mark vanished jobs ``lost``, requeue by level, then run ``P`` workers per usable GPU (or
 ``P`` on the CPU) until nothing is queued.  ``SIGINT``/``SIGTERM`` stop the workers; their running
 jobs end ``aborted``.  Exit code: 0 when every job of the queue succeeded, 1 when some did not,
-2 for a usage error (invalid file, existing directory, ...), 130 when interrupted.
+2 for a usage error (invalid file, a data set missing under ``--data_root``, existing directory,
+...) or a known failure (unusable queue, full disk: one line, no traceback), 130 when interrupted.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import shutil
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from ovis.experiments.grid import ExperimentError, load_and_expand
+from ovis.experiments.preflight import PreflightError, preflight
 from ovis.experiments.queue import FINAL_STATUSES, JobQueue, QueueError
 from ovis.experiments.workers import (BackendNotAvailable, WorkerConfig, discover_gpus,
                                       make_backend)
@@ -113,6 +116,30 @@ def make_snapshot(src: Path, exp_dir: Path, exp_file: Path, script: str, update_
 def manager_main(argv: Optional[Sequence[str]] = None) -> int:
     a = build_manager_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s manager: %(message)s", stream=sys.stderr)
+    try:
+        return _manager_main(a)
+    except (QueueError, OSError) as e:
+        return _known_failure(e)
+
+
+def _known_failure(e: BaseException) -> int:
+    r"""One line for a failure the user can fix (unusable queue, full disk, ...) instead of a
+    traceback; the queue's data are never half-written (atomic writes), so fixing the cause and
+    running again with ``--resume`` continues.  Returns the exit code (2)."""
+    if isinstance(e, OSError) and not isinstance(e, QueueError):
+        where = f"{e.filename}: " if e.filename else ""
+        what = e.strerror or str(e)
+        fix = ("free some disk space" if e.errno == errno.ENOSPC else
+               "check the permissions" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else
+               "fix the cause")
+        log.error("%s%s (errno %s); nothing was half-written: %s, then run again with --resume",
+                  where, what, e.errno, fix)
+    else:
+        log.error("%s", e)
+    return 2
+
+
+def _manager_main(a: argparse.Namespace) -> int:
     if a.processes < 1:
         log.error("--processes must be >= 1, got %d", a.processes)
         return 2
@@ -152,15 +179,22 @@ def manager_main(argv: Optional[Sequence[str]] = None) -> int:
     except BackendNotAvailable as e:
         log.error("%s", e)
         return 2
-    if not data_root.exists():
-        log.warning("data root %s does not exist", data_root)
+    try:  # the machine-dependent checks (data sets under --data_root): nothing queued on failure
+        preflight(exp, jobs, data_root)
+    except PreflightError as e:
+        log.error("%s (nothing queued)", e)
+        return 2
 
     queue = JobQueue(exp_dir)
     if exp_dir.exists() and any(exp_dir.iterdir()):
         if a.rf:
             if a.purge_lock:
                 queue.purge_lock()
-            live = queue.live_managers(a.grace) if queue.exists() else []
+            try:
+                live = queue.live_managers(a.grace) if queue.exists() else []
+            except QueueError as e:  # an unreadable queue names no manager: --rf is the way out
+                log.warning("%s", e)
+                live = []
             if live:
                 m = live[0]
                 log.error("--rf refused: manager pid %s on %s is still running %s (heartbeat %.0f s ago)",
@@ -212,20 +246,23 @@ def manager_main(argv: Optional[Sequence[str]] = None) -> int:
         backend = make_backend(a.backend, cfg, a.address, grace=a.grace, requeue_lost=a.requeue_level >= 1)
         backend.start(slots)
         _drain(queue, backend, mid, a, stop)
-    except QueueError as e:
-        log.error("%s", e)
-        return 2
+    except (QueueError, OSError) as e:
+        return _known_failure(e)
     finally:
-        if backend is not None:
-            backend.stop(a.term_timeout + 5)
-            pids = set(backend.executor_pids())
-            ab = queue.abort_running(lambda d: d.get("manager") == mid and d.get("worker_pid") in pids,
-                                     "aborted: the manager stopped")
-            if ab:
-                log.info("aborted: %s", ", ".join(ab))
-        queue.unregister_manager(mid)
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+        try:
+            if backend is not None:
+                backend.stop(a.term_timeout + 5)
+                pids = set(backend.executor_pids())
+                ab = queue.abort_running(lambda d: d.get("manager") == mid and d.get("worker_pid") in pids,
+                                         "aborted: the manager stopped")
+                if ab:
+                    log.info("aborted: %s", ", ".join(ab))
+            queue.unregister_manager(mid)
+        except (QueueError, OSError) as e:  # reported once, by manager_main, if nothing else was
+            log.warning("while stopping: %s", e)
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
     counts = queue.counts()
     log.info("queue: %s", ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     if stop["signal"] is not None:

@@ -166,8 +166,9 @@ class AtomicJSONStorage(Storage):
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            raise QueueError(f"{self.path}: the queue database does not parse ({e}); "
-                             "it was not written by this library's atomic storage") from None
+            raise QueueError(f"{self.path}: the queue database does not parse ({e}); it was not written by "
+                             "this library's atomic storage (left as it is): restore it, or start the "
+                             "experiment over with manager.py --rf (the run folders are deleted too)") from None
 
     def write(self, data: Dict[str, Dict[str, Any]]) -> None:
         text = json.dumps(data, separators=(",", ":"))

@@ -57,6 +57,9 @@ __all__ = [
     "output_folder",
     "variance_tracking_table",
     "variance_tracking_items",
+    "check_requested_metrics",
+    "Styles",
+    "plot_curves",
     "main",
 ]
 
@@ -252,7 +255,7 @@ def per_run_aggregate(data: ExperimentData, spec: PivotSpec) -> pd.Series:
 def pivot_table(data: ExperimentData, spec: PivotSpec, keys: Sequence[str]) -> Tuple[pd.DataFrame, pd.DataFrame]:
     r"""Returns ``(long, wide)``: ``long`` has columns ``label, iw, mean, std, n`` (mean/std/count
     across runs of the per-run aggregate), ``wide`` one row per label and one ``mean ± std (n)``
-    column per ``iw``.  Without an ``iw`` configuration key the ``iw`` column is ``-``."""
+    column per ``iw`` (``value (1)`` for a single run, whose spread is unknown).  Without an ``iw`` configuration key the ``iw`` column is ``-``."""
     per_run = per_run_aggregate(data, spec)
     if per_run.empty:
         return pd.DataFrame(columns=["label", "iw", "mean", "std", "n"]), pd.DataFrame()
@@ -265,7 +268,9 @@ def pivot_table(data: ExperimentData, spec: PivotSpec, keys: Sequence[str]) -> T
     g = df.groupby(["label", "iw"])["value"]
     long = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.count()}).reset_index()
     long["iw"] = long["iw"].map(_val)
-    cell = long.apply(lambda r: f"{r['mean']:.4g} ± {r['std']:.2g} ({int(r['n'])})", axis=1)
+    # a single run has no spread: its value alone, never "± 0"
+    cell = long.apply(lambda r: f"{r['mean']:.4g} ± {r['std']:.2g} ({int(r['n'])})" if r["n"] > 1
+                      else f"{r['mean']:.4g} (1)", axis=1)
     wide = long.assign(cell=cell).pivot(index="label", columns="iw", values="cell")
     try:
         order = sorted(wide.columns, key=lambda c: float(c))
@@ -304,16 +309,97 @@ def _palette(n: int) -> List[Any]:
     return sns.color_palette("tab10" if n <= 10 else "husl", n)
 
 
+#: one line style per K (in increasing K), cycled beyond
+LINESTYLES: Tuple[Any, ...] = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 3)))
+#: markers that tell apart curves of the same estimator and K (other keys, seeds)
+MARKERS: Tuple[Optional[str], ...] = (None, "o", "s", "^", "v", "D", "x", "+", "*", "P")
+
+
+@dataclass
+class Styles:
+    r"""One colour per estimator and one line style per K, for every figure of a report.
+
+    Built once from every run of the experiment (:meth:`from_runs`), so that an estimator has the
+    same colour and a K the same line style in the learning curves, the per-run curves, the
+    pivots and the variance tracking, whatever subset a figure shows.
+    """
+
+    colors: Dict[str, Any]
+    linestyles: Dict[str, Any]
+
+    @classmethod
+    def from_runs(cls, runs: pd.DataFrame, estimators: Sequence[str] = ()) -> "Styles":
+        ests = [str(e) for e in runs["estimator"].dropna().unique()] if "estimator" in runs.columns else []
+        ests = sorted(set(ests) | {str(e) for e in estimators}, key=natural_key)
+        iws = [_val(v) for v in runs["iw"].dropna().unique()] if "iw" in runs.columns else []
+        iws = sorted(set(iws), key=natural_key)
+        return cls(colors=dict(zip(ests, _palette(len(ests)))),
+                   linestyles={k: LINESTYLES[i % len(LINESTYLES)] for i, k in enumerate(iws)})
+
+    def color(self, estimator: Any) -> Any:
+        return self.colors.get(str(estimator), (0.3, 0.3, 0.3)) if estimator is not None else (0.3, 0.3, 0.3)
+
+    def linestyle(self, iw: Any) -> Any:
+        return self.linestyles.get(_val(iw), "-") if iw is not None else "-"
+
+    def for_labels(self, labels: pd.Series, runs: pd.DataFrame, use_iw: bool = True) -> Dict[str, Dict[str, Any]]:
+        r"""``{label: {"color", "linestyle", "marker"}}`` for the labels of ``labels`` (run id ->
+        label): the colour of the label's estimator, the line style of its K (``use_iw``), and a
+        marker that differs between labels that would otherwise look the same."""
+        cfg = runs.set_index("run_id")
+        out: Dict[str, Dict[str, Any]] = {}
+        seen: Dict[Tuple[Any, Any], int] = {}
+        groups: Dict[str, List[str]] = {}
+        for rid, lab in labels.items():
+            groups.setdefault(lab, []).append(rid)
+        for lab in sorted(groups, key=natural_key):
+            rids = [r for r in groups[lab] if r in cfg.index]
+
+            def one(col: str) -> Any:
+                vals = {_val(cfg.at[r, col]) for r in rids} if col in cfg.columns else set()
+                return next(iter(vals)) if len(vals) == 1 else None
+
+            color, ls = self.color(one("estimator")), self.linestyle(one("iw") if use_iw else None)
+            key = (str(color), str(ls))
+            n = seen.get(key, 0)
+            seen[key] = n + 1
+            out[lab] = {"color": color, "linestyle": ls, "marker": MARKERS[n % len(MARKERS)]}
+        return out
+
+
+def tracked_estimators(data: ExperimentData) -> List[str]:
+    r"""The estimator ids of the runs' ``train:variance/<id>`` metrics (``run.py --track_variance``)."""
+    m = data.metrics
+    names = m.loc[(m["split"] == "train") & m["metric"].str.startswith("variance/"), "metric"]
+    return sorted({n[len("variance/"):] for n in names})
+
+
+def _line_kw(style: Dict[str, Any], npoints: int) -> Dict[str, Any]:
+    r"""Plot keywords of a curve: a curve of one point gets a visible marker (a lone point of a
+    line without marker is not drawn)."""
+    kw = dict(style)
+    if kw.get("marker") is None and npoints < 30:
+        kw["marker"] = "o" if npoints <= 1 else "."
+    if npoints <= 1:
+        kw["markersize"] = 6
+    return kw
+
+
 def plot_curves(table: pd.DataFrame, title: str, ylabel: str, ylims: Dict[str, Tuple[float, float]],
-                split: str, metric: str) -> Any:
+                split: str, metric: str, styles: Optional[Dict[str, Dict[str, Any]]] = None) -> Any:
+    r"""Mean curves (with a +- std band) per label of ``table`` (:func:`curve_table`); ``styles``
+    maps a label to its colour / line style / marker (:meth:`Styles.for_labels`)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     labels = sorted(dict.fromkeys(table["label"]), key=natural_key)
-    for color, label in zip(_palette(len(labels)), labels):
+    default = {lab: {"color": c} for c, lab in zip(_palette(len(labels)), labels)}
+    for label in labels:
+        st = (styles or {}).get(label, default[label])
         t = table[table["label"] == label].sort_values("step")
-        ax.plot(t["step"], t["mean"], color=color, label=label, marker="." if len(t) < 30 else None)
-        ax.fill_between(t["step"], t["mean"] - t["std"], t["mean"] + t["std"], color=color, alpha=0.2, linewidth=0)
+        ax.plot(t["step"], t["mean"], label=label, **_line_kw(st, len(t)))
+        ax.fill_between(t["step"], t["mean"] - t["std"], t["mean"] + t["std"], color=st["color"], alpha=0.2,
+                        linewidth=0)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -323,16 +409,39 @@ def plot_curves(table: pd.DataFrame, title: str, ylabel: str, ylims: Dict[str, T
     return fig
 
 
+def check_requested_metrics(args: argparse.Namespace, logged: Sequence[Tuple[str, str]]) -> None:
+    r"""Raise :class:`ReportArgumentError` (one line: the flag, the entry, the closest logged names)
+    when a ``--metrics`` / ``--detailed_metrics`` / ``--pivot_metrics`` entry is logged by no run
+    while some metrics are logged (a typo would otherwise give empty figures and exit 0)."""
+    import difflib
+
+    if not logged:
+        return
+    names = [f"{sp}:{m}" for sp, m in logged]
+    for flag, specs in (("--metrics", args.metrics), ("--detailed_metrics", args.detailed_metrics),
+                        ("--pivot_metrics", args.pivot_metrics)):
+        for spec in specs:
+            sm = f"{spec.split}:{spec.metric}"
+            if sm in names:
+                continue
+            close = difflib.get_close_matches(sm, names, n=3, cutoff=0.6)
+            hint = (f"did you mean {', '.join(close)}?" if close else
+                    f"logged: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
+            raise ReportArgumentError(f"{flag}: {spec.name} is logged by no run of {args.exp!r}; {hint}")
+
+
 def report_experiment(args: argparse.Namespace) -> Path:
     r"""Build the whole report for parsed ``args``; returns the output folder."""
     import matplotlib.pyplot as plt
 
     data = read_experiment(args.root, args.exp, args.include, args.exclude)
+    logged = sorted(set(zip(data.metrics["split"], data.metrics["metric"])))
+    check_requested_metrics(args, logged)
     outdir = output_folder(args.output, args.exp, args.include, args.exclude)
     outdir.mkdir(parents=True, exist_ok=True)
     missing_keys = [k for k in args.keys if k not in data.config_columns]
     keys = [k for k in args.keys if k in data.config_columns]
-    logged = sorted(set(zip(data.metrics["split"], data.metrics["metric"])))
+    styles = Styles.from_runs(data.runs, estimators=tracked_estimators(data))
     metrics = list(args.metrics)
     if not metrics:
         metrics = ([MetricSpec("test", "loss/L_k")] if ("test", "loss/L_k") in logged
@@ -347,8 +456,10 @@ def report_experiment(args: argparse.Namespace) -> Path:
 
     # runs and their status
     runs = data.runs.copy()
+    if "error" in runs.columns:  # the reason of a failure, in one line (status.json's error)
+        runs["error"] = runs["error"].map(_first_line)
     status_cols = ["run_id", "status", *keys, *(["seed"] if "seed" in runs.columns and "seed" not in keys else []),
-                   "lines", "last_step", "problems"]
+                   "lines", "last_step", "error", "problems"]
     status_cols = [c for c in status_cols if c in runs.columns]
     sections = [Section("Runs", [TextItem(_status_summary(runs)),
                                  write_table(runs, outdir, "runs", "Every run directory and its status.",
@@ -365,8 +476,9 @@ def report_experiment(args: argparse.Namespace) -> Path:
             continue
         name = f"curves-{spec.split}-{spec.metric}"
         write_table(table, outdir, name, f"Learning curve data of {spec.name}")
+        curve_styles = styles.for_labels(run_labels(data, keys), data.runs)
         curves.items.append(save_figure(plot_curves(table, f"{args.exp}: {spec.name}", spec.metric, args.ylims,
-                                                    spec.split, spec.metric), outdir, name,
+                                                    spec.split, spec.metric, curve_styles), outdir, name,
                                         f"{spec.name} vs step, grouped by {', '.join(keys) or 'nothing'}"))
     detail = Section("Detailed curves (one line per run)")
     labels = run_labels(data, [*keys, *(["seed"] if "seed" in data.config_columns and "seed" not in keys else [])])
@@ -377,10 +489,12 @@ def report_experiment(args: argparse.Namespace) -> Path:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
         run_ids = sorted(dict.fromkeys(df["run_id"]), key=lambda r: natural_key(f"{labels.get(r, r)} {r}"))
-        for color, rid in zip(_palette(len(run_ids)), run_ids):
+        per_run = styles.for_labels(pd.Series({r: f"{labels.get(r, r)} [{r[:10]}]" for r in run_ids}), data.runs)
+        for rid in run_ids:
             t = df[df["run_id"] == rid].groupby("step")["value"].last().reset_index()
             t = _downsample(t, args.downsample)
-            ax.plot(t["step"], t["value"], color=color, label=f"{labels.get(rid, rid)} [{rid[:10]}]", linewidth=1)
+            lab = f"{labels.get(rid, rid)} [{rid[:10]}]"
+            ax.plot(t["step"], t["value"], label=lab, linewidth=1, **_line_kw(per_run[lab], len(t)))
         ax.set_xlabel("step")
         ax.set_ylabel(spec.metric)
         ax.set_title(f"{args.exp}: {spec.name} per run", fontsize=9)
@@ -400,12 +514,16 @@ def report_experiment(args: argparse.Namespace) -> Path:
         fig, ax = plt.subplots(figsize=(6, 4))
         labs = sorted(dict.fromkeys(long["label"]), key=natural_key)
         numeric = pd.to_numeric(long["iw"], errors="coerce")
-        for i, (color, lab) in enumerate(zip(_palette(len(labs)), labs)):
+        pivot_styles = styles.for_labels(run_labels(data, [k for k in keys if k != "iw"]), data.runs, use_iw=False)
+        for i, lab in enumerate(labs):
+            st = dict(pivot_styles.get(lab, {"color": _palette(len(labs))[i]}))
+            st["marker"] = st.get("marker") or "o"
             t = long[long["label"] == lab].assign(x=numeric).sort_values("x")
             x = t["x"] if t["x"].notna().all() else pd.Series(np.arange(len(t)), index=t.index)
             dodge = 0.025 * (i - (len(labs) - 1) / 2)  # small offset so that error bars do not overlap
             x = x * np.exp(dodge) if (numeric > 0).all() else x + dodge
-            ax.errorbar(x, t["mean"], yerr=t["std"], color=color, label=lab, marker="o", capsize=3)
+            yerr = t["std"].where(t["n"] > 1)  # no bar for a single run (its spread is unknown)
+            ax.errorbar(x, t["mean"], yerr=yerr, label=lab, capsize=3, **st)
         if numeric.notna().all() and (numeric > 0).all():
             ax.set_xscale("log")
             ticks = sorted(numeric.unique())
@@ -423,7 +541,7 @@ def report_experiment(args: argparse.Namespace) -> Path:
     if getattr(args, "variance_tracking", False):
         sections.append(Section("Gradient variance tracking (log10 of the mean gradient variance of every "
                                 "estimator at the same parameters, run.py --track_variance)",
-                                variance_tracking_items(data, outdir, args.exp, labels)))
+                                variance_tracking_items(data, outdir, args.exp, labels, styles)))
     render_index(outdir, f"Report: {args.exp}", sections)
     return outdir
 
@@ -440,7 +558,8 @@ def variance_tracking_table(data: ExperimentData, run_id: str) -> pd.DataFrame:
     return df[["estimator", "step", "value"]].sort_values(["estimator", "step"]).reset_index(drop=True)
 
 
-def variance_tracking_items(data: ExperimentData, outdir: Path, exp: str, labels: pd.Series) -> List[Any]:
+def variance_tracking_items(data: ExperimentData, outdir: Path, exp: str, labels: pd.Series,
+                            styles: Optional["Styles"] = None) -> List[Any]:
     r"""One figure (and its CSV, ``variance-tracking-<run_id>``) per run that logged
     ``train:variance/*``: the log10 gradient variance of every tracked estimator against the step,
     one curve per estimator (REBAR's variance plots, Tucker et al. 2017)."""
@@ -453,6 +572,7 @@ def variance_tracking_items(data: ExperimentData, outdir: Path, exp: str, labels
         return [TextItem("no run logged train:variance/* metrics (run.py --track_variance ID,...)")]
     cfg = data.runs.set_index("run_id")
     items: List[Any] = []
+    styles = styles or Styles.from_runs(data.runs, estimators=tracked_estimators(data))
     for rid in run_ids:
         table = variance_tracking_table(data, rid)
         name = f"variance-tracking-{rid}"
@@ -460,10 +580,10 @@ def variance_tracking_items(data: ExperimentData, outdir: Path, exp: str, labels
         trained = cfg.at[rid, "estimator"] if "estimator" in cfg.columns and rid in cfg.index else None
         fig, ax = plt.subplots(figsize=(7, 4.5))
         ests = sorted(dict.fromkeys(table["estimator"]), key=natural_key)
-        for color, est in zip(_palette(len(ests)), ests):
+        for est in ests:
             t = table[table["estimator"] == est]
-            ax.plot(t["step"], t["value"], color=color, marker="." if len(t) < 30 else None,
-                    label=est + (" (trained)" if est == trained else ""),
+            ax.plot(t["step"], t["value"], label=est + (" (trained)" if est == trained else ""),
+                    **_line_kw({"color": styles.color(est)}, len(t)),
                     linewidth=2.0 if est == trained else 1.2)
         ax.set_xlabel("step")
         ax.set_ylabel("log10 gradient variance")
@@ -496,8 +616,10 @@ def grid_items(experiment_file: Optional[str], exp: str, data: ExperimentData, o
             + ("" if pending.empty else f"; {len(pending)} without a successful run (listed below)"))
     if not pending.empty:
         print(text, file=sys.stderr)
-    return [TextItem(text), write_table(grid, outdir, "grid", "Every job of the grid and the status of its run",
-                                        display=pending if not pending.empty else grid.head(0))]
+    # every job, those without a successful run first (the table is never empty)
+    order = pd.concat([pending, grid[grid["status"] == "success"]])
+    return [TextItem(text), write_table(grid, outdir, "grid", "Every job of the grid and the status of its run "
+                                        "(those without a successful run first)", display=order)]
 
 
 def _status_summary(runs: pd.DataFrame) -> str:
@@ -505,8 +627,17 @@ def _status_summary(runs: pd.DataFrame) -> str:
     lines = [f"{len(runs)} run(s): " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))]
     for _, r in runs.iterrows():
         if r["status"] != "success" or r["problems"]:
-            lines.append(f"  {r['run_id']}: {r['status']}" + (f" ({r['problems']})" if r["problems"] else ""))
+            err = _first_line(r.get("error"))
+            lines.append(f"  {r['run_id']}: {r['status']}" + (f": {err}" if err else "")
+                         + (f" ({r['problems']})" if r["problems"] else ""))
     return "\n".join(lines)
+
+
+def _first_line(v: Any) -> str:
+    r"""The first line of a run's ``status.json`` error (``""`` when none)."""
+    if not isinstance(v, str) or not v.strip():
+        return ""
+    return v.strip().splitlines()[0][:300]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,66 @@
+r"""Checks the manager makes before it queues anything (``manager.py``).
+
+The experiment file itself is validated by :func:`ovis.experiments.grid.load_and_expand`: every
+job's command line goes through its script's parser, so an estimator / ``K`` combination the
+estimator refuses (``GradientEstimator.check_arguments``, e.g. VIMCO with ``K = 1``) is already an
+:class:`~ovis.experiments.grid.ExperimentError`.  What the parser cannot know is the machine:
+:func:`check_data` looks for the data sets the jobs need under the manager's ``--data_root``
+(the files are found as the loaders find them, not read), so that a missing data root fails once,
+in one line, instead of failing every job after it started.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from ovis.experiments.grid import Experiment, Job, _validator_for
+
+__all__ = ["PreflightError", "check_data", "preflight"]
+
+
+class PreflightError(RuntimeError):
+    r"""A grid that cannot run on this machine; the message is one line naming the input and the fix."""
+
+
+def _datasets_of(exp: Experiment, jobs: Sequence[Job]) -> Dict[str, List[Job]]:
+    r"""``{data set name: jobs that read it}`` for the jobs whose script takes ``--dataset``."""
+    validator, _ = _validator_for(exp.script)
+    if validator is None:
+        return {}
+    extra = ["--exp", exp.name, "--root", "/nonexistent-root", "--data_root", "/nonexistent-data"]
+    out: Dict[str, List[Job]] = {}
+    for job in jobs:
+        try:
+            ns = validator(list(job.argv) + extra)
+        except (SystemExit, ValueError):  # the grid validation reports these
+            continue
+        name = getattr(ns, "dataset", None)
+        if isinstance(name, str):
+            out.setdefault(name, []).append(job)
+    return out
+
+
+def check_data(exp: Experiment, jobs: Sequence[Job], data_root: os.PathLike | str) -> None:
+    r"""Raise :class:`PreflightError` when a data set some job needs is not under ``data_root``.
+
+    Generated data sets (``gmm``, ``gaussian-toy``, ``shapes``) need no file.  The message names the
+    data set, how many jobs need it, the folders searched, the files to place there and the flag
+    to change (``--data_root``).
+    """
+    from ovis.datasets import DatasetNotFoundError, locate_dataset
+
+    for name, users in sorted(_datasets_of(exp, jobs).items()):
+        try:
+            locate_dataset(name, data_root)
+        except DatasetNotFoundError as e:
+            raise PreflightError(
+                f"data set {name!r}, needed by {len(users)} job(s) of {exp.path}, is not under --data_root "
+                f"{Path(data_root)}: {e}") from None
+        except ValueError:  # an unknown name: the job script's parser refuses it
+            continue
+
+
+def preflight(exp: Experiment, jobs: Sequence[Job], data_root: os.PathLike | str) -> None:
+    r"""Every machine-dependent check before queueing (today: :func:`check_data`)."""
+    check_data(exp, jobs, data_root)
