@@ -641,7 +641,8 @@ def _first_line(v: Any) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    r"""``report.py``'s entry point; returns the exit code (2: bad arguments, 1: no runs)."""
+    r"""``report.py``'s entry point; returns the exit code (2: bad arguments, including a requested
+    metric that no run logged; 1: no runs)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parse_report_args(argv)
@@ -650,6 +651,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         outdir = report_experiment(args)
+    except ReportArgumentError as e:  # a requested metric that no run logged (a typo)
+        print(f"report.py: error: {e}", file=sys.stderr)
+        return 2
     except NoRunsError as e:
         print(f"report.py: error: {e}", file=sys.stderr)
         return 1
