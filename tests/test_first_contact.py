@@ -241,6 +241,20 @@ def test_save_keeps_the_previous_good_checkpoint_and_load_falls_back(tmp_path):
     assert "\n" not in msg and str(last) in msg and str(prev) in msg and "--rf" in msg
 
 
+def test_run_py_missing_data_is_one_line_without_traceback(tmp_path, capsys):
+    from ovis.training.run import main
+
+    code = main(["--root", str(tmp_path / "runs"), "--exp", "t", "--dataset", "binmnist", "--model", "sbm",
+                 "--prior", "bernoulli", "--data_root", str(tmp_path / "nodata"), "--nsteps", "1"])
+    out = capsys.readouterr()
+    assert code == 1
+    err = _error_lines(out.err)
+    assert len(err) == 1 and "binmnist" in err[0] and "--data_root" in err[0], out.err
+    assert "Traceback" not in out.out + out.err
+    st = json.loads(next((tmp_path / "runs" / "t").glob("*/status.json")).read_text())
+    assert st["status"] == "failed" and st["error"].startswith("DatasetNotFoundError")
+
+
 def _lines(run_dir: Path):
     return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
 

@@ -223,6 +223,11 @@ def read_amat(path: os.PathLike | str, dataset: str = "binmnist", expected_rows:
     return x.astype(np.uint8), digest
 
 
+#: the message of a missing binmnist: neither the Larochelle files nor the MNIST ones
+BINMNIST_NOT_FOUND = ("data set 'binmnist' not found: it reads <data_root>/binarized_mnist/"
+                      "binarized_mnist_{{train,valid,test}}.amat, or else the MNIST IDX files: {}")
+
+
 def _find_amat(data_root: os.PathLike | str) -> Optional[Dict[str, Path]]:
     names = [v[0] for v in LAROCHELLE_FILES.values()]
     try:
@@ -263,7 +268,10 @@ def load_binmnist(data_root: os.PathLike | str, mini: bool = False, seed: int = 
             "checksums_verified": bool(verify_checksums),
         }
     else:
-        idx_arrays, info = load_idx_set("mnist", data_root)
+        try:
+            idx_arrays, info = load_idx_set("mnist", data_root)
+        except DatasetNotFoundError as e:
+            raise DatasetNotFoundError(BINMNIST_NOT_FOUND.format(e)) from None
 
         def build_fixed() -> Tuple[torch.Tensor, torch.Tensor]:
             g = torch.Generator().manual_seed(int(seed))

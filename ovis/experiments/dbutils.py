@@ -159,7 +159,7 @@ def dbutils_main(argv: Optional[Sequence[str]] = None, out=None) -> int:
             _print_jobs(q.all_jobs(), out)
         if a.check or not acted:
             _print_check(q.all_jobs(), a.error_messages, out)
-    except (QueueError, ValueError) as e:
+    except (QueueError, ValueError, OSError) as e:  # one line (a full disk, an unreadable queue, ...)
         print(f"dbutils: error: {e}", file=sys.stderr)
         return 2
     return 0

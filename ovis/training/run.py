@@ -5,7 +5,9 @@ r"""One training run (``run.py``): parse, train, evaluate, checkpoint, resume.
 * ``2``: invalid command line (one line on stderr naming the flag and the fix, with the usage for
   argparse's own errors; no run directory is written);
 * ``0``: the run finished (``status.json`` says ``success``);
-* ``1``: an exception (``failed``, with the error and its traceback in ``status.json``);
+* ``1``: an exception (``failed``, with the error and its traceback in ``status.json``); a known
+  failure (:data:`KNOWN_FAILURES`: a data set missing or corrupt, no usable checkpoint) is one line
+  on stderr naming the input and the fix, without traceback;
 * ``130`` / ``143``: Ctrl-C / SIGTERM: a checkpoint is saved and the status is ``aborted``;
 * ``3``: another process is running the same run directory (nothing is changed).
 
@@ -755,11 +757,12 @@ class Trainer:
                         save_checkpoint(self.rundir.last_path, self._state(), keep_previous=True)
                     self.rundir.write_status("aborted", self.step, error=str(e) or "KeyboardInterrupt")
                     self.log.info(f"aborted at step {self.step} ({e or 'KeyboardInterrupt'})")
-                except CheckpointError as e:  # a known failure: one line naming the file and the fix
+                except KNOWN_FAILURES as e:  # one line naming the file / data set and the fix, no traceback
                     code = EXIT_FAILED
-                    self.rundir.write_status("failed", self.step, error=f"{e}")
-                    self.log.error(f"failed: {e}")
-                    sys.stderr.write(f"run.py: error: {e}\n")
+                    msg = f"{type(e).__name__}: {e}"
+                    self.rundir.write_status("failed", self.step, error=msg)
+                    self.log.error(f"failed at step {self.step}: {msg}")
+                    sys.stderr.write(f"run.py: error: {msg}\n")
                 except Exception as e:  # noqa: BLE001 - every failure is recorded
                     code = EXIT_FAILED
                     tb = traceback.format_exc()
@@ -778,6 +781,16 @@ class Trainer:
             return
         self.writer = SummaryWriter(str(self.rundir.tensorboard_path),
                                     purge_step=self.step if self.resumed else None)
+
+
+def _known_failures() -> Tuple[type, ...]:
+    from ovis.datasets.errors import DatasetCorruptError, DatasetNotFoundError
+
+    return (CheckpointError, DatasetNotFoundError, DatasetCorruptError)
+
+
+#: failures whose message already names the input and the fix: reported in one line, no traceback
+KNOWN_FAILURES = _known_failures()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
