@@ -116,6 +116,7 @@ def make_snapshot(src: Path, exp_dir: Path, exp_file: Path, script: str, update_
 def manager_main(argv: Optional[Sequence[str]] = None) -> int:
     a = build_manager_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s manager: %(message)s", stream=sys.stderr)
+    logging.raiseExceptions = False  # a full disk must not turn each log line into a traceback
     try:
         return _manager_main(a)
     except (QueueError, OSError) as e:
