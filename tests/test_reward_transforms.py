@@ -201,7 +201,7 @@ def test_run_flag_validation():
     args = parse_run_args(["--estimator", "reinforce", "--reward_transforms", " centred, scaled"])
     assert args.reward_transforms == "centred,scaled"
     with pytest.raises(RunArgumentError, match="only with --estimator reinforce"):
-        parse_run_args(["--estimator", "vimco-arithmetic", "--reward_transforms", "centred"])
+        parse_run_args(["--estimator", "vimco-arithmetic", "--iw", "2", "--reward_transforms", "centred"])
     with pytest.raises(RunArgumentError, match="unknown reward transform 'mean'"):
         parse_run_args(["--estimator", "reinforce", "--reward_transforms", "centred,mean"])
 
