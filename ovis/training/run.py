@@ -83,7 +83,7 @@ from ovis.training.optimizers import build_optimizer
 from ovis.training.schedules import alpha_at, lr_factor_at
 from ovis.utils.memory import retain_freed_memory
 
-__all__ = ["main", "Trainer", "RunInterrupted", "EVAL_SUBSET_SEED", "resolve_device"]
+__all__ = ["main", "Trainer", "RunInterrupted", "EVAL_SUBSET_SEED", "resolve_device", "device_unavailable"]
 
 #: the seed of the fixed evaluation subsets (the same for every run of a data set)
 EVAL_SUBSET_SEED = 20200611
@@ -100,14 +100,40 @@ class RunInterrupted(Exception):
         self.forced = forced
 
 
+def device_unavailable(spec: str) -> Optional[str]:
+    r"""Why ``--device spec`` cannot run on this machine (one line), or ``None`` when it can.
+
+    ``cuda`` / ``cuda:N`` need ``torch.cuda.is_available()`` and ``N < torch.cuda.device_count()``
+    (the devices ``CUDA_VISIBLE_DEVICES`` leaves visible); ``auto`` and ``cpu`` always run.
+    Checked by :func:`main` right after parsing, before anything is written; not by
+    :func:`ovis.training.arguments.parse_run_args`, which also validates grids on machines that
+    only queue jobs for others.
+    """
+    if not spec.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        why = ("this PyTorch build has no CUDA" if torch.version.cuda is None else
+               "no CUDA device is visible" + (" (CUDA_VISIBLE_DEVICES is empty)"
+                                              if os.environ.get("CUDA_VISIBLE_DEVICES") == "" else ""))
+        return (f"run.py: error: argument --device: {spec} requested but CUDA is not available on this "
+                f"machine ({why}, torch {torch.__version__}); use --device cpu or --device auto")
+    n = torch.cuda.device_count()
+    index = int(spec.split(":")[1]) if ":" in spec else 0
+    if index >= n:
+        return (f"run.py: error: argument --device: {spec} requested but only {n} CUDA device(s) are "
+                f"visible (cuda:0..cuda:{n - 1}); use one of them or --device auto")
+    return None
+
+
 def resolve_device(spec: str) -> torch.device:
     r"""``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", spec):
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+    why = device_unavailable(spec)
+    if why is not None:
+        raise RuntimeError(why)
     return torch.device(spec)
 
 
@@ -780,6 +806,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     except SystemExit as e:  # --help
         return int(e.code) if isinstance(e.code, int) else 0
+    why = device_unavailable(args.device)
+    if why is not None:  # before any folder or file is made
+        sys.stderr.write(why + "\n")
+        return EXIT_USAGE
     run_id = compute_run_id(args)
     exp_dir = Path(args.root) / args.exp
     exp_dir.mkdir(parents=True, exist_ok=True)
