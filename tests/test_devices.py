@@ -170,3 +170,112 @@ def test_manager_without_gpu_warns_and_runs_on_the_cpu(tmp_path: Path) -> None:
                          env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--max_gpus must be >= 0" in bad.stderr
     assert not (tmp_path / "runs2").exists()
+
+
+# ---------------------------------------------------------------------------------- run.py --device
+def test_run_device_cuda_without_cuda_is_a_one_line_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from ovis.training.arguments import parse_run_args
+    from ovis.training.run import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    root = tmp_path / "runs"
+    argv = ["--dataset", "gmm", "--estimator", "reinforce", "--root", str(root), "--exp", "e"]
+    for spec in ("cuda", "cuda:1"):
+        assert main(argv + ["--device", spec]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("run.py: error: argument --device: " + spec)
+        assert "CUDA is not available" in err[0] and "--device cpu" in err[0]
+    assert not root.exists()  # nothing written
+    # the grid validator (parse_run_args) still accepts it: grids are queued from machines without GPU
+    assert parse_run_args(argv + ["--device", "cuda"]).device == "cuda"
+    # a GPU index beyond those visible
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert main(argv + ["--device", "cuda:2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only 2 CUDA device(s) are visible" in err[0] and not root.exists()
+
+
+def test_run_device_cuda_subprocess_writes_nothing(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([PY, str(REPO / "run.py"), "--dataset", "gmm", "--estimator", "reinforce", "--device",
+                        "cuda", "--root", str(tmp_path / "runs")], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "argument --device: cuda requested but CUDA is not available" in r.stderr
+    assert not (tmp_path / "runs").exists() and r.stdout == ""
+
+
+# ---------------------------------------------------------------------------------- data to the device
+def test_batches_go_to_cuda_pinned_and_non_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ovis.training.evaluation import batch_to_device
+
+    calls: List[tuple] = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append(("pin",)) or self)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: calls.append(("to", a, k)) or self)
+    x = torch.zeros(2, 3)
+    batch_to_device(x, torch.device("cuda", 1))
+    assert calls == [("pin",), ("to", (torch.device("cuda", 1),), {"non_blocking": True})]
+    calls.clear()
+    batch_to_device(x, torch.device("cpu"))
+    assert calls == [("to", (torch.device("cpu"),), {})]  # no pinning off CUDA
+
+
+def test_memory_chunk_rows() -> None:
+    from ovis.training.evaluation import memory_chunk_rows
+
+    assert memory_chunk_rows(10000, None, 123) == 10000  # the CPU: the cap as given
+    assert memory_chunk_rows(10000, 4 * GB, 100_000, fraction=0.25) == 10000  # plenty: the cap
+    assert memory_chunk_rows(10000, 4 * 10 ** 8, 100_000, fraction=0.25) == 1000  # 1e8 bytes / 1e5
+    assert memory_chunk_rows(10000, 10, 100_000) == 1  # never 0
+    with pytest.raises(ValueError):
+        memory_chunk_rows(0, None, 1)
+
+
+def test_evaluation_chunks_sized_by_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    r"""With the device's free memory faked (64 kB, 1 kB per row, a quarter usable: 16 rows), a batch
+    of 2 points evaluates 8 particles per pass; without (the CPU), all 20 at once."""
+    from ovis.models import build_model
+    from ovis.training import evaluation
+    from ovis.training.arguments import parse_run_args
+
+    class Data:
+        name, x_shape, train_mean, ground_truth = "binmnist", torch.Size((1, 4, 4)), torch.full((1, 4, 4), 0.3), None
+
+    net = build_model(parse_run_args(["--model", "sbm", "--N", "3", "--nlayers", "0"]), Data())
+    data = torch.utils.data.TensorDataset(torch.bernoulli(torch.full((2, 1, 4, 4), 0.3)))
+    seen: List[int] = []
+    real = evaluation.model_log_weights
+    monkeypatch.setattr(evaluation, "model_log_weights", lambda m, x, k, tau=None: seen.append(k) or real(m, x, k, tau))
+    evaluation.evaluate_bound(net, data, torch.arange(2), 2, 20, 10000, torch.device("cpu"))
+    assert seen == [20]
+    seen.clear()
+    monkeypatch.setattr(evaluation, "free_device_memory", lambda device: 64_000)
+    probes: List[int] = []
+    monkeypatch.setattr(evaluation, "measure_bytes_per_row",
+                        lambda fn, rows, device: probes.append(rows) or 1000)
+    evaluation.evaluate_bound(net, data, torch.arange(2), 2, 20, 10000, torch.device("cpu"))
+    assert probes == [2] and seen == [8, 8, 4]
+
+
+def test_training_batches_go_through_batch_to_device(tmp_path: Path, data_root: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import ovis.training.run as run
+
+    devices_seen: List[str] = []
+    real = run.batch_to_device
+
+    def spy(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        devices_seen.append(str(device))
+        return real(x, device)
+
+    monkeypatch.setattr(run, "batch_to_device", spy)
+    argv = ["--dataset", "mnist", "--mini", "--model", "vae", "--N", "4", "--hdim", "16", "--nlayers", "1",
+            "--bs", "20", "--iw_test", "5", "--iw_valid", "5", "--max_eval", "20", "--silent", "--no_tensorboard",
+            "--no_samples", "--grad_samples", "0", "--mc_au_analysis", "0", "--nsteps", "3", "--device", "cpu",
+            "--root", str(tmp_path / "runs"), "--data_root", str(data_root), "--exp", "t"]
+    assert run.main(argv) == 0
+    assert len(devices_seen) >= 3 and set(devices_seen) == {"cpu"}  # one per training step at least

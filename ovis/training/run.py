@@ -77,7 +77,7 @@ from torch import Tensor
 import ovis
 from ovis.training.arguments import RunArgumentError, build_run_parser, parse_run_args
 from ovis.training.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
-from ovis.training.evaluation import active_units, evaluate_bound, fetch_batch
+from ovis.training.evaluation import active_units, batch_to_device, evaluate_bound, fetch_batch
 from ovis.training.rundir import RunDirectory, atomic_write_json, compute_run_id
 from ovis.training.optimizers import build_optimizer
 from ovis.training.schedules import alpha_at, lr_factor_at
@@ -481,7 +481,7 @@ class Trainer:
         factor = lr_factor_at(step, self.total_steps, self.args.lr_reduce_steps, self.args.lr_reduce_factor)
         for g, lr in zip(self.optimizer.param_groups, self.base_lrs):
             g["lr"] = lr * factor
-        x = fetch_batch(self.data.train, self._batch_indices(step)).to(self.device)
+        x = batch_to_device(fetch_batch(self.data.train, self._batch_indices(step)), self.device)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         if self._compiled is not None:
@@ -531,7 +531,7 @@ class Trainer:
             if a.grad_samples > 0:
                 from ovis.analysis.gradients import get_gradients_statistics
 
-                x = fetch_batch(self.data.train, self.idx_grad).to(self.device)
+                x = batch_to_device(fetch_batch(self.data.train, self.idx_grad), self.device)
                 was_training = self.estimator.training
                 self.estimator.eval()  # no running-statistics update (nvil, reward transforms)
                 try:
@@ -591,7 +591,7 @@ class Trainer:
                     extra["x_shape"] = tuple(self.data.x_shape)
                 out[eid] = estimators.build_estimator(eid, mc=a.mc, iw=a.iw, **extra).to(self.device)
             # fail now, not at the first evaluation, when an estimator cannot run on this model
-            x = fetch_batch(self.data.train, self.idx_grad[:2]).to(self.device)
+            x = batch_to_device(fetch_batch(self.data.train, self.idx_grad[:2]), self.device)
             for eid, est in out.items():
                 if est is self.estimator:
                     continue
@@ -627,7 +627,7 @@ class Trainer:
         self.model.eval()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with self._forked_rng(step):  # the batch of the gradient analysis (same binarisation draw)
-            x = fetch_batch(self.data.train, self.idx_grad).to(self.device)
+            x = batch_to_device(fetch_batch(self.data.train, self.idx_grad), self.device)
         rt = self.runtime(step)
         out: Dict[str, float] = {}
         for eid, est in self.tracked.items():
@@ -673,7 +673,7 @@ class Trainer:
         save_image_grid(folder / "prior.png", grid)
         if str(getattr(self.args, "task", "density") or "density") != "density":
             return  # a conditional model's p(x_bot | z) does not reconstruct x
-        x = fetch_batch(self.data.valid, self.idx_valid[:32]).to(self.device)
+        x = batch_to_device(fetch_batch(self.data.valid, self.idx_valid[:32]), self.device)
         rec = reconstructions(self.model, x, tau=tau)
         grid = reconstruction_grid(x.float().reshape(-1, *shape), rec.float().reshape(-1, *shape), cols=8)
         save_image_grid(folder / f"reconstruction-step{step:09d}.png", grid)
