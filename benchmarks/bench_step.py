@@ -27,9 +27,17 @@ floats flushed, ``torch.set_num_threads(--threads)``.
    and with freed memory retained (:mod:`ovis.utils.memory`, what ``run.py`` does on the CPU),
    switched in one process between blocks of steps, with the minor page faults per step.
 
+7. **Device** (``--only device``; the only section with ``--device cuda``): the training step
+   (forward + backward + Adam) of every estimator family at K = 5 / 50 / 500 (``--ks``) on
+   ``--device``: the SBN for the score-function and REBAR-line estimators, the Gaussian VAE for the
+   reparameterised ones; the median step time (``torch.cuda.synchronize`` around each step on a
+   GPU) and the peak memory of the steps (``torch.cuda.max_memory_allocated``; on the CPU the
+   rise of the resident set).  ``--device cuda`` without CUDA stops at once (exit 2).
+
 Freed memory is retained as by ``run.py`` (``--no-retain-memory``: glibc's default, to compare).
 
     python benchmarks/bench_step.py [--threads 2] [--repeats 30] [--denormal-steps 1000] [--only ...]
+    python benchmarks/bench_step.py --device cuda [--ks 5,50,500] [--repeats 20]
 """
 from __future__ import annotations
 
@@ -378,6 +386,56 @@ def memory_table(x: torch.Tensor, repeats: int) -> None:
     retain_freed_memory()
 
 
+DEVICE_SBN = SINGLE_PASS_SF + ["ovis-S10-exclusive", "nvil"] + MULTI_PASS
+DEVICE_VAE = PATHWISE
+
+
+def device_table(device: torch.device, ks: Sequence[int], repeats: int, only: Sequence[str] = None) -> None:
+    r"""Section 7: step time and peak memory per estimator and K on ``device`` (``only``: these ids)."""
+    cuda = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    print(f"\n## 7. Training step (fwd + bwd + Adam) on {device} ({name}), batch 24: median ms, peak MB")
+    print(f"{'estimator':22s} {'model':6s} {'K':>4s} {'ms':>9s} {'peak MB':>9s}")
+    x_cpu = (torch.rand(24, 784, generator=torch.Generator().manual_seed(0)) < 0.13).float()
+    x = x_cpu.to(device)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    for K in ks:
+        for model_name, ids in (("sbn", DEVICE_SBN), ("gvae", DEVICE_VAE)):
+            for eid in ids:
+                if only is not None and eid not in only:
+                    continue
+                torch.manual_seed(0)
+                model = (sbn(x_cpu) if model_name == "sbn" else gaussian_vae(x_cpu)).to(device)
+                est = build_estimator(eid, iw=K, **_extra(eid)).to(device)
+                step = train_step(est, model, x)
+                for _ in range(2):  # warm-up (lazy modules, kernels, allocator)
+                    step()
+                sync()
+                gc.collect()
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                    base = torch.cuda.memory_allocated(device)
+                rss0 = _rss_kb("VmHWM")
+                times = []
+                for _ in range(repeats):
+                    sync()
+                    t0 = time.perf_counter()
+                    step()
+                    sync()
+                    times.append(time.perf_counter() - t0)
+                peak = ((torch.cuda.max_memory_allocated(device) - base) / 2 ** 20 if cuda
+                        else (_rss_kb("VmHWM") - rss0) / 1024)
+                print(f"{eid:22s} {model_name:6s} {K:4d} {statistics.median(times) * 1e3:9.2f} {peak:9.1f}",
+                      flush=True)
+                del model, est, step
+                if cuda:
+                    torch.cuda.empty_cache()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
@@ -389,8 +447,19 @@ def main(argv=None) -> int:
     p.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats (to compare)")
     p.add_argument("--no-retain-memory", action="store_true",
                    help="glibc's default malloc behaviour instead of run.py's retained memory (to compare)")
-    p.add_argument("--only", default="overhead,multipass,step,eval,denormal,memory")
+    p.add_argument("--only", default=None,
+                   help="sections (default overhead,multipass,step,eval,denormal,memory; device with --device cuda)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where section 7 (device) runs")
+    p.add_argument("--ks", default="5,50,500", help="values of K of section 7")
+    p.add_argument("--ids", default=None, help="section 7: only these estimator ids (comma-separated)")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"bench_step.py: error: --device {args.device}: CUDA is not available on this machine "
+              f"(torch {torch.__version__}); use --device cpu", file=sys.stderr)
+        return 2
+    if args.only is None:
+        args.only = "device" if device.type == "cuda" else "overhead,multipass,step,eval,denormal,memory"
     retained = False if args.no_retain_memory else retain_freed_memory()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(not args.keep_denormals)
@@ -418,6 +487,9 @@ def main(argv=None) -> int:
         denormal_table(x, args.denormal_steps, args.keep_denormals)
     if "compile" in parts:
         compile_table(x, args.repeats)
+    if "device" in parts:
+        device_table(device, [int(k) for k in args.ks.split(",")], args.repeats,
+                     args.ids.split(",") if args.ids else None)
     return 0
 
 

@@ -65,11 +65,18 @@ from torch.distributions.kl import kl_divergence, register_kl
 __all__ = ["IGRBase", "IGRI", "IGRPlanar", "IGRSB", "softmax_pp", "softmax_pp_inverse"]
 
 
-def _as_tensor(value: Any, like: Tensor, name: str) -> Tensor:
-    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return t
+def _as_tensor(value: Any, like: Tensor, name: str, positive: bool = False) -> Tensor:
+    r"""``value`` as a tensor of ``like``'s dtype and device, checked finite (and > 0 with
+    ``positive``) when it is a number or a CPU tensor; a tensor on another device is not checked
+    (that would stop the host at every construction: its maker checks it)."""
+    # device: a number checked on the CPU, then moved
+    t = value if isinstance(value, Tensor) else torch.as_tensor(value, dtype=like.dtype)
+    if t.device.type == "cpu":
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        if positive and not bool((t > 0).all()):
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+    return t.to(dtype=like.dtype, device=like.device)
 
 
 def softmax_pp(y: Tensor, tau: Tensor, delta: Tensor) -> Tensor:
@@ -113,12 +120,8 @@ class IGRBase(Distribution):
         scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
         loc, scale = torch.broadcast_tensors(loc, scale)
         self.loc, self.scale = loc, scale
-        self.temperature = _as_tensor(temperature, loc, "temperature")
-        self.delta = _as_tensor(delta, loc, "delta")
-        if (self.temperature <= 0).any():
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        if (self.delta <= 0).any():
-            raise ValueError(f"delta must be > 0, got {delta!r}")
+        self.temperature = _as_tensor(temperature, loc, "temperature", positive=True)
+        self.delta = _as_tensor(delta, loc, "delta", positive=True)
         self._cache: Optional[tuple] = None
         super().__init__(loc.shape[:-1], torch.Size([self.event_size]), validate_args=validate_args)
 
@@ -325,10 +328,14 @@ class IGRSB(IGRBase):
 
     def __init__(self, loc: Tensor, scale: Tensor, temperature: Any, threshold: Any = 0.99,
                  delta: Any = 1.0, validate_args: Optional[bool] = None) -> None:
-        self.threshold = _as_tensor(threshold, loc, "threshold")
-        if self.threshold.dim() != 0 or not 0.0 < float(self.threshold) <= 1.0:
+        # device: a number checked on the CPU
+        thr = threshold if isinstance(threshold, Tensor) else torch.as_tensor(threshold, dtype=loc.dtype)
+        if thr.dim() != 0 or (thr.device.type == "cpu" and not 0.0 < float(thr) <= 1.0):
             raise ValueError(f"threshold (the IGR-SB precision) must be a number in (0, 1], got {threshold!r}")
-        self.max_truncations = 0
+        self.threshold = _as_tensor(thr, loc, "threshold")
+        # whether the stick-breaking is never truncated, known on the host (no sync per sample)
+        self._untruncated = bool(thr >= 1.0) if thr.device.type == "cpu" else bool((thr >= 1.0).item())
+        self._truncations: Optional[Tensor] = None  # a device counter, read by max_truncations
         self.num_samples = 0
         super().__init__(loc, scale, temperature, delta, validate_args=validate_args)
 
@@ -338,6 +345,12 @@ class IGRSB(IGRBase):
     @property
     def max_categories(self) -> int:
         return self.event_size
+
+    @property
+    def max_truncations(self) -> int:
+        r"""Samples drawn so far in which ``max_categories`` truncated the stick-breaking (the
+        count lives on the samples' device; reading it waits for them)."""
+        return 0 if self._truncations is None else int(self._truncations)
 
     def _sticks(self, y: Tensor) -> tuple:
         log_v = F.logsigmoid(y / self.temperature)
@@ -356,7 +369,7 @@ class IGRSB(IGRBase):
         log_v, log_rem, log_rem_prev = self._sticks(y)
         stick = torch.exp(log_v + log_rem_prev)              # v_k prod_{j<k}(1-v_j), k < M
         rem_prev = torch.exp(log_rem_prev)
-        if float(self.threshold) >= 1.0:
+        if self._untruncated:
             return torch.cat([stick, torch.exp(log_rem[..., -1:])], dim=-1)
         eps = 1.0 - self.threshold
         active = rem_prev > eps                                # stick k is broken (prefix mask)
@@ -372,7 +385,8 @@ class IGRSB(IGRBase):
         y = self.rsample_noise(torch.Size(sample_shape))
         z = self.transform(y)
         with torch.no_grad():
-            self.max_truncations += int(self.truncated_by_max(y).sum())
+            n = self.truncated_by_max(y).sum()
+            self._truncations = n if self._truncations is None else self._truncations + n
             self.num_samples += int(y[..., 0].numel())
         self._cache = (z, y)
         return z
@@ -391,7 +405,7 @@ class IGRSB(IGRBase):
         return (log_v + log_1mv + log_rem_prev).sum(-1) - d * torch.log(self.temperature)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        if float(self.threshold) < 1.0:
+        if not self._untruncated:
             raise NotImplementedError(
                 "IGR-SB with threshold < 1 truncates the stick-breaking (not injective): it has no "
                 "density on the simplex; use threshold=1, or compute log q - log p in noise space "

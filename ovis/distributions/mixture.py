@@ -122,7 +122,7 @@ def trapezoid_elbo_1d(log_joint: Callable[[Tensor], Tensor], q: DiagonalGaussian
     ``log_joint`` maps ``z [n, 1]`` to ``[n]``."""
     if q.loc.shape[-1] != 1 or q.loc.dim() != 2:
         raise ValueError(f"trapezoid_elbo_1d needs an unbatched one-dimensional mixture, got loc {tuple(q.loc.shape)}")
-    grid = torch.linspace(lo, hi, n, dtype=q.loc.dtype)[:, None]
+    grid = torch.linspace(lo, hi, n, dtype=q.loc.dtype, device=q.loc.device)[:, None]
     log_q = q.log_prob(grid)
     integrand = log_q.exp() * (log_joint(grid) - log_q)
     return torch.trapezoid(integrand, grid[:, 0])

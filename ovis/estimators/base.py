@@ -268,8 +268,10 @@ class GradientEstimator(nn.Module):
         zgrads = self.reparameterised if zgrads is None else zgrads
         kwargs = {} if params.tau is None else {"tau": params.tau}
         if not zgrads and not detach_qz_params and getattr(model, "fused_log_densities", False):
-            # the model evaluates its own log-densities in one pass (ovis.models.base)
-            output, log_px, log_qz, log_pz = model.particle_log_densities(x, particles=M * K, **kwargs)
+            # the model evaluates its own log-densities in one pass (ovis.models.base); validation
+            # as in forward(), also when evaluate() is called directly (the chunked evaluation)
+            with distribution_validation(_VALIDATE_DISTRIBUTIONS):
+                output, log_px, log_qz, log_pz = model.particle_log_densities(x, particles=M * K, **kwargs)
             return Particles(output=output, log_px=log_px.view(B, M, K), log_qz=log_qz.view(B, M, K, -1),
                              log_pz=log_pz.view(B, M, K, -1))
         x_exp = self.expand(x, M, K)
@@ -291,14 +293,17 @@ class GradientEstimator(nn.Module):
         qz = output["qz"]
         if detach_qz_params:
             qz = [detach_distribution(q) for q in qz]
-        # (a distribution captures the validation setting when it is built, inside the model call)
-        log_px = batch_reduce(output["px"].log_prob(x_exp)).view(B, M, K)
-        log_qz = torch.stack(
-            [batch_reduce(q.log_prob(z)) for q, z in zip(qz, output["z"])], dim=-1
-        ).view(B, M, K, -1)
-        log_pz = torch.stack(
-            [batch_reduce(p.log_prob(z)) for p, z in zip(output["pz"], output["z"])], dim=-1
-        ).view(B, M, K, -1)
+        # a distribution built without validate_args reads torch's default when log_prob runs:
+        # the same setting here as in forward(), also when evaluate() is called directly (the
+        # chunked evaluation; on a GPU each support check would stop the host)
+        with distribution_validation(_VALIDATE_DISTRIBUTIONS):
+            log_px = batch_reduce(output["px"].log_prob(x_exp)).view(B, M, K)
+            log_qz = torch.stack(
+                [batch_reduce(q.log_prob(z)) for q, z in zip(qz, output["z"])], dim=-1
+            ).view(B, M, K, -1)
+            log_pz = torch.stack(
+                [batch_reduce(p.log_prob(z)) for p, z in zip(output["pz"], output["z"])], dim=-1
+            ).view(B, M, K, -1)
         return Particles(output=output, log_px=log_px, log_qz=log_qz, log_pz=log_pz)
 
     def weighted_particles(

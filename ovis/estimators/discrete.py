@@ -590,12 +590,12 @@ class NVIL(ReinforceBaseline):
                 m = self.momentum
                 self.running_mean.mul_(m).add_((1 - m) * centred.mean())
                 self.running_var.mul_(m).add_((1 - m) * centred.var(unbiased=False))
-            s = self.scale
+            s = self.running_var.sqrt().clamp(min=1.0)  # the scale, a tensor: no host sync
             signal = (centred - self.running_mean) / s
         mse = ((d.detach() - self.running_mean - b) ** 2).mean()
         c = d - signal  # so that d - c is the centred, scaled signal
         return c, mse, {"baseline_mse": ((d - self.running_mean - b.detach()) ** 2).mean(dim=(1, 2)),
-                        "scale": torch.full((x.shape[0],), s, dtype=d.dtype, device=d.device)}
+                        "scale": s.to(d.dtype).expand(x.shape[0])}
 
 
 def log_gradient_variances(

@@ -109,14 +109,20 @@ class _RunningMoments(RewardTransform):
         self.register_buffer("m2", torch.zeros((), dtype=torch.float64))
         self.register_buffer("weight", torch.zeros((), dtype=torch.float64))
 
+    def _weight(self) -> Tuple[Tensor, Tensor]:
+        r"""``(seen, w)``: whether an update happened, and the weight with 1 in place of 0 (no
+        branch on the value: the moments stay on their device without a host sync)."""
+        seen = self.weight > 0
+        return seen, torch.where(seen, self.weight, torch.ones_like(self.weight))
+
     def running_mean(self) -> Tensor:
-        return self.m1 / self.weight if float(self.weight) > 0 else torch.zeros_like(self.m1)
+        seen, w = self._weight()
+        return torch.where(seen, self.m1 / w, torch.zeros_like(self.m1))
 
     def running_std(self) -> Tensor:
-        if float(self.weight) <= 0:
-            return torch.zeros_like(self.m1)
-        mean = self.m1 / self.weight
-        return (self.m2 / self.weight - mean ** 2).clamp_min(0.0).sqrt()
+        seen, w = self._weight()
+        mean = self.m1 / w
+        return torch.where(seen, (self.m2 / w - mean ** 2).clamp_min(0.0).sqrt(), torch.zeros_like(self.m1))
 
     def _update(self, r: Tensor) -> None:
         with torch.no_grad():

@@ -44,6 +44,7 @@ def tvo_partition(K: int, partitions: int = 2, log_beta_min: float = 10.0, sched
     if schedule not in _SCHEDULES:
         raise ValueError(f"schedule must be one of {_SCHEDULES}, got {schedule!r}")
     if partitions == 1:
+        # device: the partition, a buffer (moved by .to())
         return torch.tensor([0.0, 1.0], dtype=torch.float64)
     if schedule == "log":
         if log_beta_min <= 0:
@@ -52,8 +53,10 @@ def tvo_partition(K: int, partitions: int = 2, log_beta_min: float = 10.0, sched
     else:
         table = (0.05, 0.2, 0.3) if schedule == "config1" else (0.01, 0.02, 0.03)
         beta1 = table[0] if K < 10 else table[1] if K < 30 else table[2]
+    # device: the partition, a buffer (moved by .to())
     pts = torch.logspace(torch.log10(torch.tensor(beta1, dtype=torch.float64)).item(), 0.0,
                          partitions, dtype=torch.float64)
+    # device: the partition, a buffer (moved by .to())
     return torch.cat([torch.zeros(1, dtype=torch.float64), pts])
 
 

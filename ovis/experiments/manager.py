@@ -29,8 +29,8 @@ from typing import Dict, Optional, Sequence
 from ovis.experiments.grid import ExperimentError, load_and_expand
 from ovis.experiments.preflight import PreflightError, preflight
 from ovis.experiments.queue import FINAL_STATUSES, JobQueue, QueueError
-from ovis.experiments.workers import (BackendNotAvailable, WorkerConfig, discover_gpus,
-                                      make_backend)
+from ovis.experiments.devices import plan_workers
+from ovis.experiments.workers import BackendNotAvailable, WorkerConfig, make_backend
 
 __all__ = ["build_manager_parser", "manager_main", "make_snapshot", "SNAPSHOT"]
 
@@ -144,6 +144,9 @@ def _manager_main(a: argparse.Namespace) -> int:
     if a.processes < 1:
         log.error("--processes must be >= 1, got %d", a.processes)
         return 2
+    if a.max_gpus is not None and a.max_gpus < 0:
+        log.error("--max_gpus must be >= 0 (0: the CPU only), got %d", a.max_gpus)
+        return 2
     if a.rf and a.resume:
         log.error("--rf and --resume are exclusive: --rf deletes the experiment, --resume continues it")
         return 2
@@ -239,9 +242,11 @@ def _manager_main(a: argparse.Namespace) -> int:
         req = queue.requeue(a.requeue_level, force=a.force, grace=a.grace)
         if req:
             log.info("requeued (level %d): %d jobs", a.requeue_level, len(req))
-        gpus = discover_gpus(a.max_gpus, a.max_load, a.max_memory)
-        slots = [g for g in gpus for _ in range(a.processes)] if gpus else ["cpu"] * a.processes
-        log.info("devices: %s; %d worker(s)", ", ".join(gpus) if gpus else "cpu", len(slots))
+        plan = plan_workers(a.processes, a.max_gpus, a.max_load, a.max_memory)
+        if plan.warning:
+            log.warning("%s", plan.warning)
+        slots = plan.slots
+        log.info("devices: %s; %d worker(s) (%s)", ", ".join(plan.gpus) or "cpu", len(slots), plan.describe())
         cfg = WorkerConfig(exp=exp_name, exp_dir=exp_dir, root=root, data_root=data_root, snapshot=snap,
                            manager=mid, heartbeat=a.heartbeat, poll=min(0.2, a.poll), term_timeout=a.term_timeout)
         backend = make_backend(a.backend, cfg, a.address, grace=a.grace, requeue_lost=a.requeue_level >= 1)

@@ -27,7 +27,6 @@ import ctypes
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from ovis.experiments.devices import cpu_threads_per_worker, discover_gpus  # noqa: F401 - discover_gpus re-exported
 from ovis.experiments.queue import JobQueue, QueueError, kill_group
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
     "run_claimed_job",
     "worker_loop",
     "find_run_status",
-    "discover_gpus",
+    "discover_gpus",  # from ovis.experiments.devices
     "Backend",
     "LocalBackend",
     "DaskBackend",
@@ -270,63 +270,6 @@ def worker_loop(cfg: WorkerConfig, queue: Optional[JobQueue] = None,
 
 
 # ----------------------------------------------------------------------------------------------
-# devices
-
-
-def discover_gpus(max_gpus: Optional[int] = None, max_load: float = 0.5, max_memory: float = 0.5) -> List[str]:
-    r"""Indices of the GPUs whose load and memory use are below the limits (at most ``max_gpus``).
-
-    Uses ``nvidia-smi``, else ``pynvml``, else ``torch.cuda`` (memory only); ``[]`` without GPU.
-    ``CUDA_VISIBLE_DEVICES``, when set in the manager's environment, restricts the choice.
-    """
-    gpus: List[Tuple[str, float, float]] = []  # (index, load in [0,1], memory fraction)
-    exe = shutil.which("nvidia-smi")
-    if exe:
-        try:
-            out = subprocess.run([exe, "--query-gpu=index,utilization.gpu,memory.used,memory.total",
-                                  "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                                 timeout=30, check=True).stdout
-            for line in out.strip().splitlines():
-                idx, util, used, total = [s.strip() for s in line.split(",")]
-                load = float(util) / 100 if util.replace(".", "").isdigit() else 0.0
-                gpus.append((idx, load, float(used) / max(float(total), 1.0)))
-        except (subprocess.SubprocessError, OSError, ValueError) as e:
-            log.warning("nvidia-smi failed (%s); trying other GPU discovery", e)
-            gpus = []
-    if not gpus:
-        try:
-            import pynvml  # type: ignore
-
-            pynvml.nvmlInit()
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                h = pynvml.nvmlDeviceGetHandleByIndex(i)
-                u = pynvml.nvmlDeviceGetUtilizationRates(h)
-                m = pynvml.nvmlDeviceGetMemoryInfo(h)
-                gpus.append((str(i), u.gpu / 100, m.used / max(m.total, 1)))
-        except Exception:  # noqa: BLE001 - pynvml absent or no driver
-            gpus = []
-    if not gpus and not exe and (not sys.platform.startswith("linux") or Path("/dev/nvidia0").exists()
-                                 or Path("/proc/driver/nvidia").exists()):
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                for i in range(torch.cuda.device_count()):
-                    free, total = torch.cuda.mem_get_info(i)
-                    gpus.append((str(i), 0.0, 1 - free / max(total, 1)))
-        except Exception:  # noqa: BLE001
-            gpus = []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() != "" and all(v.strip().isdigit() for v in visible.split(",")):
-        allowed = {v.strip() for v in visible.split(",")}
-        gpus = [g for g in gpus if g[0] in allowed]
-    elif visible is not None and visible.strip() == "":
-        gpus = []
-    ok = [g[0] for g in gpus if g[1] < max_load and g[2] < max_memory]
-    return ok[:max_gpus] if max_gpus is not None else ok
-
-
-# ----------------------------------------------------------------------------------------------
 # backends
 
 
@@ -399,7 +342,7 @@ class LocalBackend(Backend):
                "--device", dev, "--worker", f"w{i}@{dev}", "--heartbeat", str(c.heartbeat),
                "--poll", str(c.poll), "--term_timeout", str(c.term_timeout)]
         if dev == "cpu":  # CPU jobs share the cores
-            cmd += ["--threads", str(c.threads or max(1, (os.cpu_count() or 1) // len(self.slots)))]
+            cmd += ["--threads", str(c.threads or cpu_threads_per_worker(len(self.slots)))]
         if c.manager:
             cmd += ["--manager", c.manager]
         logf = open(c.exp_dir / ".logs" / f"worker-{i}.log", "ab")

@@ -74,15 +74,16 @@ def half_image_indices(x_shape: Sequence[int]) -> Tuple[Tensor, Tensor]:
     if len(shape) == 0 or D < 2:
         raise ValueError(f"the conditional task needs an observation of at least 2 values, got x_shape={tuple(shape)}")
     if len(shape) == 1:
-        top = torch.zeros(D, dtype=torch.bool)
+        top = torch.zeros(D, dtype=torch.bool)  # device: construction-time indices, registered as buffers
         top[: D // 2] = True
     else:
         H = shape[-2]
         if H < 2:
             raise ValueError(f"the conditional task splits the rows of the image; x_shape={tuple(shape)} has {H} row")
+        # device: construction-time indices, registered as buffers
         rows = torch.arange(H).view(H, 1).expand(*shape[-2:]).expand(shape)
         top = (rows < H // 2).reshape(-1)
-    idx = torch.arange(D)
+    idx = torch.arange(D)  # device: construction-time indices, registered as buffers
     return idx[top], idx[~top]
 
 
@@ -172,6 +173,7 @@ class _HalfImageConditioning:
             if x_mean.numel() != self.D:
                 raise ValueError(f"x_mean must have {self.D} values (x_shape={tuple(self.x_shape)}), got {x_mean.numel()}")
             flat = x_mean.detach().reshape(-1).float()
+        # device: a buffer
         default = flat[top].clone() if flat is not None else torch.full((top.numel(),), 0.5)
         self.register_buffer("default_x_top", default, persistent=False)  # type: ignore[attr-defined]
         return top, bottom, flat
@@ -358,7 +360,7 @@ class ConditionalDiscreteVAE(_HalfImageConditioning, DiscreteVAE):
     def _sample(self, x_top: Tensor, post: Any, prior: Any, zgrads: bool, tau: float,
                 from_prior: bool) -> Dict[str, Any]:
         if not self.is_igr:
-            t = torch.tensor(tau, device=x_top.device)
+            t = torch.tensor(tau, device=x_top.device, dtype=prior.dtype)
             if zgrads:
                 pz = Independent(GumbelSoftmax(t, logits=prior), 1)
                 qz = None if post is None else Independent(GumbelSoftmax(t, logits=post), 1)

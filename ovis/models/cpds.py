@@ -80,15 +80,25 @@ def _positive(value: int, name: str) -> int:
     return int(value)
 
 
-def _relaxation(relaxed: bool, tau: Optional[Tensor | float]) -> Optional[Tensor]:
+def _relaxation(relaxed: bool, tau: Optional[Tensor | float], like: Tensor) -> Optional[Tensor]:
+    r"""The temperature as a tensor on ``like``'s device (``None`` when not ``relaxed``).
+
+    A number is checked (> 0) and made a ``like.dtype`` scalar; a tensor is moved to the device and
+    checked only when it lives on the CPU (a check of a GPU tensor would stop the host at every
+    pass: its maker checks it, e.g. ``VAE._tau``, or keeps it positive, e.g. ``exp`` of a learned
+    log-temperature).
+    """
     if not relaxed:
         return None
     if tau is None:
         raise ValueError("relaxed=True needs a temperature tau > 0")
-    t = torch.as_tensor(tau)
-    if not bool((t > 0).all()):
+    if isinstance(tau, Tensor):
+        if tau.device.type == "cpu" and not bool((tau > 0).all()):
+            raise ValueError(f"the temperature tau must be > 0, got {tau}")
+        return tau.to(device=like.device, dtype=like.dtype)
+    if not float(tau) > 0:
         raise ValueError(f"the temperature tau must be > 0, got {tau}")
-    return t
+    return torch.tensor(float(tau), dtype=like.dtype, device=like.device)
 
 
 # ------------------------------------------------------------------------------- prior nets
@@ -150,7 +160,7 @@ class BernoulliPrior(PriorNet):
     def forward(self, batch_shape: int | Sequence[int] = (), relaxed: bool = False,
                 tau: Optional[Tensor | float] = None) -> Distribution:
         logits = self.logits.expand(*_batch_shape(batch_shape), self.N)
-        t = _relaxation(relaxed, tau)
+        t = _relaxation(relaxed, tau, logits)
         return Independent(RelaxedBernoulli(t, logits=logits) if t is not None else Bernoulli(logits=logits), 1)
 
 
@@ -169,7 +179,7 @@ class CategoricalPrior(PriorNet):
     def forward(self, batch_shape: int | Sequence[int] = (), relaxed: bool = False,
                 tau: Optional[Tensor | float] = None) -> Distribution:
         logits = self.logits.expand(*_batch_shape(batch_shape), self.N, self.K)
-        t = _relaxation(relaxed, tau)
+        t = _relaxation(relaxed, tau, logits)
         d = RelaxedOneHotCategorical(t, logits=logits) if t is not None else OneHotCategorical(logits=logits)
         return Independent(d, 1)
 
@@ -253,7 +263,7 @@ class BernoulliCPD(CPDNet):
 
     def distribution(self, params: Tensor, relaxed: bool = False,
                      tau: Optional[Tensor | float] = None) -> Distribution:
-        t = _relaxation(relaxed, tau)
+        t = _relaxation(relaxed, tau, params)
         return Independent(RelaxedBernoulli(t, logits=params) if t is not None else Bernoulli(logits=params), 1)
 
 
@@ -273,7 +283,7 @@ class CategoricalCPD(CPDNet):
 
     def distribution(self, params: Tensor, relaxed: bool = False,
                      tau: Optional[Tensor | float] = None) -> Distribution:
-        t = _relaxation(relaxed, tau)
+        t = _relaxation(relaxed, tau, params)
         d = RelaxedOneHotCategorical(t, logits=params) if t is not None else OneHotCategorical(logits=params)
         return Independent(d, 1)
 

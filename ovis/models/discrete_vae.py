@@ -184,8 +184,8 @@ class DiscreteVAE(TemplateModel):
         if not self.is_igr:
             logits, prior_logits = self.posterior_params(x), self.prior_params(n, x)
             if zgrads:
-                qz = Independent(GumbelSoftmax(torch.tensor(tau, device=x.device), logits=logits), 1)
-                pz = Independent(GumbelSoftmax(torch.tensor(tau, device=x.device), logits=prior_logits), 1)
+                qz = Independent(GumbelSoftmax(torch.tensor(tau, device=x.device, dtype=logits.dtype), logits=logits), 1)
+                pz = Independent(GumbelSoftmax(torch.tensor(tau, device=x.device, dtype=prior_logits.dtype), logits=prior_logits), 1)
                 z = qz.rsample()
             else:
                 qz = Independent(OneHotCategorical(logits=logits), 1)
@@ -272,8 +272,9 @@ class DiscreteVAE(TemplateModel):
         tau = self.tau if tau is None else float(tau)
         n = x.shape[0]
         if not self.is_igr:
-            t = torch.tensor(tau, device=x.device)
-            q = GumbelSoftmax(t, logits=self.posterior_params(x))
+            logits = self.posterior_params(x)
+            t = torch.tensor(tau, device=x.device, dtype=logits.dtype)
+            q = GumbelSoftmax(t, logits=logits)
             p = GumbelSoftmax(t, logits=self.prior_params(n, x))
             return gumbel_softmax_kl(q, p, num_samples).sum(-1)
         loc, scale = self.posterior_params(x)

@@ -71,7 +71,7 @@ class GaussianToyModel(SingleLayerModel):
         r"""The closed-form optimum for the data ``x`` ``[n, D]``: ``mu* = mean(x)``,
         ``A* = I/2``, ``b* = mu*/2``."""
         mu = x.to(torch.float64).mean(0).to(x.dtype)
-        return {"mu_star": mu, "A_star": 0.5 * torch.eye(x.shape[1], dtype=x.dtype), "b_star": mu / 2}
+        return {"mu_star": mu, "A_star": 0.5 * torch.eye(x.shape[1], dtype=x.dtype, device=x.device), "b_star": mu / 2}
 
     @torch.no_grad()
     def set_optimum(self, x: Tensor | None = None, perturbation: float = 0.0,
@@ -89,7 +89,7 @@ class GaussianToyModel(SingleLayerModel):
                        (self.inference_network.b, "b_star")):
             v = torch.as_tensor(opt[key], dtype=p.dtype, device=p.device)
             if perturbation > 0:
-                noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+                noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)  # device: the CPU generator's draw, moved below
                 v = v + perturbation * noise.to(p.device)
             p.copy_(v)
 

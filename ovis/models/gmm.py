@@ -50,8 +50,8 @@ class GaussianMixtureModel(SingleLayerModel):
             from ovis.datasets.synthetic import gmm_true_parameters
 
             true_parameters = gmm_true_parameters(C)
-        probs = torch.as_tensor(true_parameters["mixture_probs"], dtype=torch.float32)
-        locs = torch.as_tensor(true_parameters["locs"], dtype=torch.float32)
+        probs = torch.as_tensor(true_parameters["mixture_probs"], dtype=torch.float32)  # device: a buffer
+        locs = torch.as_tensor(true_parameters["locs"], dtype=torch.float32)  # device: a buffer
         if probs.shape != (C,) or locs.shape != (C,):
             raise ValueError(f"true parameters for C={C} components expected, got mixture_probs "
                              f"{tuple(probs.shape)} and locs {tuple(locs.shape)}")

@@ -54,6 +54,7 @@ def _batches(data: DataLike, batch_size: int) -> Iterable[Tensor]:
 
         n = len(data)  # type: ignore[arg-type]
         for start in range(0, n, batch_size):
+            # device: indices into the data set (on the CPU)
             yield fetch_batch(data, torch.arange(start, min(n, start + batch_size)))
         return
     for item in data:  # a DataLoader or any iterable of batches (x or (x, label))
@@ -154,6 +155,7 @@ def image_grid(images: Tensor, cols: int = 8) -> Tensor:
         raise ValueError(f"cols must be an integer >= 1, got {cols!r}")
     n, H, W = img.shape
     rows = max(1, (n + cols - 1) // cols)
+    # device: an image grid, made on the CPU to be saved
     grid = torch.ones(rows * (H + 1) + 1, cols * (W + 1) + 1)
     for i in range(n):
         r, c = divmod(i, cols)
@@ -173,6 +175,7 @@ def reconstruction_grid(x: Tensor, x_rec: Tensor, cols: int = 8) -> Tensor:
     for p in parts:
         pad = cols - p.shape[0]
         if pad:  # a short last row: blank (white) cells
+            # device: an image grid, made on the CPU to be saved
             p = torch.cat([p.detach().float().cpu(), torch.ones(pad, *p.shape[1:])])
         rows.append(p.detach().float().cpu())
     return image_grid(torch.cat(rows), cols)

@@ -195,20 +195,22 @@ class VAE(TemplateModel):
         r"""Discrete latents (``bernoulli``, ``categorical``): relaxed when ``zgrads``."""
         return self.prior_family in ("bernoulli", "categorical")
 
-    def _tau(self, kwargs: Dict[str, Any]) -> Tensor:
+    def _tau(self, kwargs: Dict[str, Any]) -> float:
+        r"""The temperature (``tau=`` of the call, else the model's), checked > 0; the CPDs make it
+        a tensor on their parameters' device and dtype."""
         tau = kwargs.get("tau")
         tau = self.tau if tau is None else float(tau)
         if not tau > 0:
             raise ValueError(f"tau must be > 0, got {tau}")
-        return torch.tensor(tau)
+        return tau
 
-    def prior(self, n: int, relaxed: bool = False, tau: Tensor | None = None) -> Distribution:
+    def prior(self, n: int, relaxed: bool = False, tau: Tensor | float | None = None) -> Distribution:
         r"""``p(z)`` with batch shape ``[n]`` (relaxed at temperature ``tau`` when asked)."""
         if self.discrete:
             return self.generative_model.prior(n, relaxed=relaxed, tau=tau)
         return self.generative_model.prior(n)
 
-    def posterior(self, x: Tensor, relaxed: bool = False, tau: Tensor | None = None) -> Distribution:
+    def posterior(self, x: Tensor, relaxed: bool = False, tau: Tensor | float | None = None) -> Distribution:
         r"""``q(z|x)``, batch ``[n]`` for ``x = [n, *x_shape]``."""
         if self.discrete:
             return self.inference_network(x, relaxed=relaxed, tau=tau)
@@ -220,7 +222,7 @@ class VAE(TemplateModel):
 
     def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
         relaxed = zgrads and self.discrete
-        tau = self._tau(kwargs).to(x.device) if relaxed else None
+        tau = self._tau(kwargs) if relaxed else None
         qz = self.posterior(x, relaxed=relaxed, tau=tau)
         z = qz.rsample() if zgrads else qz.sample()
         pz = self.prior(x.shape[0], relaxed=relaxed, tau=tau)

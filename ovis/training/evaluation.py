@@ -43,6 +43,11 @@ from ovis.estimators.importance import log_weights
 
 __all__ = [
     "fetch_batch",
+    "batch_to_device",
+    "free_device_memory",
+    "measure_bytes_per_row",
+    "memory_chunk_rows",
+    "EVAL_MEMORY_FRACTION",
     "accumulate_chunked_bound",
     "model_log_weights",
     "evaluate_bound",
@@ -51,6 +56,8 @@ __all__ = [
 ]
 
 AU_THRESHOLD = 0.01
+#: the share of a GPU's free memory one evaluation pass may take (two workers may share a GPU)
+EVAL_MEMORY_FRACTION = 0.25
 
 StopCheck = Optional[Callable[[], None]]
 
@@ -70,6 +77,50 @@ def fetch_batch(dataset: Dataset, indices: Tensor) -> Tensor:
         return items
     items = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
     return torch.stack(items)
+
+
+def batch_to_device(x: Tensor, device: torch.device) -> Tensor:
+    r"""``x`` (a CPU batch) on ``device``.  To a CUDA device through page-locked (pinned) memory
+    with ``non_blocking=True``: the copy is queued on the current stream and the host goes on
+    (the caching host allocator keeps the pinned buffer alive until the copy is done); kernels
+    queued after it on the stream see the data.  Elsewhere a plain ``x.to(device)``."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
+    return x.to(device)
+
+
+def free_device_memory(device: torch.device) -> Optional[int]:
+    r"""Free bytes of a CUDA ``device`` (``torch.cuda.mem_get_info``) plus what PyTorch's caching
+    allocator holds unused on it; ``None`` for the CPU (the ``max_rows`` cap applies as given)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def measure_bytes_per_row(fn: Callable[[int], Any], rows: int, device: torch.device) -> int:
+    r"""Peak bytes one row of ``fn`` takes on the CUDA ``device``: ``fn(k)`` runs ``rows`` rows
+    (``k`` particles of a batch), its peak allocation above the memory in use before, divided by
+    ``rows`` (at least 1)."""
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn(1)
+    torch.cuda.synchronize(device)
+    return max(1, (torch.cuda.max_memory_allocated(device) - base) // max(rows, 1))
+
+
+def memory_chunk_rows(max_rows: int, free_bytes: Optional[int], bytes_per_row: int,
+                      fraction: float = EVAL_MEMORY_FRACTION) -> int:
+    r"""Rows (data points x particles) of one evaluation pass: ``max_rows`` on the CPU
+    (``free_bytes is None``); on a GPU ``min(max_rows, floor(fraction * free_bytes / bytes_per_row))``,
+    at least 1, so that a pass fits in its share of the free memory whatever ``--eval_chunk`` says."""
+    if max_rows < 1 or bytes_per_row < 1 or not 0.0 < fraction <= 1.0:
+        raise ValueError(f"max_rows >= 1, bytes_per_row >= 1 and 0 < fraction <= 1 are needed, got "
+                         f"{max_rows}, {bytes_per_row}, {fraction}")
+    if free_bytes is None:
+        return max_rows
+    return max(1, min(max_rows, int(fraction * free_bytes) // bytes_per_row))
 
 
 def accumulate_chunked_bound(log_weight_fn: Callable[[int], Tuple[Tensor, Tensor]], K: int,
@@ -129,20 +180,29 @@ def evaluate_bound(model: nn.Module, dataset: Dataset, indices: Tensor, batch_si
     ``loss/distortion`` and ``loss/rate`` (``= loss/kl``; see the module docstring) averaged over
     the data points ``indices`` of ``dataset``, plus the model's ``extra_metrics(x)`` when it has one (weighted by batch size).
 
-    ``max_rows`` caps the rows (data points x particles) of one forward pass.  Runs under
-    ``torch.inference_mode``; the caller owns the RNG (see :mod:`ovis.training.run`).
+    ``max_rows`` caps the rows (data points x particles) of one forward pass; on a CUDA device the
+    cap is also sized by the free memory (:func:`memory_chunk_rows`, the bytes per row measured on
+    the first batch by :func:`measure_bytes_per_row`).  Batches reach the device through
+    :func:`batch_to_device`.  Runs under ``torch.inference_mode``; the caller owns the RNG (see
+    :mod:`ovis.training.run`).
     """
     totals: Dict[str, float] = {}
     n = 0
     extra_fn = getattr(model, "extra_metrics", None) if extra_metrics else None
+    rows = max_rows
     with torch.inference_mode():
         for start in range(0, len(indices), batch_size):
             if stop_check is not None:
                 stop_check()
             idx = indices[start:start + batch_size]
-            x = fetch_batch(dataset, idx).to(device)
+            x = batch_to_device(fetch_batch(dataset, idx), device)
             B = x.shape[0]
-            chunk = max(1, max_rows // B)
+            if start == 0:
+                free = free_device_memory(device)
+                if free is not None:
+                    per_row = measure_bytes_per_row(lambda k: model_log_weights(model, x, k, tau), B, device)
+                    rows = memory_chunk_rows(max_rows, free, per_row)
+            chunk = max(1, rows // B)
             stats = accumulate_chunked_bound(lambda k: model_log_weights(model, x, k, tau), K, chunk)
             values = {
                 "loss/L_k": stats["L_k"].sum().item(),
@@ -178,7 +238,7 @@ def active_units(model: nn.Module, dataset: Dataset, indices: Tensor, mc: int, m
         for start in range(0, len(indices), per_batch):
             if stop_check is not None:
                 stop_check()
-            x = fetch_batch(dataset, indices[start:start + per_batch]).to(device)
+            x = batch_to_device(fetch_batch(dataset, indices[start:start + per_batch]), device)
             B = x.shape[0]
             total: Optional[Tensor] = None
             done = 0

@@ -78,16 +78,16 @@ import torch
 from torch import Tensor
 
 import ovis
-from ovis.training.arguments import RunArgumentError, build_run_parser, parse_run_args
+from ovis.training.arguments import RunArgumentError, parse_run_args
 from ovis.training.checkpoint import (CheckpointError, get_rng_state, load_resume_checkpoint, save_checkpoint,
                                      set_rng_state)
-from ovis.training.evaluation import active_units, evaluate_bound, fetch_batch
+from ovis.training.evaluation import active_units, batch_to_device, evaluate_bound, fetch_batch
 from ovis.training.rundir import RunDirectory, atomic_write_json, compute_run_id
 from ovis.training.optimizers import build_optimizer
 from ovis.training.schedules import alpha_at, lr_factor_at
 from ovis.utils.memory import retain_freed_memory
 
-__all__ = ["main", "Trainer", "RunInterrupted", "EVAL_SUBSET_SEED", "resolve_device"]
+__all__ = ["main", "Trainer", "RunInterrupted", "EVAL_SUBSET_SEED", "resolve_device", "device_unavailable"]
 
 #: the seed of the fixed evaluation subsets (the same for every run of a data set)
 EVAL_SUBSET_SEED = 20200611
@@ -104,14 +104,40 @@ class RunInterrupted(Exception):
         self.forced = forced
 
 
+def device_unavailable(spec: str) -> Optional[str]:
+    r"""Why ``--device spec`` cannot run on this machine (one line), or ``None`` when it can.
+
+    ``cuda`` / ``cuda:N`` need ``torch.cuda.is_available()`` and ``N < torch.cuda.device_count()``
+    (the devices ``CUDA_VISIBLE_DEVICES`` leaves visible); ``auto`` and ``cpu`` always run.
+    Checked by :func:`main` right after parsing, before anything is written; not by
+    :func:`ovis.training.arguments.parse_run_args`, which also validates grids on machines that
+    only queue jobs for others.
+    """
+    if not spec.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        why = ("this PyTorch build has no CUDA" if torch.version.cuda is None else
+               "no CUDA device is visible" + (" (CUDA_VISIBLE_DEVICES is empty)"
+                                              if os.environ.get("CUDA_VISIBLE_DEVICES") == "" else ""))
+        return (f"run.py: error: argument --device: {spec} requested but CUDA is not available on this "
+                f"machine ({why}, torch {torch.__version__}); use --device cpu or --device auto")
+    n = torch.cuda.device_count()
+    index = int(spec.split(":")[1]) if ":" in spec else 0
+    if index >= n:
+        return (f"run.py: error: argument --device: {spec} requested but only {n} CUDA device(s) are "
+                f"visible (cuda:0..cuda:{n - 1}); use one of them or --device auto")
+    return None
+
+
 def resolve_device(spec: str) -> torch.device:
     r"""``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", spec):
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+    why = device_unavailable(spec)
+    if why is not None:
+        raise RuntimeError(why)
     return torch.device(spec)
 
 
@@ -464,7 +490,7 @@ class Trainer:
         factor = lr_factor_at(step, self.total_steps, self.args.lr_reduce_steps, self.args.lr_reduce_factor)
         for g, lr in zip(self.optimizer.param_groups, self.base_lrs):
             g["lr"] = lr * factor
-        x = fetch_batch(self.data.train, self._batch_indices(step)).to(self.device)
+        x = batch_to_device(fetch_batch(self.data.train, self._batch_indices(step)), self.device)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         if self._compiled is not None:
@@ -514,7 +540,7 @@ class Trainer:
             if a.grad_samples > 0:
                 from ovis.analysis.gradients import get_gradients_statistics
 
-                x = fetch_batch(self.data.train, self.idx_grad).to(self.device)
+                x = batch_to_device(fetch_batch(self.data.train, self.idx_grad), self.device)
                 was_training = self.estimator.training
                 self.estimator.eval()  # no running-statistics update (nvil, reward transforms)
                 try:
@@ -574,7 +600,7 @@ class Trainer:
                     extra["x_shape"] = tuple(self.data.x_shape)
                 out[eid] = estimators.build_estimator(eid, mc=a.mc, iw=a.iw, **extra).to(self.device)
             # fail now, not at the first evaluation, when an estimator cannot run on this model
-            x = fetch_batch(self.data.train, self.idx_grad[:2]).to(self.device)
+            x = batch_to_device(fetch_batch(self.data.train, self.idx_grad[:2]), self.device)
             for eid, est in out.items():
                 if est is self.estimator:
                     continue
@@ -610,7 +636,7 @@ class Trainer:
         self.model.eval()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with self._forked_rng(step):  # the batch of the gradient analysis (same binarisation draw)
-            x = fetch_batch(self.data.train, self.idx_grad).to(self.device)
+            x = batch_to_device(fetch_batch(self.data.train, self.idx_grad), self.device)
         rt = self.runtime(step)
         out: Dict[str, float] = {}
         for eid, est in self.tracked.items():
@@ -656,7 +682,7 @@ class Trainer:
         save_image_grid(folder / "prior.png", grid)
         if str(getattr(self.args, "task", "density") or "density") != "density":
             return  # a conditional model's p(x_bot | z) does not reconstruct x
-        x = fetch_batch(self.data.valid, self.idx_valid[:32]).to(self.device)
+        x = batch_to_device(fetch_batch(self.data.valid, self.idx_valid[:32]), self.device)
         rec = reconstructions(self.model, x, tau=tau)
         grid = reconstruction_grid(x.float().reshape(-1, *shape), rec.float().reshape(-1, *shape), cols=8)
         save_image_grid(folder / f"reconstruction-step{step:09d}.png", grid)
@@ -804,6 +830,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     except SystemExit as e:  # --help
         return int(e.code) if isinstance(e.code, int) else 0
+    why = device_unavailable(args.device)
+    if why is not None:  # before any folder or file is made
+        sys.stderr.write(why + "\n")
+        return EXIT_USAGE
     run_id = compute_run_id(args)
     exp_dir = Path(args.root) / args.exp
     exp_dir.mkdir(parents=True, exist_ok=True)
