@@ -77,6 +77,8 @@ __all__ = [
     "SIGMA_Q",
     "GROUPS",
     "group_statistics",
+    "snr_floor",
+    "above_floor",
 ]
 
 #: the fixed standard deviation of q(z|x) (covariance 2/3 I, Rainforth et al. 2018)
@@ -313,6 +315,21 @@ def fit_slope(K: Sequence[float], y: Sequence[float]) -> float:
 
 
 STATISTICS = ("variance", "snr", "dsnr", "magnitude")
+
+
+def snr_floor(mc_samples: float) -> float:
+    r"""The Monte Carlo floor of a coordinate's SNR estimated from ``N`` draws when its true mean is
+    0: :math:`E|\hat\mu| / \sigma = \sqrt{2 / (\pi N)}`."""
+    if not mc_samples > 0:
+        raise ValueError(f"mc_samples must be > 0, got {mc_samples}")
+    return math.sqrt(2.0 / (math.pi * float(mc_samples)))
+
+
+def above_floor(snr: float, mc_samples: float, factor: float = 2.0) -> bool:
+    r"""Whether an estimated SNR is clear of the Monte Carlo floor (more than ``factor`` times
+    :func:`snr_floor`): below, the estimated mean is mostly noise, and so are the SNR, the DSNR and
+    ``|E g|`` at that point; such points are left out of fitted slopes."""
+    return bool(math.isfinite(snr) and snr > factor * snr_floor(mc_samples))
 #: parameter groups with statistics of their own: ``<statistic>_<group>`` (the paper's Figure 1 uses ``b``)
 GROUPS = ("A", "b")
 
