@@ -506,9 +506,10 @@ def _fig2(root: Path, fig_dir: Path) -> FigureSection:
         "q(c|x) and the true posterior) and the SNR of the inference network's gradient. At K = 10 its minimum "
         "posterior errors are REINFORCE .59, VIMCO .22, TVO .18, RWS .030, OVIS gamma=0 .023, OVIS gamma=1 "
         ".0125 and OVIS-MC S=50 .012, and its SNR order is REINFORCE < VIMCO < TVO < RWS < OVIS.\n\n"
-        f"**This scale** (`experiments/{exp}.json`): the same model, estimators and hyper-parameters at K = 10 only, "
-        "with fewer steps and seeds (one K, more steps and seeds, rather than the whole grid at a length that "
-        "separates nothing: after 300-1500 steps every estimator's posterior error is still about 0.7).")
+        f"**This scale** (`experiments/{exp}.json`): the same model and hyper-parameters at K = 10 only, with six of "
+        "the seven estimators (OVIS-MC S=50, which the paper finds equal to OVIS gamma=1, costs about twice a "
+        "run) and fewer steps and seeds: one K with more steps and seeds rather than the whole grid at a length "
+        "that separates nothing (after 300-1500 steps every estimator's posterior error is still about 0.7).")
     data, err = _read(root, exp)
     empty = pd.DataFrame(columns=["mean", "std", "n"])
     if data is None or data.metrics.empty:
