@@ -79,9 +79,10 @@ def test_grids_validate_and_shrink(fig, tmp_path):
         full = [parse_run_args(list(j.argv)) for j in jobs]
         small = [parse_run_args(list(j.argv)) for j in tjobs]
         assert all(a.nsteps <= 40 and a.iw_test <= 10 for a in small)
-        # the paper's estimators are all there in the full grid
-        paper = {"fig2": PAPER["fig2"]["posterior_error"], "fig3": {}, "fig4": PAPER["fig4"]["L"]}[fig]
-        assert set(paper) <= {a.estimator for a in full}
+        # the paper's estimators are there in the full grid (OVIS-MC S=50 left out of Figure 2 for its cost)
+        paper = {"fig2": set(PAPER["fig2"]["posterior_error"]) - {"ovis-S50-exclusive"},
+                 "fig3": {"vimco-arithmetic", "ovis-gamma1"}, "fig4": set(PAPER["fig4"]["L"])}[fig]
+        assert paper <= {a.estimator for a in full}
         assert len({a.seed for a in full}) >= 2  # an ordering comes with its seeds' spread
     with pytest.raises(ValueError, match="figure must be one of"):
         shrink_grid(json.loads(path.read_text()), "fig9")
