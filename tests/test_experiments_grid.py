@@ -149,8 +149,9 @@ def test_paper_files_are_provided_and_validate(name: str) -> None:
     cpu = EXPERIMENTS / f"{name}-cpu.json"
     cexp, cjobs, _ = load_and_expand(cpu)
     assert cexp.script == exp.script
-    # the CPU variant keeps the estimator list
-    assert {a.split()[1] for a in cexp.args} == {a.split()[1] for a in exp.args}
+    # the CPU variant keeps the estimator list (asymptotic-variance-cpu adds the paper's Figure 1 curves
+    # OVIS gamma=1, STL and DReG, which the original grid lacks)
+    assert {a.split()[1] for a in cexp.args} >= {a.split()[1] for a in exp.args}
     assert 0 < len(cjobs) <= 30
     if exp.script == "run.py":
         for j in cjobs:

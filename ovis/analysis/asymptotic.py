@@ -32,7 +32,8 @@ gradient w.r.t. copy ``r`` is ``1/n`` times draw ``r`` exactly (checked against 
 ``n``, and so does ``--max_elements`` (the size of the ``[n * npoints * K, D]`` particle tensor).
 
 Outputs, in ``<root>/<exp>/<run_id>/``: ``config.json``, ``status.json`` (``OVIS_JOB_ID`` as
-``job_id``), ``statistics.json`` / ``statistics.csv`` (one row per estimator and K) and
+``job_id``), ``statistics.json`` / ``statistics.csv`` (one row per estimator and K: the
+statistics over all of ``(A, b)`` and over each group alone, e.g. ``snr_b``) and
 ``samples/<estimator>-K<k>.npy`` (the first ``--save_coords`` coordinates of every draw); all
 written atomically.
 """
@@ -74,6 +75,10 @@ __all__ = [
     "run_id",
     "main",
     "SIGMA_Q",
+    "GROUPS",
+    "group_statistics",
+    "snr_floor",
+    "above_floor",
 ]
 
 #: the fixed standard deviation of q(z|x) (covariance 2/3 I, Rainforth et al. 2018)
@@ -312,6 +317,35 @@ def fit_slope(K: Sequence[float], y: Sequence[float]) -> float:
 STATISTICS = ("variance", "snr", "dsnr", "magnitude")
 
 
+def snr_floor(mc_samples: float) -> float:
+    r"""The Monte Carlo floor of a coordinate's SNR estimated from ``N`` draws when its true mean is
+    0: :math:`E|\hat\mu| / \sigma = \sqrt{2 / (\pi N)}`."""
+    if not mc_samples > 0:
+        raise ValueError(f"mc_samples must be > 0, got {mc_samples}")
+    return math.sqrt(2.0 / (math.pi * float(mc_samples)))
+
+
+def above_floor(snr: float, mc_samples: float, factor: float = 2.0) -> bool:
+    r"""Whether an estimated SNR is clear of the Monte Carlo floor (more than ``factor`` times
+    :func:`snr_floor`): below, the estimated mean is mostly noise, and so are the SNR, the DSNR and
+    ``|E g|`` at that point; such points are left out of fitted slopes."""
+    return bool(math.isfinite(snr) and snr > factor * snr_floor(mc_samples))
+#: parameter groups with statistics of their own: ``<statistic>_<group>`` (the paper's Figure 1 uses ``b``)
+GROUPS = ("A", "b")
+
+
+def group_statistics(grads: Tensor, D: int, epsilon: float = 1e-15) -> Dict[str, float]:
+    r"""Statistics of draws ``[N, D*D + D]`` (``A`` row-major, then ``b``): over all coordinates
+    (``variance``, ``snr``, ``dsnr``, ``magnitude``) and over each group alone (``snr_b``,
+    ``variance_A``, ...; per-coordinate statistics averaged over the group's coordinates)."""
+    if grads.dim() != 2 or grads.shape[1] != D * D + D:
+        raise ValueError(f"grads must have shape [N, D*D + D = {D * D + D}], got {tuple(grads.shape)}")
+    out = {k: float(v) for k, v in gradient_statistics(grads, epsilon).items()}
+    for name, cols in (("A", slice(0, D * D)), ("b", slice(D * D, D * D + D))):
+        out.update({f"{k}_{name}": float(v) for k, v in gradient_statistics(grads[:, cols], epsilon).items()})
+    return out
+
+
 def compute(args: argparse.Namespace, rundir: Path, log: Any) -> Dict[str, Any]:
     from ovis.estimators import build_estimator
 
@@ -335,7 +369,7 @@ def compute(args: argparse.Namespace, rundir: Path, log: Any) -> Dict[str, Any]:
             t0 = time.perf_counter()
             grads = draw_gradients(estimator, problem, args.mc_samples, per_call, device)
             secs = time.perf_counter() - t0
-            stats = {k: float(v) for k, v in gradient_statistics(grads.double(), args.epsilon).items()}
+            stats = group_statistics(grads.double(), args.D, args.epsilon)
             rows.append({"estimator": est_id, "iw": K, **stats, "mc_samples": args.mc_samples,
                          "draws_per_call": per_call, "seconds": secs})
             if args.save_coords > 0:
@@ -350,7 +384,8 @@ def compute(args: argparse.Namespace, rundir: Path, log: Any) -> Dict[str, Any]:
 
 
 def _rows_csv(rows: List[Dict[str, Any]]) -> str:
-    cols = ["estimator", "iw", *STATISTICS, "mc_samples", "draws_per_call", "seconds"]
+    cols = ["estimator", "iw", *STATISTICS, *(f"{k}_{g}" for g in GROUPS for k in STATISTICS), "mc_samples",
+            "draws_per_call", "seconds"]
     lines = [",".join(cols)]
     for r in rows:
         lines.append(",".join(repr(r[c]) if isinstance(r[c], float) else str(r[c]) for c in cols))

@@ -1,13 +1,17 @@
 r"""Figure 1 of the OVIS paper, from the runs of ``asymptotic_variance.py``.
 
-``python report_asymptotic_variance.py --exp asymptotic-variance [--root runs/] [--output reports/]``
+``python report_asymptotic_variance.py --exp asymptotic-variance [--root runs/] [--output reports/]
+[--params b|A|all]``
 
-* ``figure1``: four log-log panels (gradient variance, SNR, DSNR and ``|E[g]|`` vs K), one line
-  per estimator, with dashed reference slopes ``K^{+1/2}`` and ``K^{-1/2}``;
+* ``figure1``: four log-log panels (variance, SNR, DSNR and ``|E[g]|`` of the gradient w.r.t. the
+  chosen parameters vs K; ``--params b``, the encoder bias, as in the paper, by default), one line
+  per estimator, with reference slopes ``K^{+1/2}`` and ``K^{-1/2}`` on the SNR and DSNR panels,
+  ``1/K`` on the ``|E[g]|`` panel, and the Monte Carlo floor (``sqrt(2 / (pi N))`` for the SNR
+  with ``N`` draws); points within twice the floor are drawn hollow;
 * ``distributions``: the distributions of the saved gradient coordinates (one panel per
   estimator, one histogram per K);
-* ``slopes``: the least-squares log-log slope of every statistic vs K per estimator (CSV,
-  Markdown, LaTeX), and ``statistics`` (every estimator x K row);
+* ``slopes``: the least-squares log-log slope of every statistic vs K per estimator, through
+  the points clear of the floor (CSV, Markdown, LaTeX), and ``statistics`` (every estimator x K row);
 * the runs and their status (failed / running / unfinished runs are listed), and ``index.html``.
 Several experiments can be combined: ``--exp asymptotic-variance,asymptotic-variance-extended``.
 """
@@ -18,18 +22,20 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
-from ovis.analysis.asymptotic import STATISTICS, fit_slope
+from ovis.analysis.asymptotic import GROUPS, STATISTICS, above_floor, fit_slope, snr_floor
 from ovis.reporting.outputs import Section, TextItem, render_index, safe_name, save_figure, write_table
 from ovis.reporting.runs import NoRunsError, read_experiment
 
-__all__ = ["load_statistics", "slopes_table", "report_asymptotic", "main"]
+__all__ = ["load_statistics", "statistic_columns", "slopes_table", "figure1", "report_asymptotic", "main"]
 
-LABELS = {"variance": "gradient variance", "snr": "SNR", "dsnr": "DSNR", "magnitude": "|E[g]|"}
+LABELS = {"variance": "variance", "snr": "SNR", "dsnr": "DSNR", "magnitude": "|E[g]|"}
+#: per-group statistic columns of ``statistics.json`` (``snr_b``, ...)
+GROUP_COLUMNS = tuple(f"{s}_{g}" for g in GROUPS for s in STATISTICS)
 
 
 def load_statistics(root: str, exps: Sequence[str]) -> Tuple[pd.DataFrame, pd.DataFrame, Dict[Tuple[str, int], Path]]:
@@ -59,7 +65,7 @@ def load_statistics(root: str, exps: Sequence[str]) -> Tuple[pd.DataFrame, pd.Da
             notes.append("")
             for x in ok_rows:
                 rows.append({"exp": exp, "run_id": rec.run_id, **{k: x[k] for k in ("estimator", "iw", *STATISTICS)},
-                             "mc_samples": x.get("mc_samples")})
+                             **{k: x[k] for k in GROUP_COLUMNS if k in x}, "mc_samples": x.get("mc_samples")})
                 f = rec.path / "samples" / f"{x['estimator']}-K{x['iw']}.npy"
                 if f.exists():
                     samples[(x["estimator"], int(x["iw"]))] = f
@@ -68,52 +74,105 @@ def load_statistics(root: str, exps: Sequence[str]) -> Tuple[pd.DataFrame, pd.Da
         r["problems"] = r["problems"].map(
             lambda t: "; ".join(x for x in str(t).split("; ") if x and x != "metrics.jsonl missing"))
         runs.append(r)
-    stats = pd.DataFrame(rows, columns=["exp", "run_id", "estimator", "iw", *STATISTICS, "mc_samples"])
+    present = [c for c in GROUP_COLUMNS if any(c in r for r in rows)]
+    stats = pd.DataFrame(rows, columns=["exp", "run_id", "estimator", "iw", *STATISTICS, *present, "mc_samples"])
     # one row per (estimator, iw): the last run read wins should two runs hold the same pair
     stats = stats.drop_duplicates(["estimator", "iw"], keep="last").sort_values(["estimator", "iw"])
     return stats.reset_index(drop=True), pd.concat(runs, ignore_index=True), samples
 
 
-def slopes_table(stats: pd.DataFrame) -> pd.DataFrame:
-    r"""The log-log slope of each statistic vs K, per estimator (``ovis.analysis.asymptotic.fit_slope``)."""
+def statistic_columns(stats: pd.DataFrame, group: str) -> Dict[str, str]:
+    r"""The column of each statistic for a parameter group: ``all`` (every coordinate of ``(A, b)``:
+    ``snr``, ...) or one of :data:`ovis.analysis.asymptotic.GROUPS` (``snr_b``, ...)."""
+    if group != "all" and group not in GROUPS:
+        raise ValueError(f"--params must be 'all' or one of {list(GROUPS)}, got {group!r}")
+    cols = {s: s if group == "all" else f"{s}_{group}" for s in STATISTICS}
+    missing = [c for c in cols.values() if c not in stats.columns]
+    if missing:
+        raise ValueError(f"the runs have no statistics {missing} for --params {group} (runs of an older "
+                         "asymptotic_variance.py): rerun them, or report --params all")
+    return cols
+
+
+def _keep(stats: pd.DataFrame, cols: Mapping[str, str]) -> pd.Series:
+    r"""Rows clear of the Monte Carlo floor (:func:`ovis.analysis.asymptotic.above_floor`)."""
+    n = stats["mc_samples"].fillna(0)
+    return pd.Series([n_ > 0 and above_floor(float(v), float(n_)) for v, n_ in zip(stats[cols["snr"]], n)],
+                     index=stats.index, dtype=bool)
+
+
+def slopes_table(stats: pd.DataFrame, group: str = "all") -> pd.DataFrame:
+    r"""The log-log slope of each statistic vs K per estimator (``ovis.analysis.asymptotic.fit_slope``),
+    through the points clear of the Monte Carlo floor only (``K_values``; the others in ``K_floor``)."""
+    cols = statistic_columns(stats, group)
+    keep = _keep(stats, cols)
     out = []
     for est, g in stats.groupby("estimator", sort=False):
-        row: Dict[str, Any] = {"estimator": est, "K_values": " ".join(str(int(k)) for k in g["iw"])}
+        k = keep[g.index]
+        fit = g[k]
+        row: Dict[str, Any] = {"estimator": est, "params": group,
+                               "K_values": " ".join(str(int(v)) for v in fit["iw"]),
+                               "K_floor": " ".join(str(int(v)) for v in g["iw"][~k])}
         for s in STATISTICS:
-            row[f"slope_{s}"] = fit_slope(list(g["iw"]), list(g[s]))
+            row[f"slope_{s}"] = fit_slope(list(fit["iw"]), list(fit[cols[s]]))
         out.append(row)
     return pd.DataFrame(out)
 
 
-def _figure1(stats: pd.DataFrame) -> Any:
+def figure1(stats: pd.DataFrame, group: str = "b", colors: Optional[Mapping[str, Any]] = None,
+            paper_snr: Optional[Mapping[str, Tuple[Sequence[float], Sequence[float]]]] = None) -> Any:
+    r"""Four log-log panels (variance, SNR, DSNR, ``|E g|`` of the gradient w.r.t. ``group`` vs K),
+    one colour per estimator; hollow markers for points on the Monte Carlo floor; reference slopes
+    +-1/2 on the SNR and DSNR panels, 1/K on the ``|E g|`` panel, the floors in grey; optional
+    crosses ``paper_snr[estimator] = (K, snr)`` on the SNR panel."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    cols = statistic_columns(stats, group)
+    keep = _keep(stats, cols)
     ests = list(dict.fromkeys(stats["estimator"]))
-    colors = dict(zip(ests, sns.color_palette("tab10" if len(ests) <= 10 else "husl", len(ests))))
+    if colors is None:
+        colors = dict(zip(ests, sns.color_palette("tab10" if len(ests) <= 10 else "husl", len(ests))))
+    what = "(A, b)" if group == "all" else group
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
+    K = stats["iw"].to_numpy(float)
+    ks = np.array([K.min(), K.max()])
+    n = float(stats["mc_samples"].min()) if stats["mc_samples"].notna().any() else float("nan")
     for ax, s in zip(axes, STATISTICS):
         for est in ests:
             g = stats[stats["estimator"] == est].sort_values("iw")
-            ax.plot(g["iw"], g[s], marker="o", color=colors[est], label=est)
-        vals = stats[s][stats[s] > 0]
-        if len(vals):
-            K0, K1 = stats["iw"].min(), stats["iw"].max()
+            k = keep[g.index].to_numpy(bool)
+            ax.plot(g["iw"], g[cols[s]], color=colors[est], label=est)
+            ax.scatter(g["iw"][k], g[cols[s]][k], color=colors[est], s=18)
+            ax.scatter(g["iw"][~k], g[cols[s]][~k], facecolors="none", edgecolors=colors[est], s=18)
+            if s == "snr" and paper_snr and est in paper_snr:
+                ax.scatter(*paper_snr[est], marker="x", color=colors[est], s=28)
+        vals = stats[cols[s]][(stats[cols[s]] > 0) & keep]
+        if s in ("snr", "dsnr") and len(vals):
             anchor = float(np.exp(np.log(vals).median()))
-            ks = np.array([K0, K1], dtype=float)
-            ax.plot(ks, anchor * (ks / K0) ** 0.5, "k--", linewidth=1, label="slope +1/2")
-            ax.plot(ks, anchor * (ks / K0) ** -0.5, "k:", linewidth=1, label="slope -1/2")
-        if s == "snr" and stats["mc_samples"].notna().any():
-            # E|mean_hat| / std for a zero-mean gradient: the Monte Carlo floor of the SNR estimate
-            floor = math.sqrt(2.0 / (math.pi * float(stats["mc_samples"].min())))
-            ax.axhline(floor, color="grey", linewidth=0.8, alpha=0.7, label="MC floor sqrt(2/(pi N))")
+            ax.plot(ks, anchor * (ks / ks[0]) ** 0.5, "k--", linewidth=0.8, label="slope +1/2")
+            ax.plot(ks, anchor * (ks / ks[0]) ** -0.5, "k:", linewidth=0.8, label="slope -1/2")
+        if s == "magnitude" and len(vals):
+            ax.plot(ks, float(vals.max()) * (ks / ks[0]) ** -1.0, "k-.", linewidth=0.8, label="slope -1 (1/K)")
+        if math.isfinite(n) and n > 0:
+            if s == "snr":
+                ax.axhline(snr_floor(n), color="grey", linewidth=0.8, alpha=0.7, label="MC floor sqrt(2/(pi N))")
+            if s == "magnitude":
+                g = stats.sort_values("iw")
+                ax.scatter(g["iw"], snr_floor(n) * np.sqrt(g[cols["variance"]]), marker="_", color="grey",
+                           label="MC floor of |E g|")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("K (particles)")
-        ax.set_title(LABELS[s])
+        ax.set_title(f"{LABELS[s]} of dL/d{what}")
         ax.grid(alpha=0.3, which="both")
-    handles, labels = axes[1].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    handles, names = [], []
+    for ax in axes:
+        for h, name in zip(*ax.get_legend_handles_labels()):
+            if name not in names:
+                handles.append(h)
+                names.append(name)
+    fig.legend(handles, names, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig
 
@@ -147,7 +206,8 @@ def _distributions(stats: pd.DataFrame, samples: Dict[Tuple[str, int], Path], co
     return fig
 
 
-def report_asymptotic(root: str, exps: Sequence[str], output: str, experiment_files: Optional[str] = None) -> Path:
+def report_asymptotic(root: str, exps: Sequence[str], output: str, experiment_files: Optional[str] = None,
+                      group: str = "b") -> Path:
     stats, runs, samples = load_statistics(root, exps)
     outdir = Path(output) / safe_name("+".join(exps))
     outdir.mkdir(parents=True, exist_ok=True)
@@ -175,15 +235,22 @@ def report_asymptotic(root: str, exps: Sequence[str], output: str, experiment_fi
         sections.append(Section("Figure 1", [TextItem("no statistics yet: no run has finished")]))
         render_index(outdir, "Figure 1: asymptotic variance", sections)
         return outdir
-    slopes = slopes_table(stats)
+    slopes = slopes_table(stats, group)
     disp = slopes.copy()
     for c in disp.columns:
         if c.startswith("slope_"):
             disp[c] = disp[c].map(lambda v: f"{v:+.3f}" if math.isfinite(v) else "n/a")
-    fig1 = Section("Figure 1: gradient statistics vs K (log-log; reference slopes +-1/2)", [
-        save_figure(_figure1(stats), outdir, "figure1", "Variance, SNR, DSNR and |E[g]| of the gradient w.r.t. "
-                    "the inference parameters (A, b) vs K, per estimator"),
-        write_table(slopes, outdir, "slopes", "Least-squares log-log slopes vs K", display=disp),
+    what = "all of (A, b)" if group == "all" else f"the parameter group {group}"
+    n = stats["mc_samples"].min()
+    fig1 = Section(f"Figure 1: gradient statistics w.r.t. {what} vs K", [
+        save_figure(figure1(stats, group), outdir, "figure1",
+                    f"Variance, SNR, DSNR and |E[g]| of the gradient w.r.t. {what} (per-coordinate statistics "
+                    "averaged over its coordinates) vs K, per estimator; dashed/dotted: slopes +-1/2 (SNR, DSNR); "
+                    "dash-dot: 1/K (|E g|); grey: the Monte Carlo floor; hollow markers: points within twice the "
+                    "floor, left out of the slopes"),
+        write_table(slopes, outdir, "slopes", f"Least-squares log-log slopes vs K ({what}), through the points "
+                    f"clear of the Monte Carlo floor (twice sqrt(2/(pi N)), N = {n} draws); K_floor: left out",
+                    display=disp),
         write_table(stats, outdir, "statistics", "Every estimator and K"),
     ])
     sections.append(fig1)
@@ -205,10 +272,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--experiment_file", default=None,
                    help="grid file(s), comma-separated in the order of --exp, to list missing jobs "
                         "(default experiments/<exp>.json when it exists; 'none' to skip)")
+    p.add_argument("--params", default="b", choices=["all", *GROUPS],
+                   help="the parameters whose gradient statistics are drawn: b (the encoder bias, as in the "
+                        "paper; default), A, or all of (A, b)")
     args = p.parse_args(sys.argv[1:] if argv is None else list(argv))
     exps = [e.strip() for e in args.exp.split(",") if e.strip()]
     try:
-        outdir = report_asymptotic(args.root, exps, args.output, args.experiment_file)
+        outdir = report_asymptotic(args.root, exps, args.output, args.experiment_file, args.params)
+    except ValueError as e:
+        print(f"report_asymptotic_variance.py: error: {e}", file=sys.stderr)
+        return 2
     except NoRunsError as e:
         print(f"report_asymptotic_variance.py: error: {e}", file=sys.stderr)
         return 1
