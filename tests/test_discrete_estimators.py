@@ -43,6 +43,34 @@ def test_unbiased_single_layer_estimators(eid, K):
     compare_with_exact(draws, exact)
 
 
+#: free bits that clamp some likely configurations of the toy model and not others (its per-configuration
+#: log q - log p: 0.68 to 1.42 and -2.9 to -2.1)
+FREEBITS = 1.07
+
+
+def _kl_matrix():
+    """(eid, K, beta, freebits): beta in {0.3, 1} x K in {2, 3, 5} x free bits off/on (these estimators
+    take alpha = 0 only); K = 3 with beta = 0.3 in the quick suite, the rest marked slow."""
+    out = []
+    for eid in UNBIASED:
+        for K in (2, 3, 5):
+            for beta in (0.3, 1.0):
+                for fb in (None, FREEBITS):
+                    quick = K == 3 and beta == 0.3
+                    out.append(pytest.param(eid, K, beta, fb, marks=() if quick else pytest.mark.slow))
+    return out
+
+
+@pytest.mark.parametrize("eid,K,beta,freebits", _kl_matrix())
+def test_unbiased_under_the_kl_weight_and_free_bits(eid, K, beta, freebits):
+    """The target is the gradient of L_K with the log-weights of (beta, freebits) (exact_bound)."""
+    model, x, params, _ = setup()
+    exact = exact_gradients(exact_bound(model, x, K, beta=beta, freebits=freebits), params)
+    draws = gradient_draws(build_estimator(eid, mc=MC, iw=K), model, x, params, N_DRAWS, tau=0.3, beta=beta,
+                           freebits=freebits)
+    compare_with_exact(draws, exact)
+
+
 @pytest.mark.parametrize("eid", ["dynamic-rebar", "relax"])
 def test_rebar_relax_unbiased_with_arbitrary_control_variate_parameters(eid):
     model, x, params, _ = setup()
@@ -97,22 +125,26 @@ def test_a_sign_error_in_arm_is_detected(monkeypatch):
         compare_with_exact(draws, exact)
 
 
-def test_nvil_with_frozen_scale_is_unbiased_after_multiplying_back():
+@pytest.mark.parametrize("K,beta,freebits", [(1, 1.0, None), (3, 0.3, FREEBITS)])
+def test_nvil_with_frozen_scale_is_unbiased_after_multiplying_back(K, beta, freebits):
+    """s * estimate is unbiased; under a KL weight and free bits the signal's term -beta v_k 1[...]
+    is divided by s like the rest (NVIL.direct_gain)."""
     model, x, params, is_phi = setup()
-    exact = exact_gradients(exact_bound(model, x, 1), params)
-    est = build_estimator("nvil", mc=MC, iw=1, x_shape=(4,))
+    exact = exact_gradients(exact_bound(model, x, K, beta=beta, freebits=freebits), params)
+    est = build_estimator("nvil", mc=MC, iw=K, x_shape=(4,))
+    runtime = {"beta": beta, "freebits": freebits}
     # move the running statistics away from their initial values, then freeze them
     for _ in range(5):
         est(model, x)
     est.running_var.fill_(9.0)  # s = 3
     est.freeze = True
     assert est.scale == pytest.approx(3.0)
-    draws = gradient_draws(est, model, x, params, N_DRAWS)
+    draws = gradient_draws(est, model, x, params, N_DRAWS, **runtime)
     draws[:, is_phi] *= est.scale
     compare_with_exact(draws, exact)
     # and without multiplying back, phi's gradient is shrunk by s: detected
     with pytest.raises(AssertionError):
-        compare_with_exact(gradient_draws(est, model, x, params, N_DRAWS), exact)
+        compare_with_exact(gradient_draws(est, model, x, params, N_DRAWS, **runtime), exact)
 
 
 def test_nvil_running_statistics_update_in_training_only():

@@ -186,6 +186,8 @@ class GradientEstimator(nn.Module):
     supports_alpha: ClassVar[bool] = True
     #: the smallest K the estimator accepts
     min_iw: ClassVar[int] = 1
+    #: why, and what to use instead (appended to the error for ``iw < min_iw``)
+    min_iw_hint: ClassVar[str] = ""
 
     def __init__(self, mc: int = 1, iw: int = 1) -> None:
         super().__init__()
@@ -193,7 +195,7 @@ class GradientEstimator(nn.Module):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{self.family}: {name} must be an integer >= 1, got {v!r}")
         if iw < self.min_iw:
-            raise ValueError(f"{self.family} needs iw (K) >= {self.min_iw}, got K={iw}")
+            raise ValueError(f"{self.family} needs iw (K) >= {self.min_iw}, got K={iw}{self.min_iw_hint}")
         self.mc = mc
         self.iw = iw
 
