@@ -7,6 +7,8 @@ The objective of these estimators is L_K (iw = 1: the ELBO, as in the papers).
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -294,8 +296,10 @@ def test_lower_gradient_variance_than_reinforce(eid):
 
 
 def test_log_gradient_variances_at_the_same_parameters():
-    """The variance-tracking helper: finite log-variances, reinforce's above DisARM's (ratio ~17
-    measured above; here 60 draws of a batch of 3 points, asserted with a wide margin: log 3)."""
+    """The variance-tracking helper: one finite log-variance per estimator, equal to the log of the
+    mean per-coordinate variance of the same draws taken here (same seed); estimators in eval mode
+    for the draws and restored, the model untouched.  (That reinforce's variance is above the
+    others' is tested with a declared failure rate in test_lower_gradient_variance_than_reinforce.)"""
     from ovis.estimators.discrete import log_gradient_variances
 
     model, x, _, _ = setup()
@@ -306,7 +310,13 @@ def test_log_gradient_variances_at_the_same_parameters():
     out = log_gradient_variances(model, x, ests, n_draws=60, tau=0.5)
     assert set(out) == {f"gradvar/{e}" for e in ests}
     assert all(torch.isfinite(torch.tensor(v)) for v in out.values()), out
-    assert out["gradvar/reinforce"] > out["gradvar/disarm"] + 1.0986, out
+    torch.manual_seed(4)
+    value = log_gradient_variances(model, x, {"disarm": ests["disarm"]}, n_draws=20, tau=0.5)["gradvar/disarm"]
+    torch.manual_seed(4)
+    phi = [p for n, p in model.named_parameters() if "inference_network" in n]
+    draws = gradient_draws(ests["disarm"].eval(), model, x, phi, 20, tau=0.5)
+    ests["disarm"].train()
+    assert value == pytest.approx(math.log(float(draws.double().var(0).mean())), rel=1e-9)
     assert float(ests["nvil"].running_mean) == 0.0  # eval mode: no update
     assert all(ests[e].training for e in ests)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
