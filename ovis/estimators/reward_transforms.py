@@ -254,6 +254,8 @@ class RewardTransformChain(nn.Module):
             else:
                 mods.append(BaselineReward(x_shape, hdim))
         self.transforms = nn.ModuleList(mods)
+        #: ``r' = gain * r + const`` at the last call (see :meth:`forward`)
+        self.gain = 1.0
 
     def __len__(self) -> int:
         return len(self.transforms)

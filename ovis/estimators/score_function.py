@@ -18,6 +18,15 @@ normalised weights).  The surrogate minimised is
 
 averaged over ``B`` and ``M``, where :math:`\mathcal{L}_K^\alpha` is computed from log-weights
 whose :math:`\log q` is detached (it carries no gradient to :math:`\phi` through ``q``).
+
+The term :math:`-v_k` of :math:`d_k` is the derivative of the bound through the :math:`\log q`
+inside :math:`\log w_k` at ``beta = 1`` without free bits.  With the KL weight and free bits,
+:math:`\log w_k = \log p(x|z_k) - \beta\sum_l\max(\log q_l - \log p_l, \lambda)`, that derivative is
+:math:`-\beta v_k 1[\log q_{l,k} - \log p_{l,k} \geq \lambda]` per layer ``l``: the learning signal of
+layer ``l`` is :math:`\mathcal{L} - \beta v_k 1[\cdot] - c_k`.  The estimators compute their signal in
+the form of ``beta = 1`` and :func:`score_function_surrogate` substitutes that term
+(``tests/test_exact_gradients.py`` checks every estimator under ``beta`` in ``{0.3, 1}`` with and
+without free bits against the exact gradient).
 """
 from __future__ import annotations
 
