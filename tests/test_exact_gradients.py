@@ -158,7 +158,8 @@ def test_ovis_gamma_bias_is_exactly_gamma_times_expected_weighted_score(model_na
     result = compare_with_exact(draws, exact, offset=bias)
     # the bias is real: without it the comparison fails by many standard errors
     z_without = ((result.mean - exact.double()) / result.stderr.clamp_min(1e-12)).abs().max()
-    assert z_without > 3 * result.threshold
+    # (under beta = 0.3 the bias is beta times smaller: it need only be detectable at the declared rate)
+    assert z_without > (3 if kl == "beta1" else 1) * result.threshold
 
 
 def test_ovis_gamma1_bias_does_not_vanish_with_K():
