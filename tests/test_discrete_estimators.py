@@ -7,6 +7,8 @@ The objective of these estimators is L_K (iw = 1: the ELBO, as in the papers).
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -40,6 +42,34 @@ def test_unbiased_single_layer_estimators(eid, K):
     model, x, params, _ = setup()
     exact = exact_gradients(exact_bound(model, x, K), params)
     draws = gradient_draws(build_estimator(eid, mc=MC, iw=K), model, x, params, N_DRAWS, tau=0.3)
+    compare_with_exact(draws, exact)
+
+
+#: free bits that clamp some likely configurations of the toy model and not others (its per-configuration
+#: log q - log p: 0.68 to 1.42 and -2.9 to -2.1)
+FREEBITS = 1.07
+
+
+def _kl_matrix():
+    """(eid, K, beta, freebits): beta in {0.3, 1} x K in {2, 3, 5} x free bits off/on (these estimators
+    take alpha = 0 only); K = 3 with beta = 0.3 in the quick suite, the rest marked slow."""
+    out = []
+    for eid in UNBIASED:
+        for K in (2, 3, 5):
+            for beta in (0.3, 1.0):
+                for fb in (None, FREEBITS):
+                    quick = K == 3 and beta == 0.3
+                    out.append(pytest.param(eid, K, beta, fb, marks=() if quick else pytest.mark.slow))
+    return out
+
+
+@pytest.mark.parametrize("eid,K,beta,freebits", _kl_matrix())
+def test_unbiased_under_the_kl_weight_and_free_bits(eid, K, beta, freebits):
+    """The target is the gradient of L_K with the log-weights of (beta, freebits) (exact_bound)."""
+    model, x, params, _ = setup()
+    exact = exact_gradients(exact_bound(model, x, K, beta=beta, freebits=freebits), params)
+    draws = gradient_draws(build_estimator(eid, mc=MC, iw=K), model, x, params, N_DRAWS, tau=0.3, beta=beta,
+                           freebits=freebits)
     compare_with_exact(draws, exact)
 
 
@@ -97,22 +127,26 @@ def test_a_sign_error_in_arm_is_detected(monkeypatch):
         compare_with_exact(draws, exact)
 
 
-def test_nvil_with_frozen_scale_is_unbiased_after_multiplying_back():
+@pytest.mark.parametrize("K,beta,freebits", [(1, 1.0, None), (3, 0.3, FREEBITS)])
+def test_nvil_with_frozen_scale_is_unbiased_after_multiplying_back(K, beta, freebits):
+    """s * estimate is unbiased; under a KL weight and free bits the signal's term -beta v_k 1[...]
+    is divided by s like the rest (NVIL.direct_gain)."""
     model, x, params, is_phi = setup()
-    exact = exact_gradients(exact_bound(model, x, 1), params)
-    est = build_estimator("nvil", mc=MC, iw=1, x_shape=(4,))
+    exact = exact_gradients(exact_bound(model, x, K, beta=beta, freebits=freebits), params)
+    est = build_estimator("nvil", mc=MC, iw=K, x_shape=(4,))
+    runtime = {"beta": beta, "freebits": freebits}
     # move the running statistics away from their initial values, then freeze them
     for _ in range(5):
         est(model, x)
     est.running_var.fill_(9.0)  # s = 3
     est.freeze = True
     assert est.scale == pytest.approx(3.0)
-    draws = gradient_draws(est, model, x, params, N_DRAWS)
+    draws = gradient_draws(est, model, x, params, N_DRAWS, **runtime)
     draws[:, is_phi] *= est.scale
     compare_with_exact(draws, exact)
     # and without multiplying back, phi's gradient is shrunk by s: detected
     with pytest.raises(AssertionError):
-        compare_with_exact(gradient_draws(est, model, x, params, N_DRAWS), exact)
+        compare_with_exact(gradient_draws(est, model, x, params, N_DRAWS, **runtime), exact)
 
 
 def test_nvil_running_statistics_update_in_training_only():
@@ -262,8 +296,10 @@ def test_lower_gradient_variance_than_reinforce(eid):
 
 
 def test_log_gradient_variances_at_the_same_parameters():
-    """The variance-tracking helper: finite log-variances, reinforce's above DisARM's (ratio ~17
-    measured above; here 60 draws of a batch of 3 points, asserted with a wide margin: log 3)."""
+    """The variance-tracking helper: one finite log-variance per estimator, equal to the log of the
+    mean per-coordinate variance of the same draws taken here (same seed); estimators in eval mode
+    for the draws and restored, the model untouched.  (That reinforce's variance is above the
+    others' is tested with a declared failure rate in test_lower_gradient_variance_than_reinforce.)"""
     from ovis.estimators.discrete import log_gradient_variances
 
     model, x, _, _ = setup()
@@ -274,7 +310,13 @@ def test_log_gradient_variances_at_the_same_parameters():
     out = log_gradient_variances(model, x, ests, n_draws=60, tau=0.5)
     assert set(out) == {f"gradvar/{e}" for e in ests}
     assert all(torch.isfinite(torch.tensor(v)) for v in out.values()), out
-    assert out["gradvar/reinforce"] > out["gradvar/disarm"] + 1.0986, out
+    torch.manual_seed(4)
+    value = log_gradient_variances(model, x, {"disarm": ests["disarm"]}, n_draws=20, tau=0.5)["gradvar/disarm"]
+    torch.manual_seed(4)
+    phi = [p for n, p in model.named_parameters() if "inference_network" in n]
+    draws = gradient_draws(ests["disarm"].eval(), model, x, phi, 20, tau=0.5)
+    ests["disarm"].train()
+    assert value == pytest.approx(math.log(float(draws.double().var(0).mean())), rel=1e-9)
     assert float(ests["nvil"].running_mean) == 0.0  # eval mode: no update
     assert all(ests[e].training for e in ests)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

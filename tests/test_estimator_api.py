@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from pathlib import Path
 
@@ -124,6 +125,38 @@ def test_runtime_parameters_are_validated():
         assert diag["loss"][key].shape == (2,)
         assert not diag["loss"][key].requires_grad
     assert diag["estimator"]["cv_mse"].shape == (2,)
+
+
+@pytest.mark.parametrize("eid", ["reinforce", "vimco-arithmetic", "ovis-S1-exclusive", "wake-wake", "tvo-part2",
+                                 "arm"])
+def test_beta_and_freebits_reach_the_bound_and_the_gradient(eid):
+    """The diagnostics' bound, KL and ELBO are those of log w = log p(x|z) - beta max(log q - log p,
+    lambda), recomputed here from the model's own particles; and the gradient changes with beta and
+    with free bits (its exact value under them is tested in test_exact_gradients.py)."""
+    model = BernoulliToyModel()
+    x = torch.bernoulli(torch.full((2, 4), 0.5), generator=torch.Generator().manual_seed(1))
+    est = build_estimator(eid, mc=3, iw=4)
+    beta, fb = 0.5, 1.07
+    torch.manual_seed(2)
+    loss, diag, out = est(model, x, beta=beta, freebits=fb)
+    z = out["z"][0][: 2 * 3 * 4]  # the bound's particles (OVIS-MC's auxiliary ones come after)
+    x_rep = x[:, None].expand(2, 12, 4).reshape(-1, 4)
+    with torch.no_grad():
+        log_px = model.observation_model(z).log_prob(x_rep)
+        kl = (model.posterior(x_rep).log_prob(z) - model.prior(z.shape[0]).log_prob(z)).clamp(min=fb)
+        log_w = (log_px - beta * kl).view(2, 3, 4)
+    assert 0 < float((kl == fb).double().mean()) < 1  # the clamp is active for some particles only
+    iw = (torch.logsumexp(log_w, -1) - math.log(4)).mean(1)
+    assert torch.allclose(diag["loss"]["L_k"], iw, atol=1e-5)
+    assert torch.allclose(diag["loss"]["kl"], kl.view(2, 3, 4).mean((1, 2)), atol=1e-5)
+    assert torch.allclose(diag["loss"]["elbo"], log_w.mean((1, 2)), atol=1e-5)
+    params = list(model.parameters())
+    grads = {}
+    for key, runtime in {"plain": {}, "beta": {"beta": beta}, "freebits": {"freebits": fb}}.items():
+        torch.manual_seed(3)
+        grads[key] = torch.cat([g.reshape(-1) for g in torch.autograd.grad(est(model, x, **runtime)[0], params)])
+    assert not torch.allclose(grads["plain"], grads["beta"])
+    assert not torch.allclose(grads["plain"], grads["freebits"])
 
 
 def test_pathwise_needs_rsample():

@@ -150,7 +150,6 @@ def test_igr_sb_low_temperature_limit_is_the_first_positive_stick() -> None:
                                             ("igr-sb", 0.99)])
 def test_rsample_gradients_match_finite_differences(kind: str, threshold: float) -> None:
     loc, scale = params((3,), d=4)
-    eps = torch.randn(2, 3, 4, dtype=torch.float64)
     tensors = [loc.requires_grad_(), scale.requires_grad_()]
     if kind == "igr-planar":
         tensors += [0.5 * torch.randn(2, 4, dtype=torch.float64, requires_grad=True),
@@ -158,11 +157,22 @@ def test_rsample_gradients_match_finite_differences(kind: str, threshold: float)
                     torch.randn(2, dtype=torch.float64, requires_grad=True)]
 
     def f(*ts: Tensor) -> Tensor:
+        """The distribution's own rsample, its noise fixed by a seed (finite differences then
+        perturb the parameters only)."""
         flows = dict(zip(("flow_u", "flow_w", "flow_b"), ts[2:])) if kind == "igr-planar" else None
         d = make(kind, ts[0], ts[1], 0.5, threshold=threshold, flows=flows)
-        return d.transform(ts[0] + ts[1] * eps)  # rsample with the noise fixed
+        with torch.random.fork_rng():
+            torch.manual_seed(7)
+            return d.rsample((2,))
 
     assert torch.autograd.gradcheck(f, tuple(tensors))
+    # and rsample is the transform of the reparameterised Gaussian noise loc + scale * eps
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        eps = torch.randn(2, 3, 4, dtype=torch.float64)
+    flows = dict(zip(("flow_u", "flow_w", "flow_b"), tensors[2:])) if kind == "igr-planar" else None
+    d = make(kind, loc, scale, 0.5, threshold=threshold, flows=flows)
+    assert torch.allclose(f(*tensors), d.transform(loc + scale * eps), rtol=1e-12, atol=1e-14)
 
 
 def test_gumbel_softmax_gradients_match_finite_differences() -> None:

@@ -95,3 +95,50 @@ def test_total_variance_of_known_draws_and_its_standard_error():
     assert abs(v - 5.0) < 4.0 * se  # 4 standard errors: failure rate < 1e-4
     with pytest.raises(ValueError, match="draws"):
         total_variance(draws[:1])
+
+
+@pytest.mark.parametrize("n_draws", [20, 40])
+def test_compare_with_exact_fails_a_correct_estimator_at_most_at_its_declared_rate(n_draws):
+    """The harness's declared failure rate holds for means of few draws: 4000 correct 'estimators'
+    (n_draws normal draws of 10 coordinates, true mean known) are compared at the declared rate
+    0.05; the observed rate must lie within 3.5 binomial standard errors (about 2e-4 one-sided) of at
+    most 0.05, and above 0.03 (Bonferroni is not far from exact with independent coordinates).  With
+    the normal quantile in place of Student-t (n - 1 degrees of freedom), the rate would be 0.107 at
+    20 draws and 0.075 at 40."""
+    from ovis.testing import compare_with_exact
+
+    g = torch.Generator().manual_seed(11)
+    reps, P, rate = 4000, 10, 0.05
+    draws = torch.randn(reps, n_draws, P, generator=g, dtype=torch.float64) + 1.0
+    exact = torch.ones(P, dtype=torch.float64)
+    fails = 0
+    for r in range(reps):
+        try:
+            compare_with_exact(draws[r], exact, failure_rate=rate, power=None)
+        except AssertionError:
+            fails += 1
+    observed = fails / reps
+    se = math.sqrt(rate * (1 - rate) / reps)
+    assert 0.03 < observed < rate + 3.5 * se, observed
+
+
+def test_compare_two_samples_declared_rate_and_power():
+    """Two-sample comparison (Welch, Student-t): equal means fail at most at the declared rate
+    (2000 replicates of 20 + 20 draws, 5 coordinates, rate 0.05, the same binomial margin as
+    above); a shift of one standard deviation of a draw is detected."""
+    from ovis.testing import compare_two_samples
+
+    g = torch.Generator().manual_seed(12)
+    reps, rate = 2000, 0.05
+    a = torch.randn(reps, 20, 5, generator=g, dtype=torch.float64) + 1.0
+    b = 2.0 * torch.randn(reps, 20, 5, generator=g, dtype=torch.float64) + 1.0
+    fails = 0
+    for r in range(reps):
+        try:
+            compare_two_samples(a[r], b[r], failure_rate=rate, power=None)
+        except AssertionError:
+            fails += 1
+    assert fails / reps < rate + 3.5 * math.sqrt(rate * (1 - rate) / reps), fails / reps
+    shifted = torch.randn(200, 5, generator=g, dtype=torch.float64) + 2.0
+    with pytest.raises(AssertionError, match="disagree"):
+        compare_two_samples(shifted, torch.randn(200, 5, generator=g, dtype=torch.float64) + 1.0, failure_rate=1e-3)

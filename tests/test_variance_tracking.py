@@ -101,8 +101,8 @@ def test_tracking_logs_every_estimator_and_leaves_training_unchanged(tmp_path, d
     first = [l for l in b if l["split"] == "train"][0]["metrics"]
     assert len({round(last[f"variance/{i}"], 6) for i in ids}) == len(ids)
     assert last["variance/reinforce"] != first["variance/reinforce"]
-    # the score function without control variate is noisier than ARM on the same batch
-    assert last["variance/reinforce"] > last["variance/arm"]
+    # (which estimator is noisier is not asserted from these 3 draws: the orderings are tested with
+    # a declared failure rate in test_discrete_estimators.py::test_lower_gradient_variance_than_reinforce)
 
 
 def test_tracked_value_is_the_log10_mean_variance(tmp_path, data_root):

@@ -186,6 +186,8 @@ class GradientEstimator(nn.Module):
     supports_alpha: ClassVar[bool] = True
     #: the smallest K the estimator accepts
     min_iw: ClassVar[int] = 1
+    #: why, and what to use instead (appended to the error for ``iw < min_iw``)
+    min_iw_hint: ClassVar[str] = ""
 
     def __init__(self, mc: int = 1, iw: int = 1) -> None:
         super().__init__()
@@ -214,8 +216,8 @@ class GradientEstimator(nn.Module):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{cls.family}: {name} must be an integer >= 1, got {v!r}")
         if iw < cls.min_iw:
-            raise ValueError(f"{cls.family} needs iw (K) >= {cls.min_iw}, got K={iw}; "
-                             f"use --iw {cls.min_iw} or more")
+            raise ValueError(f"{cls.family} needs iw (K) >= {cls.min_iw}, got K={iw}"
+                             + (cls.min_iw_hint or f"; use --iw {cls.min_iw} or more"))
 
     def extra_repr(self) -> str:
         return f"mc={self.mc}, iw={self.iw}"

@@ -71,7 +71,7 @@ categorical REBAR draw, training the Gumbel-softmax discrete VAE) and ``tests/te
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -549,9 +549,14 @@ class NVIL(ReinforceBaseline):
     :math:`r = d_k - b_\psi(x) - \mu` and running estimates :math:`\mu` (mean of
     :math:`d_k - b_\psi(x)`) and :math:`\sigma^2` (its variance), updated with momentum
     ``momentum`` (0.8 in the paper) in training mode, the ``phi``-estimate is
-    :math:`\sum_k (r / s)\, h_k` with :math:`s = \max(1, \sigma)`.  It is therefore the unbiased
-    estimate divided by ``s`` (``theta``'s gradient is not scaled); with ``freeze = True`` (or in
-    ``eval()`` mode) the running statistics are not updated, so ``s * estimate`` is unbiased.
+    :math:`\sum_k (r / s)\, h_k` with :math:`s = \max(1, \sigma)`.  The statistics applied at a
+    call are those of the earlier calls (they are updated after use), so they do not depend on the
+    call's own particles: the ``phi``-estimate is the unbiased estimate divided by the ``s`` it
+    reports (diagnostics ``estimator/scale``), in training mode too; ``theta``'s gradient is not
+    scaled.  With ``freeze = True`` (or in ``eval()`` mode) the running statistics are not updated.
+    Under a KL weight and free bits the signal's term ``-v_k`` becomes
+    ``-beta v_k 1[kl_l >= lambda]`` per layer, divided by ``s`` like the rest
+    (:meth:`direct_gain`).
     ``b_psi`` (an MLP as in ``reinforce-baseline``) is trained by MSE to :math:`d_k - \mu`.
     Works for any depth and ``K``, and for any latents the model samples in ``forward`` (Bernoulli,
     categorical, ...: it needs no discrete hooks; tested on the categorical toy model too).
@@ -573,28 +578,39 @@ class NVIL(ReinforceBaseline):
         self.freeze = bool(freeze)
         self.register_buffer("running_mean", torch.zeros(()))
         self.register_buffer("running_var", torch.ones(()))
+        self._applied_scale: Union[float, Tensor] = 1.0
 
     @property
     def scale(self) -> float:
         r"""The current scale :math:`s = \max(1, \sqrt{\mathrm{running\ var}})`."""
         return max(1.0, float(self.running_var.sqrt()))
 
+    def direct_gain(self) -> Union[float, Tensor]:
+        r"""``1 / s``: the whole signal, its term ``-v_k`` included, is divided by the scale ``s``
+        applied at the last call (a 0-dim tensor, so that no value is read back from the device)."""
+        return 1.0 / self._applied_scale
+
     def control_variate(self, log_w, d, x, params):  # type: ignore[no-untyped-def]
+        r"""The centred, scaled signal ``(d - b_psi(x) - mu) / s`` with the running ``mu`` and ``s``
+        of the earlier calls; the running statistics are updated *after* they are applied (in
+        training mode, unless frozen), so the signal of a call does not depend on its own ``z_k``."""
         flat = x.reshape(x.shape[0], -1)
         if self.baseline is None:
             self._build(flat.shape[1], like=flat)
         b = self.baseline(flat).view(-1, 1, 1)  # [B, 1, 1]
         with torch.no_grad():
             centred = d - b
+            mean = self.running_mean.clone()
+            s = self.running_var.sqrt().clamp(min=1.0)  # the scale applied, a tensor: no host sync
+            self._applied_scale = s
+            signal = (centred - mean) / s
             if self.training and not self.freeze:
                 m = self.momentum
                 self.running_mean.mul_(m).add_((1 - m) * centred.mean())
                 self.running_var.mul_(m).add_((1 - m) * centred.var(unbiased=False))
-            s = self.running_var.sqrt().clamp(min=1.0)  # the scale, a tensor: no host sync
-            signal = (centred - self.running_mean) / s
-        mse = ((d.detach() - self.running_mean - b) ** 2).mean()
+        mse = ((d.detach() - mean - b) ** 2).mean()
         c = d - signal  # so that d - c is the centred, scaled signal
-        return c, mse, {"baseline_mse": ((d - self.running_mean - b.detach()) ** 2).mean(dim=(1, 2)),
+        return c, mse, {"baseline_mse": ((d - mean - b.detach()) ** 2).mean(dim=(1, 2)),
                         "scale": s.to(d.dtype).expand(x.shape[0])}
 
 

@@ -85,6 +85,16 @@ class OvisAsymptotic(ScoreFunctionEstimator):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, gamma={self.gamma}, loo={self.loo}"
 
+    def direct_gain(self) -> float:
+        r"""``1 - gamma``: the control variate's term ``-gamma v_k`` cancels that part of the signal's
+        ``-v_k``.  Under a KL weight ``beta`` and free bits the remaining ``-(1 - gamma) v_k`` becomes
+        ``-(1 - gamma) beta v_k 1[kl_l >= lambda]`` per layer (:func:`score_function_surrogate`): the
+        control variate's ``z_k``-dependent term is ``-gamma beta v_k 1[kl_l >= lambda]``, the
+        same share of the derivative through ``log q`` inside ``log w``, so ``gamma = 0`` stays
+        unbiased and the bias for ``gamma > 0`` is ``+gamma beta E[sum_{k,l} v_k 1[kl_l >= lambda]
+        h_{k,l}]`` (``+gamma E[sum_k v_k h_k]`` at ``beta = 1`` without free bits)."""
+        return 1.0 - self.gamma
+
     def learning_signal(
         self, log_w: Tensor, bound: Tensor, v: Tensor, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
@@ -216,5 +226,6 @@ class OvisMonteCarlo(ScoreFunctionEstimator):
                 v_score = normalized_weights(log_w_score, params.alpha)
             d = score_bound[..., None] - v_score
             signal = d - ovis_mc_control_variate(log_w_score, log_w_aux, params.alpha)
-        loss = score_function_surrogate(signal, p.log_px, p.log_qz, p.log_pz, v, bound, params.beta, params.freebits)
+        loss = score_function_surrogate(signal, p.log_px, p.log_qz, p.log_pz, v, bound, params.beta, params.freebits,
+                                        direct_weights=v_score)
         return loss, self.signal_diagnostics(log_w, kl, p.log_px, bound, v, signal, params.alpha), p.output

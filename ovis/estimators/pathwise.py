@@ -13,10 +13,10 @@ They need a model whose ``q(z|x)`` has ``rsample`` (the model is called with ``z
   tens of standard errors at K = 2 and grows with K (e.g. about -0.5, -1.0, -1.5 on the first
   coordinate of ``A`` at K = 2, 5, 20, with an exact IW gradient of norm about 1).
 * ``dreg`` (Tucker et al. 2019): phi-gradient
-  :math:`\sum_k (\alpha v_k + (1-\alpha) v_k^2)\,\partial_z \log w_k\,\partial_\phi z_k` with
-  ``q``'s parameters detached in ``log q`` (at ``alpha = 0`` this is the paper's ``v_k^2``; the
-  ``alpha`` form follows from the same identity applied to the tempered weights); theta-gradient
-  as IWAE.  Unbiased for :math:`\nabla\mathcal{L}_K^\alpha`.
+  :math:`\sum_k v_k\,(1 - \beta(1-\alpha)(1 - v_k))\,\partial_z \log w_k\,\partial_\phi z_k` with
+  ``q``'s parameters detached in ``log q`` (at ``beta = 1``, ``alpha = 0`` this is the paper's
+  ``v_k^2``; see :class:`DoublyReparameterised`); theta-gradient as IWAE.  Unbiased for
+  :math:`\nabla\mathcal{L}_K^\alpha` under any KL weight ``beta``; free bits are refused.
 
 ``stl`` and ``dreg`` support models with one stochastic layer: with several layers, detaching
 ``q``'s parameters would also drop the path through the conditioning of the upper layers.
@@ -91,21 +91,47 @@ class StickingTheLanding(PathwiseIWAE):
 class DoublyReparameterised(PathwiseIWAE):
     r"""Doubly reparameterised gradient estimator (``dreg``).
 
+    With :math:`\log w_k = \log p(x|z_k) - \beta(\log q_\phi(z_k|x) - \log p(z_k))`, the bound's
+    phi-gradient has a path term :math:`\sum_k v_k\,\partial_z\log w_k\,\partial_\phi z_k` and a
+    direct term :math:`-\beta\sum_k v_k\,\partial_\phi\log q_\phi(z_k|x)` (``q``'s parameters
+    only).  The reparameterisation identity :math:`E_q[f(z)\,\partial_\phi\log q_\phi(z)] =
+    E_\epsilon[\partial_z f(z)\,\partial_\phi z]` with :math:`f = v_k` and
+    :math:`\partial v_k/\partial\log w_k = (1-\alpha)v_k(1 - v_k)` turns the direct term into
+    :math:`-\beta(1-\alpha)\sum_k v_k(1-v_k)\,\partial_z\log w_k\,\partial_\phi z_k`, so the
+    phi-gradient is
+
+    .. math::  \sum_k v_k\,\big(1 - \beta(1-\alpha)(1 - v_k)\big)\,\partial_z\log w_k\,\partial_\phi z_k
+
+    (``beta = 1``: :math:`v_k(\alpha + (1-\alpha)v_k)`, the paper's :math:`v_k^2` at ``alpha = 0``).
     One forward and one backward pass: the surrogate is the (Renyi) bound computed with ``q``'s
     parameters detached in ``log q``; its gradient reaching ``z_k`` is
     :math:`v_k\,\partial_z\log w_k`, and a hook on ``z`` multiplies it by
-    :math:`\alpha + (1-\alpha) v_k`, which turns the phi-gradient into DReG's while the
+    :math:`1 - \beta(1-\alpha)(1-v_k)`, which turns the phi-gradient into DReG's while the
     theta-gradient (which does not pass through ``z``) stays IWAE's.
+
+    Free bits are refused: with the clamp :math:`\max(\log q - \log p, \lambda)` the direct term
+    carries :math:`1[\log q - \log p \geq \lambda]`, a step function of ``z``, and the identity
+    above (which differentiates ``f`` in ``z``) no longer holds.
     """
 
     family = "dreg"
     detach_q = True
+
+    def compute(
+        self, model: nn.Module, x: Tensor, params: RuntimeParams
+    ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        if params.freebits is not None:
+            raise ValueError(
+                f"dreg does not support free bits (got freebits={params.freebits}): the clamp makes its "
+                "doubly reparameterised identity invalid; use freebits=None, or pathwise-iwae with free bits"
+            )
+        return super().compute(model, x, params)
 
     def hook_latent(self, z: Any, log_w: Tensor, params: RuntimeParams) -> None:
         z = z[0]
         if z.requires_grad:
             with torch.no_grad():
                 v = normalized_weights(log_w, params.alpha)
-                scale = (params.alpha + (1.0 - params.alpha) * v).reshape(-1)
+                scale = (1.0 - params.beta * (1.0 - params.alpha) * (1.0 - v)).reshape(-1)
             scale = scale.view(-1, *([1] * (z.dim() - 1)))
             z.register_hook(lambda g: g * scale)

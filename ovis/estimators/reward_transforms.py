@@ -159,6 +159,8 @@ class ScaledReward(_RunningMoments):
 
     def apply(self, r: Tensor, ctx: RewardContext, update: bool) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
         s = self.scale().to(r.dtype)
+        if update:
+            self.applied_scale = s.detach().clone()  # a tensor: no value read back from the device
         out = r / s
         if update and self.training:
             self._update(r)
@@ -258,6 +260,8 @@ class RewardTransformChain(nn.Module):
             else:
                 mods.append(BaselineReward(x_shape, hdim))
         self.transforms = nn.ModuleList(mods)
+        #: ``r' = gain * r + const`` at the last call (see :meth:`forward`)
+        self.gain = 1.0
 
     def __len__(self) -> int:
         return len(self.transforms)
@@ -270,16 +274,23 @@ class RewardTransformChain(nn.Module):
         return r
 
     def forward(self, r: Tensor, ctx: RewardContext) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
-        r"""``(r', aux_loss or None, diagnostics)`` for the detached signal ``r`` ``[B, M, K]``."""
+        r"""``(r', aux_loss or None, diagnostics)`` for the detached signal ``r`` ``[B, M, K]``.
+
+        Every transform is affine in ``r`` with coefficients that do not depend on it, so
+        ``r' = gain * r + const``; :attr:`gain` (the product of the ``1 / s`` of the ``scaled``
+        transforms applied at this call) is what multiplies the signal's term ``-v_k``."""
         r = r.detach()
         aux: Optional[Tensor] = None
         diag: Dict[str, Tensor] = {}
+        self.gain = 1.0
         for i, t in enumerate(self.transforms):
             if isinstance(t, SelfCriticReward):
                 fresh = self._frozen(ctx.fresh().detach(), ctx, i)
                 r = r - fresh
                 continue
             r, loss, d = t.apply(r, ctx, update=True)
+            if isinstance(t, ScaledReward):
+                self.gain = self.gain / t.applied_scale
             diag.update(d)
             if loss is not None:
                 aux = loss if aux is None else aux + loss
@@ -325,8 +336,11 @@ class ReinforceTransformed(Reinforce):
             return cache["d"]
 
         signal, aux_loss, extra = self.chain(bound[..., None] - v, RewardContext(x=x, fresh=fresh))
+        # the transforms act on the signal of beta = 1 (d = L - v); its term -v_k, scaled by the chain's
+        # gain, becomes -beta v_k 1[kl_l >= lambda] in the surrogate (score_function_surrogate)
+        gain = self.chain.gain
         loss = score_function_surrogate(signal.detach(), p.log_px, p.log_qz, p.log_pz, v, bound, params.beta,
-                                        params.freebits)
+                                        params.freebits, direct_weights=None if isinstance(gain, float) and gain == 1.0 else gain * v)
         if aux_loss is not None:
             loss = loss + aux_loss
         diagnostics = self.signal_diagnostics(log_w, kl, p.log_px, bound, v, signal, params.alpha)

@@ -18,11 +18,20 @@ normalised weights).  The surrogate minimised is
 
 averaged over ``B`` and ``M``, where :math:`\mathcal{L}_K^\alpha` is computed from log-weights
 whose :math:`\log q` is detached (it carries no gradient to :math:`\phi` through ``q``).
+
+The term :math:`-v_k` of :math:`d_k` is the derivative of the bound through the :math:`\log q`
+inside :math:`\log w_k` at ``beta = 1`` without free bits.  With the KL weight and free bits,
+:math:`\log w_k = \log p(x|z_k) - \beta\sum_l\max(\log q_l - \log p_l, \lambda)`, that derivative is
+:math:`-\beta v_k 1[\log q_{l,k} - \log p_{l,k} \geq \lambda]` per layer ``l``: the learning signal of
+layer ``l`` is :math:`\mathcal{L} - \beta v_k 1[\cdot] - c_k`.  The estimators compute their signal in
+the form of ``beta = 1`` and :func:`score_function_surrogate` substitutes that term
+(``tests/test_exact_gradients.py`` checks every estimator under ``beta`` in ``{0.3, 1}`` with and
+without free bits against the exact gradient).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -41,18 +50,35 @@ def baseline_mlp(dim: int, hdim: int, like: Optional[Tensor] = None) -> nn.Seque
 
 
 def score_function_surrogate(signal: Tensor, log_px: Tensor, log_qz: Tensor, log_pz: Tensor, v: Tensor,
-                             bound: Tensor, beta: float = 1.0, freebits: Optional[float] = None) -> Tensor:
-    r"""The surrogate :math:`-\frac{1}{BM}\sum_{b,m}\big(\sum_k\mathrm{sg}(s_k)\log q(z_k|\cdot) + \mathcal{L}\big)`
-    of every score-function estimator, as one linear node (:mod:`ovis.estimators.surrogate`): the
-    ``phi``-gradient is :math:`\sum_k s_k\nabla\log q(z_k)`, the ``theta``-gradient of the bound
-    :math:`\sum_k v_k\nabla\log w_k`.
+                             bound: Tensor, beta: float = 1.0, freebits: Optional[float] = None,
+                             direct_weights: Optional[Tensor] = None) -> Tensor:
+    r"""The surrogate :math:`-\frac{1}{BM}\sum_{b,m}\big(\sum_{k,l}\mathrm{sg}(s_{k,l})\log q(z_{l,k}|\cdot)
+    + \mathcal{L}\big)` of every score-function estimator, as one linear node
+    (:mod:`ovis.estimators.surrogate`): the ``phi``-gradient is :math:`\sum_{k,l} s_{k,l}\nabla\log
+    q(z_{l,k})`, the ``theta``-gradient that of the bound, :math:`\sum_k v_k\nabla\log w_k`.
+
+    **The KL weight and free bits.**  ``log q`` enters the bound twice: through the sampling
+    distribution (the score term, :math:`\mathcal{L}\,h_k`) and inside
+    :math:`\log w_k = \log p(x|z_k) - \beta\sum_l\max(\log q_l - \log p_l, \lambda)`, whose
+    derivative adds :math:`-\beta\,v_k\,1[\log q_{l,k} - \log p_{l,k} \geq \lambda]` to the
+    coefficient of :math:`\log q(z_{l,k})`.  The estimators write their signal in the form of
+    ``beta = 1`` without free bits, :math:`s_k = d_k - c_k` with :math:`d_k = \mathcal{L} - v_k`,
+    whose term :math:`-u_k` (``u = direct_weights``; ``u = v`` for an untransformed signal) is that
+    derivative; here it is replaced by its value under ``(beta, freebits)``:
+
+    .. math::  s_{k,l} = s_k + u_k\,(1 - \beta\,1[\log q_{l,k} - \log p_{l,k} \geq \lambda]).
 
     Args:
-        signal: the learning signal ``[B, M, K']`` (no graph); its ``K' <= K`` particles are the
-            first ``K'`` of the bound's (OVIS-MC within the budget), the others carry no score term.
+        signal: the learning signal ``[B, M, K']`` (no graph) in the form of ``beta = 1`` without
+            free bits; its ``K' <= K`` particles are the first ``K'`` of the bound's (OVIS-MC within
+            the budget), the others carry no score term.
         log_px, log_qz, log_pz: the particles' log-densities ``[B, M, K]``, ``[B, M, K, L]`` (graphs).
         v: the tempered normalised weights ``[B, M, K]`` and ``bound`` the bound ``[B, M]`` (no graph).
         beta, freebits: as in :func:`~ovis.estimators.importance.log_weights`.
+        direct_weights: ``u`` ``[B, M, K']``, the weights of the signal's term ``-u_k`` that stands for
+            the derivative through ``log q`` inside ``log w``; ``None``: ``v`` (``v[..., :K']``).  An
+            estimator that scales its signal by ``a`` passes ``a * v``, OVIS~ ``(1 - gamma) v``, and a
+            signal that is not a gradient estimate of the bound (the wake phase) passes zeros.
     """
     B, M, K = log_px.shape
     Ks = signal.shape[-1]
@@ -62,8 +88,15 @@ def score_function_surrogate(signal: Tensor, log_px: Tensor, log_qz: Tensor, log
         value = scale * ((signal * (log_q if Ks == K else log_q[..., :Ks])).sum(-1) + bound).sum()
         d_px, d_pz = log_weight_coefficients(scale * v, log_qz, log_pz, beta, freebits)
         d_qz = (scale * signal)[..., None]
+        if Ks > 0 and (beta != 1.0 or freebits is not None):
+            u = (v if Ks == K else v[..., :Ks]) if direct_weights is None else direct_weights
+            if u.shape != signal.shape:
+                raise ValueError(f"direct_weights {tuple(u.shape)} must have the signal's shape {tuple(signal.shape)}")
+            active = torch.ones_like(log_qz[..., :Ks, :]) if freebits is None else (
+                (log_qz[..., :Ks, :] - log_pz[..., :Ks, :]) >= freebits).to(log_qz.dtype)
+            d_qz = d_qz + (scale * u)[..., None] * (1.0 - beta * active)  # [B, M, K', L]
         if Ks < K:
-            d_qz = torch.cat([d_qz, d_qz.new_zeros(B, M, K - Ks, 1)], dim=2)
+            d_qz = torch.cat([d_qz, d_qz.new_zeros(B, M, K - Ks, d_qz.shape[-1])], dim=2)
     return linear_surrogate(value, log_px, log_qz, log_pz, d_px, d_qz, d_pz)
 
 
@@ -84,12 +117,22 @@ class ScoreFunctionEstimator(GradientEstimator):
         p, log_w, kl, bound, v = self.weighted_particles(model, x, params)
         with torch.no_grad():  # the surrogate's coefficients (its graph is one linear node)
             signal, aux_loss, extra = self.learning_signal(log_w, bound, v, x, params)
-        loss = score_function_surrogate(signal, p.log_px, p.log_qz, p.log_pz, v, bound, params.beta, params.freebits)
+            gain = self.direct_gain()
+            u = None if isinstance(gain, float) and gain == 1.0 else gain * v
+        loss = score_function_surrogate(signal, p.log_px, p.log_qz, p.log_pz, v, bound, params.beta, params.freebits,
+                                        direct_weights=u)
         if aux_loss is not None:
             loss = loss + aux_loss
         diagnostics = self.signal_diagnostics(log_w, kl, p.log_px, bound, v, signal, params.alpha)
         diagnostics["estimator"].update(extra)
         return loss, diagnostics, p.output
+
+    def direct_gain(self) -> Union[float, Tensor]:
+        r"""The factor ``a`` (a number or a 0-dim tensor) of the term ``-a v_k`` of the last learning signal (:meth:`learning_signal`)
+        that stands for the derivative of the bound through ``log q`` inside ``log w`` (``1``: the
+        signal ``d_k - c_k`` with a control variate independent of ``v_k``); the surrogate replaces
+        that term by its value under the KL weight and free bits (:func:`score_function_surrogate`)."""
+        return 1.0
 
     def signal_diagnostics(self, log_w: Tensor, kl: Tensor, log_px: Tensor, bound: Tensor, v: Tensor,
                            signal: Tensor, alpha: float) -> Diagnostics:

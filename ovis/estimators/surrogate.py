@@ -18,8 +18,11 @@ a graph.  ``tests/test_exact_gradients.py`` checks every estimator built on it a
 gradients.
 
 :func:`log_weight_coefficients` turns the coefficient of ``log w_k`` into those of ``log p(x|z_k)``
-and ``log p(z_{l,k}|\cdot)`` (``log w = log p(x|z) - beta sum_l max(log q - log p, lambda)``; ``log q``
-enters ``log w`` detached in the score-function estimators).
+and ``log p(z_{l,k}|\cdot)`` (``log w = log p(x|z) - beta sum_l max(log q - log p, lambda)``).  The
+derivative of the bound through the ``log q`` inside ``log w``,
+:math:`-\beta v_k 1[\log q_{l,k} - \log p_{l,k} \geq \lambda]`, is part of the coefficient of
+``log q(z_{l,k})`` (:func:`ovis.estimators.score_function.score_function_surrogate`, TVO's own
+coefficients), not of ``log p``.
 """
 from __future__ import annotations
 

@@ -46,15 +46,24 @@ class WakeWake(_ReweightedWakeSleep):
     r"""Reweighted wake-sleep with the wake phase for ``phi`` (``wake-wake``).
 
     The surrogate :math:`-\frac{1}{BM}\sum(\mathcal{L} + \sum_k \mathrm{sg}(v_k)\log q(z_k|x))` is
-    that of a score-function estimator whose learning signal is ``v`` (one linear node)."""
+    that of a score-function estimator whose learning signal is ``v`` (one linear node).
+
+    Needs ``K >= 2``: at ``K = 1``, ``v_1 = 1`` and the phi-gradient is :math:`\nabla_\phi\log q(z|x)`
+    with :math:`z \sim q`, whose expectation is zero (pure noise)."""
 
     family = "wake-wake"
+    min_iw = 2
+    min_iw_hint = (": at K = 1 its phi-gradient grad log q(z|x), z ~ q, has mean zero (pure noise); "
+                   "use iw >= 2, or wake-sleep (whose sleep phase needs no particles)")
 
     def surrogate(self, model: nn.Module, x: Tensor, p: Particles, v: Tensor, bound: Tensor,
                   params: RuntimeParams) -> Tuple[Tensor, Tensor]:
         with torch.no_grad():
             phi_loss = -(v * p.log_qz.sum(-1)).sum(-1).mean()
-        loss = score_function_surrogate(v, p.log_px, p.log_qz, p.log_pz, v, bound, params.beta, params.freebits)
+        # the wake phase's signal v is not a gradient estimate of the bound: no term of it stands for
+        # the derivative through log q inside log w (direct_weights = 0), whatever beta and free bits
+        loss = score_function_surrogate(v, p.log_px, p.log_qz, p.log_pz, v, bound, params.beta, params.freebits,
+                                        direct_weights=torch.zeros_like(v))
         return loss, phi_loss
 
 

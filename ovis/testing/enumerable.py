@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -29,10 +29,13 @@ __all__ = [
     "BernoulliToyModel",
     "CategoricalToyModel",
     "LinearGaussianModel",
+    "enumerated_log_weights",
     "exact_bound",
     "exact_gradients",
     "exact_log_evidence",
     "exact_gradient_problem",
+    "exact_sleep_phase_objective",
+    "exact_tvo_estimator_mean",
 ]
 
 
@@ -54,6 +57,19 @@ class EnumerableModel(SingleLayerModel):
         log_q = self.posterior(x_rep).log_prob(z).view(B, C)
         log_joint = (self.observation_model(z).log_prob(x_rep) + self.prior(B * C).log_prob(z)).view(B, C)
         return log_q, log_joint
+
+    def enumerate_log_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        r"""``(log q(c|x), log p(x|c), log p(c))`` for every configuration ``c``, each ``[B, C]``
+        (the terms that the KL weight ``beta`` and free bits act on separately)."""
+        B = x.shape[0]
+        confs = self.configurations()
+        C = confs.shape[0]
+        z = confs[None].expand(B, *confs.shape).reshape(B * C, *confs.shape[1:])
+        x_rep = x[:, None].expand(B, C, *x.shape[1:]).reshape(B * C, *x.shape[1:])
+        log_q = self.posterior(x_rep).log_prob(z).view(B, C)
+        log_px = self.observation_model(z).log_prob(x_rep).view(B, C)
+        log_pz = self.prior(B * C).log_prob(z).view(B, C)
+        return log_q, log_px, log_pz
 
 
 class BernoulliToyModel(EnumerableModel):
@@ -249,17 +265,33 @@ class _NonReparameterised(Distribution):
         return self.base.log_prob(value)
 
 
-def exact_bound(model: EnumerableModel, x: Tensor, K: int, alpha: float = 0.0) -> Tensor:
-    r"""The exact :math:`\mathcal{L}_K^\alpha`, averaged over the batch ``x`` (a scalar with a graph).
+def enumerated_log_weights(model: EnumerableModel, x: Tensor, beta: float = 1.0,
+                           freebits: Optional[float] = None) -> tuple[Tensor, Tensor]:
+    r"""``(log q(c|x), log w(c))`` for every configuration, ``[B, C]``, with
+    :math:`\log w = \log p(x|c) - \beta\max(\log q(c|x) - \log p(c), \lambda)` (the one stochastic
+    layer of an enumerable model; ``freebits = None``: no clamp), as
+    :func:`~ovis.estimators.importance.log_weights` defines it."""
+    log_q, log_px, log_pz = model.enumerate_log_terms(x)
+    kl = log_q - log_pz
+    if freebits is not None:
+        kl = kl.clamp(min=freebits)
+    return log_q, log_px - beta * kl
+
+
+def exact_bound(model: EnumerableModel, x: Tensor, K: int, alpha: float = 0.0, beta: float = 1.0,
+                freebits: Optional[float] = None) -> Tensor:
+    r"""The exact :math:`\mathcal{L}_K^\alpha`, averaged over the batch ``x`` (a scalar with a graph),
+    with the log-weights of the KL weight ``beta`` and the free bits ``freebits``
+    (:func:`enumerated_log_weights`): its autograd gradient is the target of every unbiased
+    estimator called with the same ``(alpha, beta, freebits, K)``.
 
     Sums over all ``C^K`` ordered K-tuples of configurations (keep ``C^K`` small).
     """
-    log_q, log_joint = model.enumerate_log_densities(x)
+    log_q, log_w = enumerated_log_weights(model, x, beta, freebits)
     B, C = log_q.shape
     if C ** K > 200_000:
         raise ValueError(f"C^K = {C}^{K} tuples is too many to enumerate")
     tuples = torch.tensor(list(itertools.product(range(C), repeat=K)), dtype=torch.long)  # [T, K]
-    log_w = log_joint - log_q
     lq = log_q[:, tuples].sum(-1)  # [B, T]
     lw = log_w[:, tuples]  # [B, T, K]
     bound = (torch.logsumexp((1 - alpha) * lw, dim=-1) - math.log(K)) / (1 - alpha)
@@ -280,19 +312,72 @@ def exact_gradients(objective: Tensor, params: Sequence[nn.Parameter]) -> Tensor
     ])
 
 
-def exact_weighted_score(model: EnumerableModel, x: Tensor, K: int, alpha: float = 0.0) -> Tensor:
-    r"""A scalar whose gradient is :math:`E[\sum_k v_k \nabla\log q(z_k|x)]` (batch-averaged).
+def exact_weighted_score(model: EnumerableModel, x: Tensor, K: int, alpha: float = 0.0, beta: float = 1.0,
+                         freebits: Optional[float] = None) -> Tensor:
+    r"""A scalar whose gradient is :math:`E[\sum_k \beta v_k 1[\mathrm{kl}_k \geq \lambda]\nabla\log
+    q(z_k|x)]` (batch-averaged; :math:`E[\sum_k v_k \nabla\log q(z_k|x)]` at ``beta = 1`` without
+    free bits).
 
     This is the exact bias of ``ovis-gamma{g}`` divided by ``g`` (``v_k`` tempered by
-    ``1 - alpha``), computed by enumeration over the ``C^K`` tuples.
+    ``1 - alpha``, the log-weights those of ``beta`` and ``freebits``), computed by enumeration
+    over the ``C^K`` tuples.
     """
-    log_q, log_joint = model.enumerate_log_densities(x)
+    log_q, log_w = enumerated_log_weights(model, x, beta, freebits)
+    _, _, log_pz = model.enumerate_log_terms(x)
     B, C = log_q.shape
     tuples = torch.tensor(list(itertools.product(range(C), repeat=K)), dtype=torch.long)
-    log_w = (log_joint - log_q).detach()
+    log_w = log_w.detach()
+    active = torch.ones_like(log_q) if freebits is None else ((log_q - log_pz) >= freebits).to(log_q.dtype)
+    coef = (beta * active).detach()  # [B, C]
     prob = log_q.detach()[:, tuples].sum(-1).exp()  # [B, T]
     v = torch.softmax((1 - alpha) * log_w[:, tuples], dim=-1)  # [B, T, K]
-    return (prob * (v * log_q[:, tuples]).sum(-1)).sum(-1).mean()
+    return (prob * (v * coef[:, tuples] * log_q[:, tuples]).sum(-1)).sum(-1).mean()
+
+
+def exact_sleep_phase_objective(model: EnumerableModel, x_space: Tensor) -> Tensor:
+    r"""A scalar whose phi-gradient is the expected phi-gradient of the sleep phase,
+    :math:`E_{p(z)p(x|z)}[\nabla_\phi \log q(z|x)]`, by enumeration over the latent
+    configurations ``c`` and the given observation space ``x_space`` ``[X, *x_shape]`` (every ``x``
+    of positive probability: ``{0, 1}^Dx`` for the toy models).  ``p`` is held fixed."""
+    X, C = x_space.shape[0], model.configurations().shape[0]
+    x_rep = x_space[:, None].expand(X, C, *x_space.shape[1:]).reshape(X * C, *x_space.shape[1:])
+    confs = model.configurations()
+    z = confs[None].expand(X, *confs.shape).reshape(X * C, *confs.shape[1:])
+    with torch.no_grad():
+        log_p = model.prior(X * C).log_prob(z) + model.observation_model(z).log_prob(x_rep)
+        total = torch.logsumexp(log_p, 0)
+        if abs(float(total)) > 1e-6:
+            raise ValueError(f"x_space does not carry the whole mass of p(x) (log mass {float(total):.3g})")
+    return (log_p.exp() * model.posterior(x_rep).log_prob(z)).sum()
+
+
+def exact_tvo_estimator_mean(model: EnumerableModel, x: Tensor, K: int, betas: Tensor, coefs: Tensor,
+                             beta: float = 1.0, freebits: Optional[float] = None) -> Tensor:
+    r"""A scalar whose gradient is the *expected value* of TVO's covariance gradient estimator with
+    ``K`` particles (not the gradient of the TVO integral: the self-normalised estimator is biased
+    for finite ``K``), by enumeration over the ``C^K`` tuples.
+
+    For one tuple, with :math:`f_k = \log w_k` (KL weight ``beta``, free bits), the weights
+    :math:`\omega_{kj} = \mathrm{softmax}_k(\beta_j f_k)` and :math:`\bar f_j = \sum_k \omega_{kj} f_k`
+    held fixed, the estimate is the gradient of
+    :math:`\sum_j c_j \sum_k \omega_{kj}\big(f_k + \tfrac{K}{K-1}(f_k - \bar f_j)(\log q(z_k|x)
+    + \beta_j f_k)\big)`; the result is that scalar averaged with the tuple's probability (held
+    fixed), so its gradient is the estimator's mean.  Written from the formula, independently of
+    :mod:`ovis.estimators.tvo`.
+    """
+    log_q, log_w = enumerated_log_weights(model, x, beta, freebits)
+    B, C = log_q.shape
+    tuples = torch.tensor(list(itertools.product(range(C), repeat=K)), dtype=torch.long)  # [T, K]
+    prob = log_q.detach()[:, tuples].sum(-1).exp()  # [B, T]
+    f = log_w[:, tuples]  # [B, T, K] (graph)
+    lq = log_q[:, tuples]  # [B, T, K] (graph)
+    total = torch.zeros((), dtype=log_w.dtype)
+    for b_j, c_j in zip(betas.tolist(), coefs.tolist()):
+        omega = torch.softmax(b_j * f.detach(), dim=-1)
+        fbar = (omega * f.detach()).sum(-1, keepdim=True)
+        per_tuple = (omega * (f + K / (K - 1) * (f.detach() - fbar) * (lq + b_j * f))).sum(-1)  # [B, T]
+        total = total + c_j * (prob * per_tuple).sum(-1).mean()
+    return total
 
 
 def exact_tvo_integral(model: EnumerableModel, x: Tensor, betas: Tensor, coefs: Tensor) -> Tensor:
