@@ -322,3 +322,25 @@ def test_log_gradient_variances_at_the_same_parameters():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(ValueError, match="key_filter"):
         log_gradient_variances(model, x, ests, key_filter="nothing")
+
+
+def test_nvil_first_training_call_starts_its_statistics_and_old_checkpoints_load():
+    r"""The first training call normalises by its own batch's spread (the initial s = 1 would leave
+    that step hundreds of times larger than the next ones); later calls apply the earlier calls'
+    statistics; a state dict written before the ``updates`` counter existed still loads."""
+    from ovis.estimators import build_estimator
+
+    torch.manual_seed(0)
+    est = build_estimator("nvil", mc=1, iw=2, x_shape=(4,), momentum=0.5)
+    est.train()
+    x = torch.randn(6, 4)
+    d = 30.0 * torch.randn(6, 1, 2)
+    c, _, extra = est.control_variate(None, d, x, None)
+    centred = d - est.baseline(x).view(-1, 1, 1).detach()
+    assert float(extra["scale"][0]) == pytest.approx(float(centred.var(unbiased=False).sqrt()), rel=1e-5)
+    assert int(est.updates) == 1
+    state = {k: v for k, v in est.state_dict().items() if k != "updates"}
+    fresh = build_estimator("nvil", mc=1, iw=2, x_shape=(4,), momentum=0.5)
+    fresh._build(4, like=x)  # the baseline MLP is built on the first call
+    fresh.load_state_dict(state)
+    assert int(fresh.updates) == 1 and float(fresh.running_var) == pytest.approx(float(est.running_var))

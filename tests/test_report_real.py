@@ -142,7 +142,7 @@ def test_asymptotic_report_on_real_runs(real_runs, tmp_path):
     for d in dirs:
         cfg = json.loads((d / "config.json").read_text())
         assert cfg["job_id"] and json.loads((d / "status.json").read_text())["status"] == "success"
-    assert report(["--exp", "tiny-av", "--root", str(root), "--output", str(tmp_path)]) == 0
+    assert report(["--exp", "tiny-av", "--root", str(root), "--output", str(tmp_path), "--params", "all"]) == 0
     slopes = pd.read_csv(tmp_path / "tiny-av" / "slopes.csv").set_index("estimator")
     assert set(slopes.index) == {"pathwise-iwae", "ovis-gamma0"}
     assert slopes.loc["ovis-gamma0", "slope_snr"] > 0.2

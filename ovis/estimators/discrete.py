@@ -578,7 +578,18 @@ class NVIL(ReinforceBaseline):
         self.freeze = bool(freeze)
         self.register_buffer("running_mean", torch.zeros(()))
         self.register_buffer("running_var", torch.ones(()))
+        #: training calls that updated the statistics (0: none yet, see :meth:`control_variate`)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self._applied_scale: Union[float, Tensor] = 1.0
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # type: ignore
+                              unexpected_keys, error_msgs):
+        # checkpoints written before ``updates`` existed: their statistics were trained already
+        if prefix + "running_mean" in state_dict and prefix + "updates" not in state_dict:
+            state_dict[prefix + "updates"] = torch.ones((), dtype=torch.long,
+                                                        device=state_dict[prefix + "running_mean"].device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @property
     def scale(self) -> float:
@@ -593,21 +604,31 @@ class NVIL(ReinforceBaseline):
     def control_variate(self, log_w, d, x, params):  # type: ignore[no-untyped-def]
         r"""The centred, scaled signal ``(d - b_psi(x) - mu) / s`` with the running ``mu`` and ``s``
         of the earlier calls; the running statistics are updated *after* they are applied (in
-        training mode, unless frozen), so the signal of a call does not depend on its own ``z_k``."""
+        training mode, unless frozen), so the signal of a call does not depend on its own ``z_k``.
+        The very first training call has no earlier statistics: it starts them from its own batch
+        (the initial ``mu = 0``, ``s = 1`` would leave the first step unnormalised, a gradient
+        hundreds of times the later ones that an adaptive optimiser remembers for many steps)."""
         flat = x.reshape(x.shape[0], -1)
         if self.baseline is None:
             self._build(flat.shape[1], like=flat)
         b = self.baseline(flat).view(-1, 1, 1)  # [B, 1, 1]
         with torch.no_grad():
             centred = d - b
+            update = self.training and not self.freeze
+            if update:  # the first call starts the statistics from its batch (tensors: no host sync)
+                fresh = self.updates == 0
+                batch_mean, batch_var = centred.mean(), centred.var(unbiased=False)
+                self.running_mean.copy_(torch.where(fresh, batch_mean, self.running_mean))
+                self.running_var.copy_(torch.where(fresh, batch_var, self.running_var))
             mean = self.running_mean.clone()
             s = self.running_var.sqrt().clamp(min=1.0)  # the scale applied, a tensor: no host sync
             self._applied_scale = s
             signal = (centred - mean) / s
-            if self.training and not self.freeze:
+            if update:
                 m = self.momentum
-                self.running_mean.mul_(m).add_((1 - m) * centred.mean())
-                self.running_var.mul_(m).add_((1 - m) * centred.var(unbiased=False))
+                self.running_mean.mul_(m).add_((1 - m) * batch_mean)
+                self.running_var.mul_(m).add_((1 - m) * batch_var)
+                self.updates.add_(1)
         mse = ((d.detach() - mean - b) ** 2).mean()
         c = d - signal  # so that d - c is the centred, scaled signal
         return c, mse, {"baseline_mse": ((d - mean - b.detach()) ** 2).mean(dim=(1, 2)),
