@@ -393,7 +393,8 @@ def _verdict_md(c: Comparison) -> str:
 
 
 def _curves(ax: Any, table: pd.DataFrame, split: str, metric: str, label_fmt: str = "{est}") -> None:
-    r"""Mean over seeds (line) and range (band) of ``metric`` vs step, one colour per estimator."""
+    r"""Mean over seeds (line) and range (band) of ``metric`` vs step, one colour per estimator
+    (every run, finished or not)."""
     t = table[(table["split"] == split) & (table["metric"] == metric)]
     for est, g in t.groupby("estimator", sort=False):
         piv = g.pivot_table(index="step", columns="run_id", values="value")
@@ -517,17 +518,18 @@ def _fig2(root: Path, fig_dir: Path) -> FigureSection:
         return FigureSection("fig2", title, "no result yet", md + "\n\n**Verdict: no result yet.**")
     m = data.metrics
     nsteps = int(pd.to_numeric(data.runs.get("nsteps"), errors="coerce").max())
-    pe = m[(m["split"] == "test") & (m["metric"] == "gmm/posterior_mse")]
+    done = m[m["status"] == "success"]  # the numbers compare finished runs only; the curves show every run
+    pe = done[(done["split"] == "test") & (done["metric"] == "gmm/posterior_mse")]
     best = pe.groupby(["estimator", "run_id"])["value"].min()
     ours = _summary(best)
-    snr = m[(m["split"] == "train") & (m["metric"] == "grads/snr")]
+    snr = done[(done["split"] == "train") & (done["metric"] == "grads/snr")]
     early_steps = snr["step"] <= max(snr["step"].min(), 0.1 * nsteps)
     late_steps = snr["step"] >= 0.8 * nsteps
     snr_early = snr[early_steps].groupby("estimator")["value"].mean()
     snr_late = snr[late_steps].groupby("estimator")["value"].mean()
     phases: Dict[str, Dict[str, Dict[str, float]]] = {}
     for name in ("grads/snr", "loss/ess", "grads/variance"):
-        t = m[(m["split"] == "train") & (m["metric"] == name)]
+        t = done[(done["split"] == "train") & (done["metric"] == name)]
         phases[name] = {"early": t[t["step"].isin(snr[early_steps]["step"])].groupby("estimator")["value"].mean()
                         .to_dict(),
                         "late": t[t["step"] >= 0.8 * nsteps].groupby("estimator")["value"].mean().to_dict()}
@@ -652,8 +654,9 @@ def _bound_section(root: Path, fig_dir: Path, key: str) -> FigureSection:
         return FigureSection(key, title, "no result yet", md + "\n\n**Verdict: no result yet.**")
     m = data.metrics
     sel = m[(m["split"] == split) & (m["metric"] == metric)].sort_values("step")
-    per_run = (sel.groupby(["estimator", "run_id"])["value"].max() if agg == "max"
-               else sel.groupby(["estimator", "run_id"])["value"].last())
+    done = sel[sel["status"] == "success"]  # the numbers compare finished runs only; the curves show every run
+    per_run = (done.groupby(["estimator", "run_id"])["value"].max() if agg == "max"
+               else done.groupby(["estimator", "run_id"])["value"].last())
     ours = _summary(per_run)
     c = ordering_verdict(paper, ours, higher_is_better=True, tolerance=0.01)
     nsteps = int(pd.to_numeric(data.runs.get("nsteps"), errors="coerce").max())
