@@ -673,7 +673,7 @@ def _bound_section(root: Path, fig_dir: Path, key: str) -> FigureSection:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     lows = sel.groupby("step")["value"].median()
-    if len(lows) > 1:  # the first evaluations are far below: show the part where the estimators separate
+    if len(lows) >= 6:  # the first of many evaluations are far below: show the part where the estimators separate
         ax.set_ylim(float(lows.iloc[len(lows) // 3]) - 2.0, float(sel["value"].max()) + 1.0)
     fig.tight_layout()
     rel = _save(fig, fig_dir, "fig3_sbn" if key == "fig3" else "fig4_vae")
