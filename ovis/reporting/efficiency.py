@@ -30,14 +30,14 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import pandas as pd
 import torch
 
 from ovis.reporting.outputs import Section, TextItem, render_index, save_figure, write_table
 
-__all__ = ["build_efficiency_model", "measure_step", "measure", "main"]
+__all__ = ["build_efficiency_model", "measure_step", "measure", "efficiency_figure", "main"]
 
 DEFAULT_ESTIMATORS = {"sbm": "vimco-arithmetic,ovis-gamma1,ovis-S1-exclusive,ovis-S10-exclusive,reinforce",
                       "gaussian-vae": "pathwise-iwae,stl,dreg,ovis-gamma1,vimco-arithmetic"}
@@ -141,7 +141,10 @@ def measure(model_name: str, estimators: Sequence[str], Ks: Sequence[int], steps
                                        "cuda_peak_MB", "steps"])
 
 
-def _figure(df: pd.DataFrame, title: str, device_is_cpu: bool = False) -> Any:
+def efficiency_figure(df: pd.DataFrame, title: str, device_is_cpu: bool = False,
+                      colors: Optional[Mapping[str, Any]] = None) -> Any:
+    r"""Time per step and memory vs K (log-log), one line per estimator (``colors[estimator]``, or
+    a palette); on the CPU the CPU time dotted beside the wall time."""
     import matplotlib.pyplot as plt
 
     from ovis.reporting.report import _palette
@@ -149,7 +152,8 @@ def _figure(df: pd.DataFrame, title: str, device_is_cpu: bool = False) -> Any:
     mem_cols = ["saved_MB"] + (["cuda_peak_MB"] if df["cuda_peak_MB"].notna().any() else [])
     fig, axes = plt.subplots(1, 1 + len(mem_cols), figsize=(5 * (1 + len(mem_cols)), 4))
     ests = list(dict.fromkeys(df["estimator"]))
-    for color, est in zip(_palette(len(ests)), ests):
+    palette = [colors[e] for e in ests] if colors is not None else _palette(len(ests))
+    for color, est in zip(palette, ests):
         t = df[df["estimator"] == est].sort_values("iw")
         axes[0].plot(t["iw"], t["time_per_step_s"] * 1e3, marker="o", color=color, label=est)
         if device_is_cpu:
@@ -220,7 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      cpu_ms_per_step=(df["cpu_time_per_step_s"] * 1e3).round(2), saved_MB=df["saved_MB"].round(2))
     disp = disp[["estimator", "iw", "ms_per_step", "cpu_ms_per_step", "saved_MB", "cuda_peak_MB"]]
     sections = [Section("Efficiency", [TextItem(title),
-                                       save_figure(_figure(df, title, device.type == "cpu"), outdir, "efficiency",
+                                       save_figure(efficiency_figure(df, title, device.type == "cpu"), outdir, "efficiency",
                                                    "time per training step and memory vs K (log-log)"),
                                        write_table(df, outdir, "efficiency", "time and memory per estimator and K",
                                                    display=disp)])]

@@ -39,6 +39,7 @@ import pandas as pd
 
 from ovis.analysis.asymptotic import STATISTICS, fit_slope, snr_floor
 from ovis.reporting.asymptotic import figure1, slopes_table
+from ovis.reporting.efficiency import efficiency_figure
 from ovis.reporting.outputs import to_markdown
 from ovis.reporting.runs import NoRunsError, read_experiment
 from ovis.utils.files import atomic_write_bytes
@@ -224,6 +225,10 @@ def run_experiments(repo: Path, root: Path, data_root: Path, grids: Mapping[str,
 # verdicts
 # --------------------------------------------------------------------------------------------
 
+#: the verdicts, from the best to the least informative (the worst of two is the later one)
+VERDICTS = ("reproduced", "same ordering", "not reproduced", "no result yet")
+
+
 @dataclass
 class Comparison:
     r"""The outcome of comparing our orderings (or slopes) with the paper's."""
@@ -374,9 +379,18 @@ def _status_line(data: Any) -> str:
     return f"Runs: {len(data.runs)} ({text})." + (" Failures: " + "; ".join(reasons) + "." if reasons else "")
 
 
-def _save(fig: Any, fig_dir: Path, name: str) -> str:
+def _pyplot() -> Any:
+    r"""``matplotlib.pyplot`` on the non-interactive Agg backend (the document is written headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig: Any, fig_dir: Path, name: str) -> str:
+    plt = _pyplot()
     fig_dir.mkdir(parents=True, exist_ok=True)
     path = fig_dir / f"{name}.png"
     tmp = path.with_suffix(".png.tmp")
@@ -439,16 +453,13 @@ def _fig1(root: Path, fig_dir: Path) -> FigureSection:
     slopes: Dict[str, Dict[str, float]] = {
         str(e): {**{st: float(r[f"slope_{st}"]) for st in STATISTICS},
                  "points": float(len(str(r["K_values"]).split()))} for e, r in table.iterrows()}
-    import matplotlib
-
-    matplotlib.use("Agg")
+    _pyplot()
     fig = figure1(stats, "b", colors={str(e): estimator_color(str(e)) for e in stats["estimator"]},
                   paper_snr={e: (PAPER["fig1"]["K"], v) for e, v in PAPER["fig1"]["snr_b"].items()})
     rel = _save(fig, fig_dir, "fig1_toy_snr")
     c_snr = slope_verdict(PAPER["fig1"]["slope_snr_b"], {e: v["snr"] for e, v in slopes.items()})
     c_mag = slope_verdict(PAPER["fig1"]["slope_magnitude_b"], {e: v["magnitude"] for e, v in slopes.items()})
-    order = ["reproduced", "same ordering", "not reproduced", "no result yet"]
-    worst = max(c_snr.verdict, c_mag.verdict, key=order.index)
+    worst = max(c_snr.verdict, c_mag.verdict, key=VERDICTS.index)
     verdict = Comparison(worst, [f"SNR(b) slopes: {'; '.join(c_snr.details)} -> {c_snr.verdict}",
                                  f"|E g|(b) slopes: {'; '.join(c_mag.details)} -> {c_mag.verdict}"])
     n = int(stats["mc_samples"].min())
@@ -598,10 +609,7 @@ def _table_fig2(ours: pd.DataFrame, snr_early: Mapping[str, float], snr_late: Ma
 
 
 def _plot_fig2(m: pd.DataFrame) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     _curves(axes[0], m, "test", "gmm/posterior_mse")
@@ -661,10 +669,7 @@ def _bound_section(root: Path, fig_dir: Path, key: str) -> FigureSection:
     c = ordering_verdict(paper, ours, higher_is_better=True, tolerance=0.01)
     nsteps = int(pd.to_numeric(data.runs.get("nsteps"), errors="coerce").max())
     iw_test = int(pd.to_numeric(data.runs.get("iw_test"), errors="coerce").max())
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     _curves(ax, m, split, metric)
@@ -725,8 +730,7 @@ def _efficiency(root: Path, fig_dir: Path, model: str) -> FigureSection:
     quadratic = Comparison("no result yet" if not quad else
                            "reproduced" if all(abs(v - 2.0) <= 0.25 for v in quad.values()) else "not reproduced",
                            [f"{e}: {v:+.2f} (paper +2.0)" for e, v in quad.items()])
-    order = ["reproduced", "same ordering", "not reproduced", "no result yet"]
-    c = Comparison(max(linear.verdict, quadratic.verdict, key=order.index),
+    c = Comparison(max(linear.verdict, quadratic.verdict, key=VERDICTS.index),
                    [f"linear in K (OVIS, TVO, REINFORCE): {'; '.join(linear.details)} -> {linear.verdict}",
                     f"quadratic in K (the original VIMCO): {'; '.join(quadratic.details)} -> {quadratic.verdict}"])
     vim = slopes.get("vimco-arithmetic", float("nan"))
@@ -734,29 +738,14 @@ def _efficiency(root: Path, fig_dir: Path, model: str) -> FigureSection:
         c.details.append(f"VIMCO's memory slope here is {vim:+.2f}: with an O(K) leave-one-out log-sum-exp its memory "
                          "grows linearly, so the paper's quadratic curve belongs to the original implementation "
                          "(its K x K matrix), not to the estimator")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for est, g in df.groupby("estimator", sort=False):
-        g = g.sort_values("iw")
-        axes[0].plot(g["iw"], g["time_per_step_s"] * 1e3, marker="o", color=estimator_color(str(est)), label=str(est))
-        axes[1].plot(g["iw"], g["saved_MB"], marker="o", color=estimator_color(str(est)), label=str(est))
+    _pyplot()
+    fig = efficiency_figure(df, "memory saved for backward and time per step vs K",
+                            colors={str(e): estimator_color(str(e)) for e in df["estimator"]})
     ks = np.array([df["iw"].min(), df["iw"].max()], dtype=float)
     base = float(df["saved_MB"][df["iw"] == df["iw"].min()].median())
-    axes[1].plot(ks, base * ks / ks[0], "k--", linewidth=0.8, label="linear in K")
-    axes[1].plot(ks, base * (ks / ks[0]) ** 2, "k:", linewidth=0.8, label="quadratic in K")
-    axes[0].set_ylabel("time per step (ms)")
-    axes[1].set_ylabel("memory saved for backward (MB)")
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("K (particles)")
-        ax.grid(alpha=0.3, which="both")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
+    fig.axes[1].plot(ks, base * ks / ks[0], "k--", linewidth=0.8, label="linear in K")
+    fig.axes[1].plot(ks, base * (ks / ks[0]) ** 2, "k:", linewidth=0.8, label="quadratic in K")
+    fig.axes[1].legend(fontsize=7)
     rel = _save(fig, fig_dir, "efficiency")
     md = "\n\n".join([head, _table_eff(paper, slopes, df),
                       f"![Efficiency]({rel})\n\n*Time per step and memory vs K, log-log, on the CPU.*",
@@ -837,6 +826,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     repo = Path(__file__).resolve().parents[2]
     root = Path(a.root).resolve()
     data_root = Path(a.data_root).resolve()
+    efficiency = EFFICIENCY if a.scale == "full" else EFFICIENCY_TINY
     if not a.document_only:
         if not data_root.is_dir():
             print(f"reproduce.py: error: --data_root {a.data_root} is not a folder (point it at the MNIST IDX files, "
@@ -844,12 +834,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         root.mkdir(parents=True, exist_ok=True)
         grids = prepare_grids(repo, root, a.scale)
-        codes = run_experiments(repo, root, data_root, grids, a.processes,
-                                EFFICIENCY if a.scale == "full" else EFFICIENCY_TINY)
+        codes = run_experiments(repo, root, data_root, grids, a.processes, efficiency)
         bad = {k: v for k, v in codes.items() if v != 0}
         if bad:
             print(f"reproduce.py: warning: some calls failed ({bad}); the document reports what finished",
                   file=sys.stderr)
-    path = build_document(root, Path(a.output), (EFFICIENCY if a.scale == "full" else EFFICIENCY_TINY)["model"])
+    path = build_document(root, Path(a.output), efficiency["model"])
     print(f"document written to {path}")
     return 0

@@ -49,14 +49,8 @@ class EnumerableModel(SingleLayerModel):
 
     def enumerate_log_densities(self, x: Tensor) -> tuple[Tensor, Tensor]:
         r"""``(log q(c|x), log p(x, c))`` for every configuration ``c``, both ``[B, C]``."""
-        B = x.shape[0]
-        confs = self.configurations()
-        C = confs.shape[0]
-        z = confs[None].expand(B, *confs.shape).reshape(B * C, *confs.shape[1:])
-        x_rep = x[:, None].expand(B, C, *x.shape[1:]).reshape(B * C, *x.shape[1:])
-        log_q = self.posterior(x_rep).log_prob(z).view(B, C)
-        log_joint = (self.observation_model(z).log_prob(x_rep) + self.prior(B * C).log_prob(z)).view(B, C)
-        return log_q, log_joint
+        log_q, log_px, log_pz = self.enumerate_log_terms(x)
+        return log_q, log_px + log_pz
 
     def enumerate_log_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         r"""``(log q(c|x), log p(x|c), log p(c))`` for every configuration ``c``, each ``[B, C]``
