@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import re
 import shutil
 import subprocess
 import tempfile
 from collections import defaultdict
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from ovis.reporting.fixtures import write_fake_run
+from ovis.reporting.report import ReportArgumentError, parse_report_args
 from ovis.reporting.report import main as report_main
-from ovis.reporting.report import parse_report_args, ReportArgumentError
 from ovis.reporting.runs import read_experiment, read_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -369,3 +370,80 @@ def test_measure_efficiency_tiny(tmp_path):
         assert g["saved_MB"].iloc[1] > 2 * g["saved_MB"].iloc[0], est
     for f in ("efficiency.png", "efficiency.pdf", "efficiency.md", "efficiency.tex", "index.html"):
         assert (out / f).exists()
+
+
+# --------------------------------------------------------------------------- tables and page escaping
+class _Tags(HTMLParser):
+    r"""Every start tag of a page (name, attributes) and the text of every ``<td>``, as a browser parses them."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list = []
+        self.cells: list = []
+        self._in_td = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag == "td":
+            self._in_td = True
+            self.cells.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self._in_td = False
+
+    def handle_data(self, data):
+        if self._in_td:
+            self.cells[-1] += data
+
+
+MARKUP = ("<script>alert(1)</script>", "a|b", "x\ny", "50% of $x_1$ & {y} #2 ~ ^ \\", "1.5 ± 0.2 (3)")
+
+
+def test_tables_keep_markup_as_text(tmp_path):
+    from ovis.reporting.outputs import Section, render_index, write_table
+
+    df = pd.DataFrame({"name_1": list(MARKUP), "value %": [1 / 3, float("nan"), None, 2.0, 1e-9]})
+    item = write_table(df, tmp_path, "t", "cap_1 50% <b>bold</b>")
+    # Markdown: one header, one rule, one line per row, each with two cells (the | of a cell escaped)
+    md = (tmp_path / "t.md").read_text().splitlines()
+    assert len(md) == 2 + len(df) and md[1].startswith("|---")
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]] for ln in md]
+    assert cells[0] == ["name_1", "value %"]
+    assert [r[0] for r in cells[2:]] == ["<script>alert(1)</script>", r"a\|b", "x y", MARKUP[3], MARKUP[4]]
+    assert [r[1] for r in cells[2:]] == ["0.333333", "", "", "2", "1e-09"]
+    # LaTeX: every special character escaped, in the caption, the column labels and the cells
+    tex = (tmp_path / "t.tex").read_text()
+    assert tex.count(r"\begin{tabular}{ll}") == 1 and tex.count(r"\toprule") == 1
+    assert r"\caption{cap\_1 50\% <b>bold</b>}" in tex
+    assert r"name\_1 & value \% \\" in tex
+    assert r"50\% of \$x\_1\$ \& \{y\} \#2 \textasciitilde" in tex and r"\textbackslash" in tex
+    assert r"1.5 $\pm$ 0.2 (3) & 1e-09 \\" in tex
+    # HTML: the markup is text in its cell, never a tag
+    render_index(tmp_path, "title <i>x</i>", [Section("s & <u>", [item])])
+    page = _Tags()
+    page.feed((tmp_path / "index.html").read_text())
+    assert [t for t, _ in page.tags if t in ("b", "i", "u")] == []
+    assert sum(t == "script" for t, _ in page.tags) == 1  # the page's own image check
+    assert len(page.cells) == 2 * len(df)
+    assert page.cells[0::2] == list(MARKUP) and page.cells[1::2] == ["0.333333", "", "", "2", "1e-09"]
+
+
+def test_report_page_escapes_run_names_and_errors(tmp_path):
+    root = tmp_path / "runs"
+    write_fake_run(root, "x", "ok", "vimco-arithmetic", 5, 1)
+    bad = write_fake_run(root, "x", "<img src=x onerror=alert(1)>", "<script>alert(2)</script>", 5, 1,
+                         status="failed", steps=(0, 50))
+    st = json.loads((bad / "status.json").read_text())
+    st["error"] = "ValueError: </td></tr></table><script>alert(3)</script>"
+    (bad / "status.json").write_text(json.dumps(st))
+    assert report_main(["--exp", "x", "--root", str(root), "--output", str(tmp_path / "o"),
+                        "--experiment_file", "none", "--metrics", "test:loss/L_k",
+                        "--pivot_metrics", "max:test:loss/L_k"]) == 0
+    page = _Tags()
+    page.feed((tmp_path / "o" / "x" / "index.html").read_text())
+    assert sum(t == "script" for t, _ in page.tags) == 1
+    assert not [a for t, a in page.tags if t == "img" and a.get("src") == "x"]
+    assert "<img src=x onerror=alert(1)>" in page.cells
+    assert "<script>alert(2)</script>" in page.cells
+    assert "ValueError: </td></tr></table><script>alert(3)</script>" in page.cells

@@ -5,13 +5,12 @@ Every file is written atomically (temporary file in the same folder, flush, fsyn
 """
 from __future__ import annotations
 
-import html
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import matplotlib
 
@@ -54,7 +53,12 @@ class FigureItem:
 
 @dataclass
 class TableItem:
-    html: str
+    r"""A table on the page: ``header`` (column labels) and ``rows`` (one list of cell texts per row,
+    as long as ``header``), both plain text that the page's template escapes; ``files`` maps a
+    format's name to the written file."""
+
+    header: List[str]
+    rows: List[List[str]]
     files: Dict[str, str]
     caption: str
     kind: str = "table"
@@ -87,6 +91,7 @@ def save_figure(fig: "plt.Figure", outdir: Union[str, os.PathLike], name: str, c
 
 
 def _fmt(v: Any) -> str:
+    r"""The text of one table cell: floats to 6 significant digits, ``None`` / NaN empty, else ``str``."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, float):
@@ -94,63 +99,66 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def to_markdown(df: pd.DataFrame, index: bool = False) -> str:
-    r"""A GitHub-flavoured Markdown table (no extra dependency)."""
+def _text(df: pd.DataFrame, index: bool = False) -> Tuple[List[str], List[List[str]]]:
+    r"""``(header, rows)``: the column labels of ``df`` (its index first when ``index``) through
+    ``str`` and every cell through :func:`_fmt`, one list per row. The Markdown, LaTeX and HTML
+    tables all show these strings."""
     d = df.reset_index() if index else df
-    cols = [str(c) for c in d.columns]
-    esc = lambda s: s.replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(esc(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in d.itertuples(index=False):
-        lines.append("| " + " | ".join(esc(_fmt(v)) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+    return [str(c) for c in d.columns], [[_fmt(v) for v in row] for row in d.itertuples(index=False)]
 
 
-_LATEX_ESC = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-              "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+def _markdown_cell(s: str) -> str:
+    r"""A cell that cannot break the Markdown row: ``|`` escaped, newlines as spaces."""
+    return s.replace("|", r"\|").replace("\n", " ")
 
 
-def _latex_escape(s: str) -> str:
-    s = "".join(_LATEX_ESC.get(ch, ch) for ch in s)
+def to_markdown(df: pd.DataFrame, index: bool = False) -> str:
+    r"""A GitHub-flavoured Markdown table (pandas' ``DataFrame.to_markdown``, i.e. tabulate's
+    ``github`` format), the cells as written by :func:`_fmt`, unaligned and not re-parsed as numbers."""
+    header, rows = _text(df, index)
+    cells = pd.DataFrame([[_markdown_cell(v) for v in row] for row in rows],
+                         columns=[_markdown_cell(c) for c in header], dtype=object)
+    return cells.to_markdown(index=False, tablefmt="github", stralign=None, numalign=None,
+                             disable_numparse=True) + "\n"
+
+
+def _latex_pm(s: str) -> str:
+    r"""``±`` as ``$\pm$`` in a cell already escaped for LaTeX."""
     return s.replace("±", r"$\pm$")
 
 
+def _latex_text(text: str) -> str:
+    r"""``text`` escaped for LaTeX by the rule of the table's cells (pandas' ``escape="latex"``)."""
+    one = pd.DataFrame([[text]]).style.hide(axis="index").hide(axis="columns")
+    return one.format(escape="latex", formatter=_latex_pm).to_string(delimiter="").rstrip("\n")
+
+
 def to_latex(df: pd.DataFrame, caption: str = "", index: bool = False) -> str:
-    r"""A ``tabular`` (booktabs) LaTeX table, values escaped."""
-    d = df.reset_index() if index else df
-    cols = [str(c) for c in d.columns]
-    out = [r"\begin{table}[t]", r"\centering"]
-    if caption:
-        out.append(r"\caption{" + _latex_escape(caption) + "}")
-    out += [r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
-            " & ".join(_latex_escape(c) for c in cols) + r" \\", r"\midrule"]
-    for row in d.itertuples(index=False):
-        out.append(" & ".join(_latex_escape(_fmt(v)) for v in row) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(out) + "\n"
+    r"""A ``table`` float holding a booktabs ``tabular`` (``l`` columns), written by pandas'
+    ``Styler.to_latex``; column labels, cells and caption escaped (``escape="latex"``)."""
+    header, rows = _text(df, index)
+    styler = (pd.DataFrame(rows, columns=header, dtype=object).style.hide(axis="index")
+              .format(escape="latex", formatter=_latex_pm)
+              .format_index(escape="latex", formatter=_latex_pm, axis="columns"))
+    return styler.to_latex(environment="table", position="t", position_float="centering", hrules=True,
+                           column_format="l" * len(header), caption=_latex_text(caption) if caption else None)
 
 
 def write_table(df: pd.DataFrame, outdir: Union[str, os.PathLike], name: str, caption: str = "",
                 display: Optional[pd.DataFrame] = None) -> TableItem:
     r"""Write ``df`` as ``<name>.csv`` (full precision) and ``display`` (``df`` by default; e.g. a
-    formatted "mean ± std" pivot) as ``<name>.md`` and ``<name>.tex``."""
+    formatted "mean ± std" pivot) as ``<name>.md`` and ``<name>.tex``; the returned item shows
+    ``display`` on the page (escaped by the page's template)."""
     outdir = Path(outdir)
     name = safe_name(name)
     shown = df if display is None else display
     atomic_write_text(outdir / f"{name}.csv", df.to_csv(index=False))
     atomic_write_text(outdir / f"{name}.md", to_markdown(shown))
     atomic_write_text(outdir / f"{name}.tex", to_latex(shown, caption))
-    table_html = _html_table(shown)
-    return TableItem(html=table_html, files={"CSV": f"{name}.csv", "Markdown": f"{name}.md", "LaTeX": f"{name}.tex"},
+    header, rows = _text(shown)
+    return TableItem(header=header, rows=rows,
+                     files={"CSV": f"{name}.csv", "Markdown": f"{name}.md", "LaTeX": f"{name}.tex"},
                      caption=caption)
-
-
-def _html_table(df: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    rows = []
-    for row in df.itertuples(index=False):
-        cells = "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row)
-        rows.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 _TEMPLATE = r"""<!DOCTYPE html>
@@ -193,7 +201,8 @@ window.addEventListener("load", function () {
 <figcaption>{{ it.caption }} (<a href="{{ it.png }}">PNG</a>, <a href="{{ it.pdf }}">PDF</a>)</figcaption></figure>
 {% elif it.kind == "table" %}
 <p>{{ it.caption }} {% for k, f in it.files.items() %}<a href="{{ f }}">{{ k }}</a> {% endfor %}</p>
-{{ it.html | safe }}
+<table><thead><tr>{% for c in it.header %}<th>{{ c }}</th>{% endfor %}</tr></thead><tbody>
+{%- for row in it.rows %}<tr>{% for v in row %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
 {% else %}
 <p class="text">{{ it.text }}</p>
 {% endif %}
