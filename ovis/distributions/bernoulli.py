@@ -6,17 +6,12 @@ distribution as ``Independent(Bernoulli(logits=a), event_dims)`` with
 .. math::  \log p(z) = \sum_i z_i a_i - \mathrm{softplus}(a_i)
 
 computed in one expression (no ``broadcast_all``, no argument validation, no per-call
-``Independent`` wrapper, no ``binary_cross_entropy_with_logits``), and defined for relaxed ``z`` in ``[0, 1]`` too (the continuous
-extension REBAR's relaxed forward pass uses).  ``sample()`` compares uniforms with the
-probabilities, ``1[u < \sigma(a)]``: the same law as ``torch.bernoulli``, about 3x faster on the CPU
-for the SBN's layers.  It is a :class:`torch.distributions.Distribution` (``batch_shape`` is
-``logits.shape[:-event_dims]``, ``event_shape`` the rest), so every estimator uses it unchanged;
-``tests/test_speed_paths.py`` checks it against torch's ``Bernoulli``.
-
-Measured (``benchmarks/bench_step.py`` setting, alternating with torch's ``Bernoulli`` in one
-process): ``L_5000`` of the 3-layer SBN 0.081 vs 0.089 s per image, a ``vimco-arithmetic`` step at
-K = 5 5.84 vs 5.99 ms and at K = 50 30.8 vs 31.0 ms.  (A hand-written autograd function with
-``log(1 + exp(-|a|))`` was tried and measured slower: 42 vs 37 ms at K = 50.)
+``Independent`` wrapper, no ``binary_cross_entropy_with_logits``), and defined for relaxed ``z`` in
+``[0, 1]`` too (the continuous extension REBAR's relaxed forward pass uses).  ``sample()`` compares
+uniforms with the probabilities, ``1[u < \sigma(a)]``: the same law as ``torch.bernoulli``.  It is a
+:class:`torch.distributions.Distribution` (``batch_shape`` is ``logits.shape[:-event_dims]``,
+``event_shape`` the rest), so every estimator uses it unchanged; ``tests/test_speed_paths.py``
+checks it against torch's ``Bernoulli``.
 """
 from __future__ import annotations
 
@@ -34,8 +29,8 @@ __all__ = ["BernoulliLogits", "bernoulli_log_mass", "random_bits24", "BITS24"]
 def bernoulli_log_mass(logits: Tensor, value: Tensor, event_dims: int = 1) -> Tensor:
     r""":math:`\sum_{event} z a - \mathrm{softplus}(a)` over the last ``event_dims`` dimensions (the
     Bernoulli log mass, continuously extended to relaxed ``z`` in ``[0, 1]``; ``logits`` and
-    ``value`` broadcast).  Two reductions instead of a third ``[n, D]`` temporary: about 8% faster
-    for ``[5000, 784]``; no ``binary_cross_entropy_with_logits`` (slow on the CPU).  The one
+    ``value`` broadcast), as two reductions (no third ``[n, D]`` temporary, no
+    ``binary_cross_entropy_with_logits``).  The one
     implementation used by :class:`BernoulliLogits`, the SBNs' ``log_joint_at`` and the discrete
     estimators."""
     def reduce(t: Tensor) -> Tensor:
@@ -53,8 +48,7 @@ def random_bits24(shape: Sequence[int], device: torch.device | str | None = None
     torch's generator (its low and high words, masked to 24 bits).
 
     ``1[bits < p * 2^24]`` has probability ``ceil(p 2^24) / 2^24``: the law of ``torch.rand() < p``
-    for float32, whose uniforms are the same 24-bit grid, at about 60% of its cost on the CPU
-    (a K = 50 SBN training step about 4% faster, measured alternately).  Float64 probabilities are
+    for float32, whose uniforms are the same 24-bit grid.  Float64 probabilities are
     resolved to ``2^-24`` too (torch.rand would give 53 bits).
 
     Under ``torch.compile`` the words come from ``torch.randint(0, 2^62)`` (``random_`` breaks the
@@ -66,7 +60,7 @@ def random_bits24(shape: Sequence[int], device: torch.device | str | None = None
     n = (numel + 1) // 2
     if torch.compiler.is_compiling():
         words = torch.randint(0, 1 << 62, (n,), dtype=torch.int64, device=device)
-    else:  # about 30% cheaper than randint on the CPU
+    else:  # eager: random_ fills the 64-bit words in place
         words = torch.empty(n, dtype=torch.int64, device=device).random_()
     return words.view(torch.int32)[:numel].view(*shape) & 0xFFFFFF
 
@@ -118,7 +112,8 @@ class BernoulliLogits(Distribution):
         r""":math:`\sum_{event} z a - \mathrm{softplus}(a)`, shape ``batch_shape`` (broadcast)."""
         return bernoulli_log_mass(self.logits, value, self.event_dims)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
         with torch.no_grad():
             p = self.probs.expand(torch.Size(sample_shape) + self.logits.shape)
             return (torch.rand_like(p) < p).to(p.dtype)

@@ -108,7 +108,7 @@ class TemplateModel(nn.Module):
         ``model.compile()`` would compile nothing they run).  Parameter names and so checkpoints
         are those of the eager model; ``args``/``kwargs`` go to ``torch.compile``.  ``run.py
         --compile`` compiles the whole estimation instead
-        (:func:`ovis.estimators.base.compile_estimator`), which is faster on the CPU."""
+        (:func:`ovis.estimators.base.compile_estimator`)."""
         super().compile(*args, **kwargs)
         if getattr(self, "fused_log_densities", False):
             # an instance attribute: it shadows the method for this model only

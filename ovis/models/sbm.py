@@ -40,15 +40,14 @@ from ovis.models.vae import init_output_bias, mlp
 __all__ = ["SigmoidBeliefNetwork", "sample_bernoulli", "BATCHED_TERMS_MAX_ELEMENTS"]
 
 #: the largest ``n * 2 L * N`` for which :meth:`SigmoidBeliefNetwork.particle_log_densities` batches
-#: its latent log masses into one tensor (measured crossover: between 120 and 600 rows of 3 x 200)
+#: its latent log masses into one tensor (above it, layer by layer)
 BATCHED_TERMS_MAX_ELEMENTS = 1 << 19
 
 
 def sample_bernoulli(dist: Distribution) -> Tensor:
     r"""A sample of an ``Independent(Bernoulli)`` as ``1[u < p]`` with ``u ~ U(0, 1)``.
 
-    The same distribution as ``dist.sample()``, about 3x faster on the CPU than
-    ``torch.bernoulli`` for the SBN's ``[B*M*K, N]`` layers (no gradient flows through it).
+    The same distribution as ``dist.sample()`` (no gradient flows through it).
     """
     base = dist.base_dist if isinstance(dist, Independent) else dist
     with torch.no_grad():
@@ -140,7 +139,7 @@ class SigmoidBeliefNetwork(TemplateModel):
         ``n = B * particles`` rows (row ``b * particles + j``).  The first layer is evaluated once
         per data point; ``z_l = 1[b_l / 2^24 < sigmoid(a_l)]`` with uniform 24-bit integers ``b``
         for all layers drawn in one call (:func:`~ovis.distributions.bernoulli.random_bits24`: the
-        law of ``torch.rand() < p``, cheaper; the division by ``2^24`` is exact)."""
+        law of ``torch.rand() < p``; the division by ``2^24`` is exact)."""
         if particles < 1:
             raise ValueError(f"particles must be >= 1, got {particles}")
         B = x.shape[0]
@@ -200,12 +199,10 @@ class SigmoidBeliefNetwork(TemplateModel):
         With the signs ``s = 2 z - 1`` of a sample, the Bernoulli log mass is ``log sigmoid(s a)``
         (one kernel instead of ``z a - softplus(a)``, and exact on both tails), and the ``2 L``
         latent terms are one ``[n, 2, L, N]`` evaluation up to :data:`BATCHED_TERMS_MAX_ELEMENTS`
-        elements (a K = 5 training step), layer by layer above (an evaluation chunk of 10,000 rows:
-        a 48 MB batch falls out of the cache and takes 4x longer than its layers one by one).
+        elements, layer by layer above (large batches stay in the cache one layer at a time).
         ``log p(x|z_1)`` is ``log sigmoid(a) + (x - 1) a``, the continuous extension of
-        :func:`bernoulli_log_mass` for grey ``x`` too.  With the linear surrogate of the score-function estimators, a K = 5 VIMCO
-        training step dispatches about 205 operations instead of 330 (``tests/test_speed_paths.py``
-        checks the values and gradients against evaluating the distributions one by one).
+        :func:`bernoulli_log_mass` for grey ``x`` too.  ``tests/test_speed_paths.py`` checks the
+        values and gradients against evaluating the distributions one by one.
         """
         q_logits, z, signs, p_logits, px_logits = self._particle_logits(x, particles)
         B, n, N = x.shape[0], z[0].shape[0], self.N
@@ -213,7 +210,7 @@ class SigmoidBeliefNetwork(TemplateModel):
             logits = torch.cat(q_logits + p_logits, dim=-1).view(n, 2, self.depth * N)
             terms = F.logsigmoid(logits * torch.cat(signs, dim=-1)[:, None]).view(n, 2, self.depth, N).sum(-1)
             log_qz, log_pz = terms.unbind(1)
-        else:  # layer by layer: each pass stays in the cache (4x faster at 10,000 rows)
+        else:  # layer by layer: each pass stays in the cache
             log_qz = torch.stack([F.logsigmoid(a * s).sum(-1) for a, s in zip(q_logits, signs)], dim=-1)
             log_pz = torch.stack([F.logsigmoid(a * s).sum(-1) for a, s in zip(p_logits, signs)], dim=-1)
         # x a - softplus(a) = log sigmoid(a) + (x - 1) a: one formula for binary and grey x, no sync

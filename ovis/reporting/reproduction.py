@@ -16,7 +16,7 @@ the experiment system and set beside the paper's published numbers.
    (:func:`ordering_verdict`, :func:`slope_verdict`).
 
 ``--scale tiny`` shrinks every grid (:func:`shrink_grid`: two estimators, one seed, a few steps)
-into ``<root>/grids/``: a smoke test of the whole chain in about a minute (the test suite uses it).
+into ``<root>/grids/``: a smoke test of the whole chain (the test suite uses it).
 
 The paper's numbers (:data:`PAPER`) are facts read off the paper's figures and tables (Liévin,
 Dittadi, Christensen, Winther, "Optimal Variance Control of the Score Function Gradient Estimator
@@ -119,7 +119,7 @@ def estimator_color(estimator: str) -> str:
 
 def shrink_grid(grid: Mapping[str, Any], figure: str) -> Dict[str, Any]:
     r"""A tiny version of a figure's grid (two estimators, one seed, a few steps, small
-    evaluations): the same chain in seconds, for smoke tests.  ``figure``: a key of
+    evaluations): the same chain at a small size, for smoke tests.  ``figure``: a key of
     :data:`EXPERIMENTS`."""
     if figure not in EXPERIMENTS:
         raise ValueError(f"figure must be one of {sorted(EXPERIMENTS)}, got {figure!r}")

@@ -6,9 +6,8 @@ freed; a ``[120, 784]`` float tensor is 376 KiB) with a fresh ``mmap`` that ``fr
 system, and it trims the top of its heap as soon as more than twice that threshold is free there.
 Either way the next tensor of that size page-faults on every 4 KiB page it touches.  A training step
 allocates and frees the same tensors again and again, so on a virtual machine, where a page fault is
-expensive, the faults can cost more than the arithmetic: ``benchmarks/bench_step.py`` counted about
-280 minor faults per ``vimco-arithmetic`` step of the 3-layer SBN at K = 5 and 3,700 to 6,700 at
-K = 50, and about 1 and 10 with the freed memory retained.
+expensive, the faults can cost more than the arithmetic.  With the freed memory retained, the next
+tensors reuse pages that are already mapped (``benchmarks/bench_step.py`` counts the faults).
 
 The setting is process-wide, and once set glibc no longer adjusts its thresholds by itself (there
 is no query to restore the previous state), so it is applied by the entry points that own their
