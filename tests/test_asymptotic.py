@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
@@ -12,15 +11,15 @@ import torch
 from ovis.analysis.asymptotic import (
     AsymptoticArgumentError,
     above_floor,
+    draw_gradients,
     fit_slope,
     group_statistics,
-    snr_floor,
-    draw_gradients,
     iw_range,
     main,
     parse_args,
     reference_model,
     run_id,
+    snr_floor,
     toy_problem,
 )
 from ovis.analysis.gradients import gradient_samples, gradient_statistics

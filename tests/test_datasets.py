@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
 import struct
 from pathlib import Path
 
@@ -16,9 +15,9 @@ import torch
 
 from ovis.datasets import (
     DATASETS,
-    DataSplits,
     DatasetCorruptError,
     DatasetNotFoundError,
+    DataSplits,
     load_dataset,
     load_labels,
     read_amat,

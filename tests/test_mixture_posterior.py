@@ -187,8 +187,8 @@ def test_mixture_prior_continuous_bernoulli_vae_trains_on_fashion_grey_levels(da
     from matplotlib import image as mpimg
 
     from ovis.training.arguments import parse_run_args
-    from ovis.training.rundir import compute_run_id
     from ovis.training.run import main
+    from ovis.training.rundir import compute_run_id
 
     torch.set_default_dtype(torch.float32)
     argv = ["--dataset", "fashion-grey", "--mini", "--model", "vae", "--likelihood", "cbernoulli", "--prior", "mog",
@@ -270,8 +270,8 @@ def test_run_py_trains_a_cbernoulli_mixture_prior_vae(tmp_path, data_root, extra
     import json
 
     from ovis.training.arguments import parse_run_args
-    from ovis.training.rundir import compute_run_id
     from ovis.training.run import main
+    from ovis.training.rundir import compute_run_id
 
     torch.set_default_dtype(torch.float32)
     argv = ["--dataset", "mnist", "--mini", "--model", "vae", "--prior", "mog", "--prior_components", "3",
@@ -356,7 +356,7 @@ def test_hybrid_mixture_estimator_errors():
     from ovis.estimators import build_estimator
     from ovis.testing import BernoulliToyModel
 
-    with pytest.raises(ValueError, match="K\) >= 2"):
+    with pytest.raises(ValueError, match=r"K\) >= 2"):
         build_estimator("hybrid-mixture", iw=1)
     with pytest.raises(TypeError, match="needs q\\(z\\|x\\) = MixtureSameFamily"):
         build_estimator("hybrid-mixture", iw=2)(BernoulliToyModel(), torch.zeros(2, 4))

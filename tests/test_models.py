@@ -7,12 +7,11 @@ import argparse
 import itertools
 import math
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import List, Tuple
 
 import pytest
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
 
 from ovis.datasets import load_dataset
 from ovis.estimators import build_estimator

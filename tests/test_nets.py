@@ -22,7 +22,7 @@ from ovis.models.cpds import (
     MixtureOfGaussiansPrior,
     StandardNormalPrior,
 )
-from ovis.models.nets import CNNDecoder, CNNEncoder, FFNN, FFNNDecoder, FFNNEncoder, StructuredNet
+from ovis.models.nets import FFNN, CNNDecoder, CNNEncoder, FFNNDecoder, FFNNEncoder, StructuredNet
 
 pytestmark = pytest.mark.usefixtures("float64")
 BATCHES = [(), (3,), (2, 3)]

@@ -89,7 +89,7 @@ def test_report_on_real_runs(real_runs, tmp_path):
     g = pd.read_csv(tmp_path / "g" / "tiny-gmm" / "grid.csv")
     assert len(g) == 12 and (g["status"] == "success").sum() == 8
     assert sorted(g.loc[g["status"] == "missing", "command"].str.contains("--seed 3")) == [True] * 4
-    from test_report import chromium_dom, _marker
+    from test_report import _marker, chromium_dom
 
     dom = chromium_dom(out / "index.html", screenshot=out / "screenshot.png")
     assert int(_marker(dom, "data-images-ok")) == int(_marker(dom, "data-images-total")) >= 3
@@ -147,7 +147,7 @@ def test_asymptotic_report_on_real_runs(real_runs, tmp_path):
     assert set(slopes.index) == {"pathwise-iwae", "ovis-gamma0"}
     assert slopes.loc["ovis-gamma0", "slope_snr"] > 0.2
     assert (tmp_path / "tiny-av" / "figure1.png").exists()
-    from test_report import chromium_dom, _marker
+    from test_report import _marker, chromium_dom
 
     dom = chromium_dom(tmp_path / "tiny-av" / "index.html", screenshot=tmp_path / "tiny-av" / "screenshot.png")
     assert int(_marker(dom, "data-images-ok")) == int(_marker(dom, "data-images-total")) == 2

@@ -250,7 +250,7 @@ def reference_model(problem: Dict[str, Tensor]) -> Tuple[str, nn.Module]:
 
 
 def draw_gradients(estimator: nn.Module, problem: Dict[str, Tensor], mc_samples: int, per_call: int,
-                   device: torch.device = torch.device("cpu")) -> Tensor:
+                   device: torch.device | str = "cpu") -> Tensor:
     r"""``mc_samples`` independent draws of the gradient of the bound (minus the surrogate's
     gradient) w.r.t. ``(A, b)``: ``[mc_samples, D*D + D]`` (``A`` row-major first, then ``b``),
     computed ``per_call`` draws at a time (see the module docstring)."""

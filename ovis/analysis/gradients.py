@@ -11,7 +11,7 @@ For the selected parameters (flattened into ``g in R^P``) and ``N`` independent 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn

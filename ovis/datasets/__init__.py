@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Dict
 
 from ovis.datasets.core import DataSplits, TensorImageDataset
 from ovis.datasets.errors import DatasetCorruptError, DatasetNotFoundError
 from ovis.datasets.files import clear_cache
-from ovis.datasets.mnist import GREY_DATASETS, load_binmnist, load_grey_levels, load_labels, load_mnist_like, read_amat
 from ovis.datasets.idx import read_idx
+from ovis.datasets.mnist import GREY_DATASETS, load_binmnist, load_grey_levels, load_labels, load_mnist_like, read_amat
 
 __all__ = [
     "DATASETS",

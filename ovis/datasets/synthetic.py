@@ -19,7 +19,6 @@ Every generated set is a deterministic function of ``(mini, seed)`` (a private
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Tuple
 
 import torch

@@ -162,19 +162,22 @@ class IGRBase(Distribution):
                 and torch.equal(self.delta, other.delta.to(self.delta)))
 
     # -- sampling --------------------------------------------------------------------------
-    def rsample_noise(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
+    def rsample_noise(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
         r"""A reparameterised draw of the Gaussian noise ``y = loc + scale * eps``."""
         shape = self._extended_shape(sample_shape)[:-1] + (self.noise_dim,)
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
         return self.loc + self.scale * eps
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
         y = self.rsample_noise(torch.Size(sample_shape))
         z = self.transform(y)
         self._cache = (z, y)
         return z
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
         with torch.no_grad():
             return self.rsample(sample_shape)
 
@@ -381,7 +384,8 @@ class IGRSB(IGRBase):
         z_last = torch.where(all_active, torch.exp(log_rem[..., -1:]), torch.zeros_like(z_head[..., :1]))
         return torch.cat([z_head, z_last], dim=-1)
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
         y = self.rsample_noise(torch.Size(sample_shape))
         z = self.transform(y)
         with torch.no_grad():

@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 from ovis.models.base import TemplateModel, batch_reduce, check_model_output, require_hook
+from ovis.models.conditional import TASKS, ConditionalDiscreteVAE, ConditionalSBN, HalfImageBernoulli
 from ovis.models.cpds import (
     BernoulliCPD,
     BernoulliImageCPD,
@@ -24,7 +25,8 @@ from ovis.models.cpds import (
     PriorNet,
     StandardNormalPrior,
 )
-from ovis.models.nets import CNNDecoder, CNNEncoder, FFNN, FFNNDecoder, FFNNEncoder, StructuredNet
+from ovis.models.nets import FFNN, CNNDecoder, CNNEncoder, FFNNDecoder, FFNNEncoder, StructuredNet
+from ovis.models.sbm import SigmoidBeliefNetwork
 from ovis.models.utilities import (
     distortion_rate_likelihood,
     image_grid,
@@ -33,8 +35,6 @@ from ovis.models.utilities import (
     reconstructions,
     save_image_grid,
 )
-from ovis.models.conditional import TASKS, ConditionalDiscreteVAE, ConditionalSBN, HalfImageBernoulli
-from ovis.models.sbm import SigmoidBeliefNetwork
 from ovis.models.vae import LATENT_PRIORS, VAE, GaussianVAE, conv_decoder, conv_encoder
 
 __all__ = [

@@ -142,7 +142,8 @@ class HalfImageBernoulli(Distribution):
     def mean(self) -> Tensor:
         return self._assemble(torch.sigmoid(self.logits))
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
         if len(sample_shape) != 0:
             raise NotImplementedError("HalfImageBernoulli.sample supports sample_shape=() only")
         with torch.no_grad():

@@ -54,8 +54,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical
-from torch.distributions import kl_divergence
+from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical, kl_divergence
 
 from ovis.distributions.gumbel import GumbelSoftmax, gumbel_softmax_kl
 from ovis.distributions.igr import IGRI, IGRSB, IGRBase, IGRPlanar

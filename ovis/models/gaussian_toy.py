@@ -17,7 +17,7 @@ by ``--grad_key A,b`` -- and ``generative_model.mu`` (``[D]``).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, Mapping
 
 import torch
 from torch import Tensor, nn

@@ -23,6 +23,7 @@ one chunk's whatever ``K``).
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 from typing import Dict, Iterable, Optional, Union
@@ -97,7 +98,7 @@ def distortion_rate_likelihood(model: nn.Module, data: DataLike, K: int = 100, b
             B = x.shape[0]
             if B == 0:
                 continue
-            s = accumulate_chunked_bound(lambda k: model_log_weights(model, x, k, tau), int(K),
+            s = accumulate_chunked_bound(functools.partial(model_log_weights, model, x, tau=tau), int(K),
                                          max(1, int(max_rows) // B))
             totals["D"] += s["distortion"].sum().item()
             totals["R"] += s["kl"].sum().item()

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, List, Optional, Sequence, Set, Tuple
 
 import pandas as pd
 
 from ovis.reporting.outputs import Section, TextItem, render_index, save_figure, write_table
-from ovis.reporting.report import MetricSpec, parse_metric_spec, _palette, _val
+from ovis.reporting.report import MetricSpec, _palette, _val, parse_metric_spec
 from ovis.reporting.runs import NoRunsError, read_experiment
 
 __all__ = ["TAGS", "PAPER_ESTIMATORS", "expected_configurations", "report_figure3", "main"]
@@ -96,7 +96,7 @@ def report_figure3(root: str, exp: str, output: str, figure: str, metric: Metric
     m = m[(m["run_id"].isin(usable["run_id"])) & (m["split"] == metric.split) & (m["metric"] == metric.metric)]
     sections: List[Section] = []
     notes = [f"runs tagged {tag!r}: {len(sel)} of {len(runs)} in {Path(root) / exp}",
-             f"status: " + ", ".join(f"{k}: {v}" for k, v in sorted(sel['status'].value_counts().to_dict().items())),
+             "status: " + ", ".join(f"{k}: {v}" for k, v in sorted(sel['status'].value_counts().to_dict().items())),
              f"expected configurations from {source}: {len(expected)}; missing (no successful or running run): "
              f"{len(missing)}"]
     notes += [f"  missing: dataset={d}, estimator={e}, iw={k}, seed={s}" for d, e, k, s in missing[:200]]

@@ -31,9 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ovis.reporting.outputs import (
-    FigureItem,
     Section,
-    TableItem,
     TextItem,
     render_index,
     safe_name,
@@ -352,14 +350,15 @@ class Styles:
         groups: Dict[str, List[str]] = {}
         for rid, lab in labels.items():
             groups.setdefault(lab, []).append(rid)
+
+        def one(rids: List[str], col: str) -> Any:  # the value of col shared by the runs, else None
+            vals = {_val(cfg.at[r, col]) for r in rids} if col in cfg.columns else set()
+            return next(iter(vals)) if len(vals) == 1 else None
+
         for lab in sorted(groups, key=natural_key):
             rids = [r for r in groups[lab] if r in cfg.index]
-
-            def one(col: str) -> Any:
-                vals = {_val(cfg.at[r, col]) for r in rids} if col in cfg.columns else set()
-                return next(iter(vals)) if len(vals) == 1 else None
-
-            color, ls = self.color(one("estimator")), self.linestyle(one("iw") if use_iw else None)
+            color = self.color(one(rids, "estimator"))
+            ls = self.linestyle(one(rids, "iw") if use_iw else None)
             key = (str(color), str(ls))
             n = seen.get(key, 0)
             seen[key] = n + 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -252,7 +252,8 @@ class _NonReparameterised(Distribution):
         self.base = base
         super().__init__(base.batch_shape, base.event_shape, validate_args=False)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
         return self.base.sample(sample_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
