@@ -470,7 +470,8 @@ def test_manager_side_lost_detection_and_requeue_with_a_fake_cluster(tmp_path: P
 
 def test_make_backend_dask_is_lazy_and_validates_the_address(tmp_path: Path) -> None:
     from ovis.experiments.dask_backend import DaskBackend
-    from ovis.experiments.workers import BackendNotAvailable, WorkerConfig, make_backend
+    from ovis.experiments.backend import BackendNotAvailable, make_backend
+    from ovis.experiments.workers import WorkerConfig
 
     cfg = WorkerConfig("e", tmp_path / "e", tmp_path, tmp_path / "data", tmp_path / "e" / ".lib_snapshot")
     b = make_backend("dask", cfg, None)
