@@ -26,8 +26,9 @@ Protocol (worker side, :func:`execute_job_task`)
      writes a stop file in ``<root>/<exp>/.dask/``: the task then sends ``SIGTERM`` to its job and
      records it ``aborted``.
 
-The task function reaches the workers *by value* (a small bootstrap that puts the experiment's
-snapshot ``<root>/<exp>/.lib_snapshot`` first on ``sys.path`` and imports this module from it):
+The task function reaches the workers *by value* (:func:`ovis.experiments.dask_bootstrap.run_job`,
+registered with :func:`cloudpickle.register_pickle_by_value`: it puts the experiment's snapshot
+``<root>/<exp>/.lib_snapshot`` first on ``sys.path`` and imports this module from it):
 workers need Dask, PyTorch and the job's dependencies, not an installed ``ovis``.  The jobs
 themselves always run from their experiment's snapshot (subprocesses); the task code of a
 long-lived worker is the first one it imported (``ovis`` already on its path, or the first
