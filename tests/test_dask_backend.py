@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import pytest
-
-from ovis.experiments.queue import JobQueue, pid_alive
 from fakes import DASK_JOB
 from test_experiments_helpers import PY, REPO, make_src, wait_for
+
+from ovis.experiments.queue import JobQueue, pid_alive
 
 DASK = str(Path(sys.executable).with_name("dask"))
 
@@ -90,7 +90,7 @@ def _no_overlap(times: List[Tuple[str, str, int, float]], died: Dict[int, float]
         by_job.setdefault(j, []).append((t, end))
     for j, iv in by_job.items():
         iv.sort()
-        for (s0, e0), (s1, _) in zip(iv, iv[1:]):
+        for (_s0, e0), (s1, _) in zip(iv, iv[1:]):
             assert s1 >= e0, f"job {j}: an attempt started at {s1} while another ran until {e0}"
 
 
@@ -459,8 +459,8 @@ def test_manager_side_lost_detection_and_requeue_with_a_fake_cluster(tmp_path: P
 
 
 def test_make_backend_dask_is_lazy_and_validates_the_address(tmp_path: Path) -> None:
-    from ovis.experiments.dask_backend import DaskBackend
     from ovis.experiments.backend import BackendNotAvailable, make_backend
+    from ovis.experiments.dask_backend import DaskBackend
     from ovis.experiments.workers import WorkerConfig
 
     cfg = WorkerConfig("e", tmp_path / "e", tmp_path, tmp_path / "data", tmp_path / "e" / ".lib_snapshot")

@@ -14,12 +14,21 @@ import time
 from pathlib import Path
 
 import pytest
+from test_experiments_helpers import (
+    PY,
+    REPO,
+    env_with_counts,
+    kill9,
+    make_src,
+    manager_cmd,
+    starts,
+    violations,
+    wait_for,
+)
 
 from ovis.experiments.grid import load_and_expand
 from ovis.experiments.manager import make_snapshot
 from ovis.experiments.queue import JobQueue, pid_alive
-from test_experiments_helpers import (PY, REPO, env_with_counts, kill9, make_src, manager_cmd, starts,
-                                      violations, wait_for)
 
 
 def _run(cmd, env, timeout=60):
@@ -234,7 +243,7 @@ def test_invalid_file_nothing_queued_and_backend_usage_error(tmp_path: Path) -> 
 
 def test_dbutils_find_update_delete(tmp_path: Path) -> None:
     src = make_src(tmp_path, "f", {"args": ["--name a", "--name b"], "parameters": {"sleep": [0.1]}})
-    env = env_with_counts(tmp_path / "c")
+    env_with_counts(tmp_path / "c")
     root = tmp_path / "runs"
     q = JobQueue(root / "f")
     exp, jobs, _ = load_and_expand(src / "experiments" / "f.json")

@@ -13,8 +13,7 @@ from typing import Tuple
 
 import pytest
 
-from ovis.experiments.queue import (HOST, JobQueue, QueueError, pid_alive, process_start_time,
-                                    statuses_for_level)
+from ovis.experiments.queue import HOST, JobQueue, QueueError, pid_alive, process_start_time, statuses_for_level
 from ovis.experiments.workers import WorkerConfig, build_command
 
 
