@@ -43,9 +43,9 @@ def _worker(exp_dir: str, out: "mp.Queue") -> None:
         if rec is None:
             break
         jid, tok = rec["job_id"], rec["claim_token"]
-        for name, fn in (("set_pid", lambda: q.set_pid(jid, tok, os.getpid())),
-                         ("heartbeat", lambda: q.heartbeat(jid, tok)),
-                         ("finish", lambda: q.finish(jid, tok, "success", 0))):
+        for name, fn in (("set_pid", lambda jid=jid, tok=tok: q.set_pid(jid, tok, os.getpid())),
+                         ("heartbeat", lambda jid=jid, tok=tok: q.heartbeat(jid, tok)),
+                         ("finish", lambda jid=jid, tok=tok: q.finish(jid, tok, "success", 0))):
             t = time.perf_counter()
             assert fn(), name
             times[name].append(time.perf_counter() - t)

@@ -1,7 +1,7 @@
 """The Dask backend (issue 7) with real processes: LocalCluster, `dask scheduler` + `dask worker`
 CLI processes, TLS, and SIGKILL of a Dask worker mid-job.  Every listener is on 127.0.0.1.
 
-The fake job (written into tmp_path, like tests/test_experiments_helpers.py's) follows the job
+The fake job (``tests/fakes.py``'s ``DASK_JOB``, written into tmp_path) follows the job
 contract without run.py; it appends ``start``/``end`` lines with timestamps and its pid to
 ``$FAKE_COUNT_DIR/times.log`` and writes an output file ``out.json`` (a function of its
 arguments) into its run directory, so that runs of the different backends can be compared and
@@ -20,54 +20,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import pytest
+from fakes import DASK_JOB
+from test_experiments_helpers import PY, REPO, make_src, wait_for
 
 from ovis.experiments.queue import JobQueue, pid_alive
-from test_experiments_helpers import PY, REPO, wait_for
 
 DASK = str(Path(sys.executable).with_name("dask"))
-
-FAKE = r'''
-import argparse, json, os, sys, time
-p = argparse.ArgumentParser()
-p.add_argument("--sleep", type=float, default=0.2)
-p.add_argument("--code", type=int, default=0)
-p.add_argument("--name", default="x")
-p.add_argument("--mult", type=int, default=1)
-p.add_argument("--exp", required=True)
-p.add_argument("--root", required=True)
-p.add_argument("--data_root", required=True)
-p.add_argument("--rf", action="store_true")
-a = p.parse_args()
-assert os.path.isabs(a.root) and os.path.isabs(a.data_root), "paths must be absolute"
-jid = os.environ["OVIS_JOB_ID"]
-cdir = os.environ["FAKE_COUNT_DIR"]
-def log(what):
-    with open(os.path.join(cdir, "times.log"), "a") as f:
-        f.write("%s %s %d %.6f %s\n" % (what, jid, os.getpid(), time.time(), os.environ.get("CUDA_VISIBLE_DEVICES")))
-        f.flush()
-        os.fsync(f.fileno())
-log("start")
-if os.path.exists(os.path.join(cdir, "fast")):  # a test's switch: reruns need not wait
-    a.sleep = min(a.sleep, 0.3)
-run = os.path.join(a.root, a.exp, jid)
-os.makedirs(run, exist_ok=True)
-def status(s, err=None):
-    tmp = os.path.join(run, "status.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump({"status": s, "job_id": jid, "error": err}, f)
-    os.replace(tmp, os.path.join(run, "status.json"))
-status("running")
-time.sleep(a.sleep)
-with open(os.path.join(run, "out.json"), "w") as f:
-    json.dump({"name": a.name, "value": len(a.name) * a.mult, "code": a.code}, f)
-if a.code:
-    print("boom in job %s" % a.name, file=sys.stderr, flush=True)
-    status("failed", "boom")
-else:
-    status("success")
-log("end")
-sys.exit(a.code)
-'''
 
 GRID6 = {"args": ["--name alpha", "--name be", "--name gam --code 3"], "parameters": {"mult": [2, 5], "sleep": [0.3]}}
 
@@ -77,13 +35,7 @@ GRID6 = {"args": ["--name alpha", "--name be", "--name gam --code 3"], "paramete
 
 
 def _src(tmp: Path, name: str, grid: Dict) -> Path:
-    src = tmp / "src"
-    (src / "experiments").mkdir(parents=True, exist_ok=True)
-    (src / "fake_job.py").write_text(FAKE)
-    g = dict(grid, description="dask test grid", script="fake_job.py")
-    g.setdefault("global", "")
-    (src / "experiments" / f"{name}.json").write_text(json.dumps(g))
-    return src
+    return make_src(tmp, name, dict(grid, description="dask test grid", script="fake_job.py"), job=DASK_JOB)
 
 
 def _env(count_dir: Path, with_repo: bool = True) -> Dict[str, str]:
@@ -138,7 +90,7 @@ def _no_overlap(times: List[Tuple[str, str, int, float]], died: Dict[int, float]
         by_job.setdefault(j, []).append((t, end))
     for j, iv in by_job.items():
         iv.sort()
-        for (s0, e0), (s1, _) in zip(iv, iv[1:]):
+        for (_s0, e0), (s1, _) in zip(iv, iv[1:]):
             assert s1 >= e0, f"job {j}: an attempt started at {s1} while another ran until {e0}"
 
 
@@ -371,6 +323,44 @@ def test_task_checks_its_claim_first_and_runs_each_claim_once(tmp_path: Path, mo
     assert r["ran"] is False and "already started" in r["reason"] and len(_times(cdir)) == 2
 
 
+_UNPICKLE_WITHOUT_OVIS = r"""
+import importlib.abc, pickle, sys
+class NoOvis(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "ovis" or name.startswith("ovis."):
+            raise ImportError("no ovis on this worker: " + name)
+        return None
+blocker = NoOvis()
+sys.meta_path.insert(0, blocker)
+task = pickle.loads(open(sys.argv[1], "rb").read())  # what a Dask worker does with the task
+assert not any(m == "ovis" or m.startswith("ovis.") for m in sys.modules), "unpickling imported ovis"
+sys.meta_path.remove(blocker)
+print(task()["from"])
+"""
+
+
+def test_task_function_travels_by_value_and_imports_from_the_snapshot(tmp_path: Path) -> None:
+    r"""The submitted task unpickles where ``ovis`` cannot be imported (its code travels by value,
+    through ``cloudpickle.register_pickle_by_value``) and then runs the snapshot's task code."""
+    from dask._task_spec import Task
+    from distributed.protocol.pickle import dumps
+
+    from ovis.experiments.dask_backend import task_function
+
+    snap = tmp_path / "exp" / ".lib_snapshot"
+    (snap / "ovis" / "experiments").mkdir(parents=True)
+    (snap / "ovis" / "__init__.py").write_text("")
+    (snap / "ovis" / "experiments" / "__init__.py").write_text("")
+    (snap / "ovis" / "experiments" / "dask_backend.py").write_text(
+        "def execute_job_task(payload):\n    return dict(payload, **{'from': __file__})\n")
+    blob = tmp_path / "task.pkl"
+    blob.write_bytes(dumps(Task("ovis-job-x", task_function(), str(snap), {"job_id": "x"})))
+    r = subprocess.run([PY, "-c", _UNPICKLE_WITHOUT_OVIS, str(blob)], cwd=str(tmp_path), capture_output=True,
+                       text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(snap / "ovis" / "experiments" / "dask_backend.py")
+
+
 def test_capacity_resources_and_local_specs() -> None:
     from ovis.experiments.dask_backend import local_worker_specs, per_gpu_processes, task_capacity
 
@@ -469,8 +459,9 @@ def test_manager_side_lost_detection_and_requeue_with_a_fake_cluster(tmp_path: P
 
 
 def test_make_backend_dask_is_lazy_and_validates_the_address(tmp_path: Path) -> None:
+    from ovis.experiments.backend import BackendNotAvailable, make_backend
     from ovis.experiments.dask_backend import DaskBackend
-    from ovis.experiments.workers import BackendNotAvailable, WorkerConfig, make_backend
+    from ovis.experiments.workers import WorkerConfig
 
     cfg = WorkerConfig("e", tmp_path / "e", tmp_path, tmp_path / "data", tmp_path / "e" / ".lib_snapshot")
     b = make_backend("dask", cfg, None)

@@ -17,11 +17,11 @@ from typing import List
 
 import pytest
 import torch
+from test_experiments_helpers import PY, REPO, env_with_counts, make_src, manager_cmd, starts
 
 from ovis.experiments import devices
 from ovis.experiments.devices import GPUInfo, plan_workers, query_gpus
 from ovis.experiments.queue import JobQueue
-from test_experiments_helpers import PY, REPO, env_with_counts, make_src, manager_cmd, starts
 
 #: a stand-in ``pynvml`` module: the GPUs are ``[[utilisation %, used bytes, total bytes], ...]``
 #: read from ``FAKE_NVML_GPUS``

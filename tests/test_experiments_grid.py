@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from ovis.experiments.grid import (ExperimentError, expand_grid, format_value, job_id_of,
-                                   load_and_expand, load_experiment, normalise_argv)
+from ovis.experiments.grid import (
+    ExperimentError,
+    expand_grid,
+    format_value,
+    job_id_of,
+    load_and_expand,
+    load_experiment,
+    normalise_argv,
+)
 from ovis.training.arguments import parse_run_args
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,9 +1,10 @@
-"""Helpers for the experiment-system tests: a fake job script, a fake source tree, runners.
+"""Helpers for the experiment-system tests: a fake source tree, runners.
 
-The fake job (written into tmp_path) follows the job contract without run.py: it reads
-``OVIS_JOB_ID``, writes ``<root>/<exp>/<job_id>/status.json``, sleeps ``--sleep`` seconds, exits
-with ``--code``, logs every start to ``$FAKE_COUNT_DIR/starts.log`` and records a violation in
-``$FAKE_COUNT_DIR/violations.log`` if another process of the same job is alive when it starts.
+The fake job script (``tests/fakes.py``, written into tmp_path) follows the job contract without
+run.py: it reads ``OVIS_JOB_ID``, writes ``<root>/<exp>/<job_id>/status.json``, sleeps ``--sleep``
+seconds, exits with ``--code``; the default variant logs every start to
+``$FAKE_COUNT_DIR/starts.log`` and records a violation in ``$FAKE_COUNT_DIR/violations.log`` if
+another process of the same job is alive when it starts.
 """
 from __future__ import annotations
 
@@ -16,65 +17,17 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from fakes import LOCAL_JOB
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
-FAKE_JOB = r'''
-import argparse, json, os, sys, time
-p = argparse.ArgumentParser()
-p.add_argument("--sleep", type=float, default=0.2)
-p.add_argument("--code", type=int, default=0)
-p.add_argument("--name", default="x")
-p.add_argument("--flag", action="store_true")
-p.add_argument("--exp", required=True)
-p.add_argument("--root", required=True)
-p.add_argument("--data_root", required=True)
-p.add_argument("--rf", action="store_true")
-a = p.parse_args()
-assert os.path.isabs(a.root) and os.path.isabs(a.data_root), "paths must be absolute"
-jid = os.environ["OVIS_JOB_ID"]
-cdir = os.environ["FAKE_COUNT_DIR"]
-live = os.path.join(cdir, "live")
-os.makedirs(live, exist_ok=True)
-for f in os.listdir(live):
-    j, pid = f.rsplit(".", 1)
-    if j == jid:
-        try:
-            os.kill(int(pid), 0)
-            st = open("/proc/%s/stat" % pid).read().split(")")[-1].split()[0]
-            if st not in ("Z", "X"):
-                with open(os.path.join(cdir, "violations.log"), "a") as v:
-                    v.write("%s %s alive while %d starts\n" % (jid, pid, os.getpid()))
-        except (ProcessLookupError, FileNotFoundError):
-            pass
-open(os.path.join(live, "%s.%d" % (jid, os.getpid())), "w").close()
-with open(os.path.join(cdir, "starts.log"), "a") as f:
-    f.write("%s %d %s %s\n" % (jid, os.getpid(), a.name, os.environ.get("CUDA_VISIBLE_DEVICES")))
-run = os.path.join(a.root, a.exp, jid)
-os.makedirs(run, exist_ok=True)
-def status(s, err=None):
-    tmp = os.path.join(run, "status.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump({"status": s, "job_id": jid, "error": err}, f)
-    os.replace(tmp, os.path.join(run, "status.json"))
-status("running")
-print("fake job", a.name, "starting", flush=True)
-time.sleep(a.sleep)
-if a.code:
-    print("boom error in job %s: something broke" % a.name, file=sys.stderr, flush=True)
-    status("failed", "boom")
-else:
-    status("success")
-os.remove(os.path.join(live, "%s.%d" % (jid, os.getpid())))
-sys.exit(a.code)
-'''
-
-
-def make_src(tmp: Path, name: str, grid: Dict, script: str = "fake_job.py") -> Path:
-    r"""A fake source tree: the fake job script and ``experiments/<name>.json``."""
+def make_src(tmp: Path, name: str, grid: Dict, script: str = "fake_job.py", job: str = LOCAL_JOB) -> Path:
+    r"""A fake source tree: the fake job script ``job`` (a variant of ``tests/fakes.py``'s, named
+    ``script``) and ``experiments/<name>.json``."""
     src = tmp / "src"
     (src / "experiments").mkdir(parents=True, exist_ok=True)
-    (src / script).write_text(FAKE_JOB)
+    (src / script).write_text(job)
     g = dict(grid)
     g.setdefault("description", "test grid")
     g.setdefault("global", "")

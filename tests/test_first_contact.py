@@ -15,16 +15,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from html import unescape
 from pathlib import Path
 
 import pytest
 import torch
+from test_experiments_helpers import PY, REPO, env_with_counts, make_src, manager_cmd, starts, violations, wait_for
 
 from ovis.experiments.queue import JobQueue
-from test_experiments_helpers import PY, REPO, env_with_counts, make_src, manager_cmd, starts, violations, wait_for
 
 README = REPO / "README.md"
 
@@ -208,8 +207,7 @@ def test_a_job_that_kills_its_worker_is_retried_up_to_the_attempt_cap(tmp_path):
 
 # ----------------------------------------------------------------------------- checkpoints
 def test_save_keeps_the_previous_good_checkpoint_and_load_falls_back(tmp_path):
-    from ovis.training.checkpoint import (CheckpointError, load_resume_checkpoint, previous_path,
-                                          save_checkpoint)
+    from ovis.training.checkpoint import CheckpointError, load_resume_checkpoint, previous_path, save_checkpoint
 
     last = tmp_path / "last.pt"
     assert load_resume_checkpoint(last) == (None, None)  # a fresh run
@@ -262,8 +260,8 @@ def _lines(run_dir: Path):
 @pytest.mark.slow
 def test_run_py_resumes_from_the_previous_checkpoint_or_says_why_not(tmp_path, capsys):
     from ovis.training.arguments import parse_run_args
-    from ovis.training.rundir import compute_run_id
     from ovis.training.run import main
+    from ovis.training.rundir import compute_run_id
 
     argv = ["--root", str(tmp_path / "runs"), "--exp", "t", "--dataset", "gmm", "--mini", "--nsteps", "30",
             "--eval_freq", "1", "--iw", "3", "--estimator", "vimco-arithmetic", "--iw_test", "5", "--iw_valid", "5",
@@ -460,7 +458,7 @@ def test_report_single_evaluation_curves_are_visible(tmp_path, monkeypatch):
                         "--detailed_metrics", "test:loss/L_k"]) == 0
     single = [(name, ln) for name, lines in figs.items() if not name.startswith("pivot") for ln in lines]
     assert single and all(ln[5] == 1 for _, ln in single)
-    for name, (label, color, ls, marker, size, n) in single:
+    for name, (label, _color, _ls, marker, size, _n) in single:
         assert marker not in (None, "None", "", " ", ",") and size >= 4, (name, label, marker, size)
 
 

@@ -5,13 +5,10 @@ r"""The GPU path on a real GPU (``@pytest.mark.gpu``; skipped without CUDA).  Ru
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import List
 
 import pytest
 import torch
-
 from test_device_propagation import MODELS, build, grads, step, tensors
 
 pytestmark = [pytest.mark.gpu,

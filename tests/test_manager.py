@@ -14,12 +14,21 @@ import time
 from pathlib import Path
 
 import pytest
+from test_experiments_helpers import (
+    PY,
+    REPO,
+    env_with_counts,
+    kill9,
+    make_src,
+    manager_cmd,
+    starts,
+    violations,
+    wait_for,
+)
 
 from ovis.experiments.grid import load_and_expand
 from ovis.experiments.manager import make_snapshot
 from ovis.experiments.queue import JobQueue, pid_alive
-from test_experiments_helpers import (PY, REPO, env_with_counts, kill9, make_src, manager_cmd, starts,
-                                      violations, wait_for)
 
 
 def _run(cmd, env, timeout=60):
@@ -234,7 +243,7 @@ def test_invalid_file_nothing_queued_and_backend_usage_error(tmp_path: Path) -> 
 
 def test_dbutils_find_update_delete(tmp_path: Path) -> None:
     src = make_src(tmp_path, "f", {"args": ["--name a", "--name b"], "parameters": {"sleep": [0.1]}})
-    env = env_with_counts(tmp_path / "c")
+    env_with_counts(tmp_path / "c")
     root = tmp_path / "runs"
     q = JobQueue(root / "f")
     exp, jobs, _ = load_and_expand(src / "experiments" / "f.json")
@@ -356,3 +365,148 @@ def test_outcome_from_exit_code_and_status_json(tmp_path: Path) -> None:
     assert judge(tmp_path, "j", -15, True, log).status == "aborted"
     st.write_text(json.dumps({"status": "aborted", "job_id": "j"}))
     assert judge(tmp_path, "j", 1, False, log).status == "aborted"
+
+
+# ----------------------------------------------------------------------------------------------
+# the backend interface: a registry by name, no import cycle between the backends
+
+
+def _experiments_import_graph(pkg_dir: Path) -> dict:
+    r"""``{module: {imported ovis.experiments modules}}`` from every ``import`` statement of the
+    package (module level *and* inside functions: a lazy import is still a dependency)."""
+    import ast
+
+    pkg = "ovis.experiments"
+    names = {p.stem for p in pkg_dir.glob("*.py")}
+    graph = {}
+    for path in sorted(pkg_dir.glob("*.py")):
+        me = pkg if path.stem == "__init__" else f"{pkg}.{path.stem}"
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith(pkg + ".")}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module == pkg:  # `from ovis.experiments import x`: a submodule or the package
+                    deps |= {f"{pkg}.{a.name}" if a.name in names else pkg for a in node.names}
+                elif node.module.startswith(pkg + "."):
+                    deps.add(node.module)
+            elif isinstance(node, ast.ImportFrom) and node.level:
+                raise AssertionError(f"{path}: relative import; the graph check expects absolute ones")
+        graph[me] = deps - {me}
+    return graph
+
+
+def _cycle(graph: dict):
+    r"""One import cycle of ``graph`` as a list of modules, or ``None``."""
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                return stack[stack.index(d):] + [d]
+            if d not in state:
+                found = visit(d)
+                if found:
+                    return found
+        state[m] = 2
+        stack.pop()
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
+
+
+def test_cycle_finder_finds_a_lazy_import_cycle() -> None:
+    # the shape of the old workers.py <-> dask_backend.py dependency (one side imported lazily)
+    assert _cycle({"w": {"d"}, "d": {"w", "q"}, "q": set()}) == ["d", "w", "d"]
+    assert _cycle({"w": {"q"}, "d": {"w", "q"}, "q": set()}) is None
+
+
+def test_experiments_package_has_no_import_cycle() -> None:
+    import ovis.experiments
+
+    graph = _experiments_import_graph(Path(ovis.experiments.__file__).parent)
+    assert {"ovis.experiments.backend", "ovis.experiments.local_backend", "ovis.experiments.dask_backend",
+            "ovis.experiments.workers"} <= set(graph)
+    assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+    # the interface imports no backend; each backend imports the interface
+    assert not graph["ovis.experiments.backend"] & {"ovis.experiments.local_backend", "ovis.experiments.dask_backend"}
+    for b in ("local_backend", "dask_backend"):
+        assert "ovis.experiments.backend" in graph[f"ovis.experiments.{b}"], b
+    assert graph["ovis.experiments.dask_bootstrap"] == set()  # shipped by value: nothing of ovis at import
+
+
+@pytest.mark.parametrize("order", [
+    ("ovis.experiments.backend",), ("ovis.experiments.workers",), ("ovis.experiments.local_backend",),
+    ("ovis.experiments.dask_backend",), ("ovis.experiments.dask_bootstrap",), ("ovis.experiments.manager",),
+    ("ovis.experiments.worker_cli",),
+    ("ovis.experiments.dask_backend", "ovis.experiments.workers", "ovis.experiments.local_backend"),
+    ("ovis.experiments.local_backend", "ovis.experiments.workers", "ovis.experiments.dask_backend"),
+    ("ovis.experiments.workers", "ovis.experiments.dask_backend", "ovis.experiments.backend"),
+])
+def test_each_module_imports_alone_in_a_fresh_interpreter(order) -> None:
+    code = ("import importlib, sys\n"
+            f"for m in {list(order)!r}:\n"
+            "    importlib.import_module(m)\n"
+            "print('distributed' in sys.modules)\n")
+    r = subprocess.run([PY, "-c", code], cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"  # `distributed` is imported only when a Dask backend starts
+
+
+def test_backend_registry_by_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from ovis.experiments import backend as B
+    from ovis.experiments.dask_backend import DaskBackend
+    from ovis.experiments.local_backend import LocalBackend
+    from ovis.experiments.manager import build_manager_parser
+    from ovis.experiments.workers import WorkerConfig
+
+    monkeypatch.setattr(B, "_REGISTRY", dict(B._REGISTRY))
+    assert B.backend_names() == ("local", "dask")
+    assert B.backend_class("local") is LocalBackend and B.backend_class("dask") is DaskBackend
+    cfg = WorkerConfig("e", tmp_path / "e", tmp_path, tmp_path / "data", tmp_path / "e" / ".lib_snapshot")
+    b = B.make_backend("local", cfg, grace=7.0, requeue_lost=False)
+    assert isinstance(b, LocalBackend) and b.grace == 7.0 and not b.requeue_lost and b.procs == []
+    with pytest.raises(B.BackendNotAvailable, match=r"unknown backend 'ray' \(valid: local, dask\)"):
+        B.make_backend("ray", cfg)
+    with pytest.raises(B.BackendNotAvailable, match="only meaningful with --backend dask"):
+        B.make_backend("local", cfg, "tcp://127.0.0.1:1")
+
+    class Inline(B.Backend):
+        def __init__(self, cfg, grace):
+            self.cfg, self.grace = cfg, grace
+
+        @classmethod
+        def from_cli(cls, cfg, *, address, grace, requeue_lost):
+            return cls(cfg, grace)
+
+        def start(self, slots):
+            pass
+
+        def running(self):
+            return False
+
+        def stop(self, timeout):
+            pass
+
+    B.register_backend("inline", Inline)
+    got = B.make_backend("inline", cfg, grace=3.0)
+    assert isinstance(got, Inline) and got.grace == 3.0 and got.executor_pids() == []
+    assert B.backend_names() == ("local", "dask", "inline")
+    assert build_manager_parser().parse_args(["--exp", "x", "--backend", "inline"]).backend == "inline"
+    B.register_backend("broken", "ovis.experiments.no_such_module:Nope")
+    with pytest.raises(B.BackendNotAvailable, match="cannot import ovis.experiments.no_such_module"):
+        B.make_backend("broken", cfg)
+    with pytest.raises(TypeError, match="Backend subclass"):
+        B.register_backend("bad", dict)
+    with pytest.raises(ValueError, match="module:Class"):
+        B.register_backend("bad", "ovis.experiments.local_backend.LocalBackend")
+    with pytest.raises(ValueError, match="identifier"):
+        B.register_backend("no way", Inline)

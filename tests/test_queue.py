@@ -13,8 +13,7 @@ from typing import Tuple
 
 import pytest
 
-from ovis.experiments.queue import (HOST, JobQueue, QueueError, pid_alive, process_start_time,
-                                    statuses_for_level)
+from ovis.experiments.queue import HOST, JobQueue, QueueError, pid_alive, process_start_time, statuses_for_level
 from ovis.experiments.workers import WorkerConfig, build_command
 
 
@@ -292,3 +291,36 @@ def test_live_managers(tmp_path: Path) -> None:
     assert q.live_managers(grace=10) == []
     assert pid_alive(os.getpid()) and not pid_alive(_dead_pid())
     assert not pid_alive(os.getpid(), start_time=(process_start_time(os.getpid()) or 0) + 1)
+
+
+def _proc_stat_starttime(pid: int) -> int:
+    """Field 22 (``starttime``, clock ticks since boot) of ``/proc/PID/stat``: what queues written
+    before ``psutil`` store as ``worker_start`` / ``pid_start``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rfind(")") + 2:].split()[19])
+
+
+def test_start_time_is_procs_starttime_and_pid_alive_spots_zombies_and_reuse() -> None:
+    """Linux: psutil gives the same start times as ``/proc`` did, so existing queues stay valid."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        st = process_start_time(child.pid)
+        assert st == _proc_stat_starttime(child.pid)  # the unit stays the one stored in existing queues
+        assert process_start_time(os.getpid()) == _proc_stat_starttime(os.getpid())
+        assert pid_alive(child.pid) and pid_alive(child.pid, st)
+        assert not pid_alive(child.pid, st - 1) and not pid_alive(child.pid, st + 1)  # a recycled pid
+        child.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the killed child never became a zombie"
+            time.sleep(0.01)
+        assert not pid_alive(child.pid) and not pid_alive(child.pid, st)  # a zombie is dead
+    finally:
+        child.kill()
+        child.wait()
+    assert not pid_alive(child.pid) and process_start_time(child.pid) is None
+    assert process_start_time(0) is None and process_start_time(-3) is None
+    assert not pid_alive(0) and not pid_alive(None) and not pid_alive(-3)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from ovis.training.arguments import parse_run_args
-from ovis.training.rundir import compute_run_id
 from ovis.training.run import main
+from ovis.training.rundir import compute_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO.parent / "shared" / "spec" / "paper-experiments"

@@ -1,15 +1,39 @@
 r"""The experiment system: experiment files (grids), a crash-safe job queue, workers, backends.
 
+Backends (``--backend local|dask``) are registered by name in :mod:`ovis.experiments.backend`.
 ``manager.py`` and ``dbutils.py`` are thin front-ends to :func:`manager_main` and
 :func:`dbutils_main`.  See ``experiments.md`` for the file format and the job contract.
 """
-from ovis.experiments.grid import (DEFAULT_SCRIPT, Experiment, ExperimentError, Job, expand_grid,
-                                   job_id_of, load_and_expand, load_experiment, validate_jobs)
-from ovis.experiments.queue import (FINAL_STATUSES, REQUEUE_LEVELS, STATUSES, AtomicJSONStorage,
-                                    JobQueue, QueueError, statuses_for_level)
-from ovis.experiments.workers import (Backend, BackendNotAvailable, JobOutcome, LocalBackend,
-                                      WorkerConfig, discover_gpus, find_run_status, make_backend,
-                                      run_claimed_job, worker_loop)
+from ovis.experiments.backend import Backend, BackendNotAvailable, backend_names, make_backend, register_backend
+from ovis.experiments.grid import (
+    DEFAULT_SCRIPT,
+    Experiment,
+    ExperimentError,
+    Job,
+    expand_grid,
+    job_id_of,
+    load_and_expand,
+    load_experiment,
+    validate_jobs,
+)
+from ovis.experiments.local_backend import LocalBackend
+from ovis.experiments.queue import (
+    FINAL_STATUSES,
+    REQUEUE_LEVELS,
+    STATUSES,
+    AtomicJSONStorage,
+    JobQueue,
+    QueueError,
+    statuses_for_level,
+)
+from ovis.experiments.workers import (
+    JobOutcome,
+    WorkerConfig,
+    discover_gpus,
+    find_run_status,
+    run_claimed_job,
+    worker_loop,
+)
 
 __all__ = [
     "DEFAULT_SCRIPT", "Experiment", "ExperimentError", "Job", "expand_grid", "job_id_of",
@@ -17,7 +41,7 @@ __all__ = [
     "FINAL_STATUSES", "REQUEUE_LEVELS", "STATUSES", "AtomicJSONStorage", "JobQueue", "QueueError",
     "statuses_for_level",
     "Backend", "BackendNotAvailable", "JobOutcome", "LocalBackend", "WorkerConfig", "discover_gpus",
-    "find_run_status", "make_backend", "run_claimed_job", "worker_loop",
+    "find_run_status", "make_backend", "run_claimed_job", "worker_loop", "backend_names", "register_backend",
     "manager_main", "dbutils_main",
 ]
 

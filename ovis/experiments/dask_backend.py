@@ -26,8 +26,9 @@ Protocol (worker side, :func:`execute_job_task`)
      writes a stop file in ``<root>/<exp>/.dask/``: the task then sends ``SIGTERM`` to its job and
      records it ``aborted``.
 
-The task function reaches the workers *by value* (a small bootstrap that puts the experiment's
-snapshot ``<root>/<exp>/.lib_snapshot`` first on ``sys.path`` and imports this module from it):
+The task function reaches the workers *by value* (:func:`ovis.experiments.dask_bootstrap.run_job`,
+registered with :func:`cloudpickle.register_pickle_by_value`: it puts the experiment's snapshot
+``<root>/<exp>/.lib_snapshot`` first on ``sys.path`` and imports this module from it):
 workers need Dask, PyTorch and the job's dependencies, not an installed ``ovis``.  The jobs
 themselves always run from their experiment's snapshot (subprocesses); the task code of a
 long-lived worker is the first one it imported (``ovis`` already on its path, or the first
@@ -45,21 +46,21 @@ Dask's configuration (``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``, ``..._CLIENT__CE
 """
 from __future__ import annotations
 
-import builtins
 import logging
 import math
 import os
 import signal
 import sys
 import time
-import types
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from ovis.experiments import dask_bootstrap
+from ovis.experiments.backend import Backend, BackendNotAvailable
 from ovis.experiments.queue import HOST, JobQueue, QueueError, kill_group, pid_alive, process_start_time
-from ovis.experiments.workers import Backend, BackendNotAvailable, WorkerConfig, run_claimed_job
+from ovis.experiments.workers import WorkerConfig, run_claimed_job
 
 __all__ = [
     "DaskBackend",
@@ -155,22 +156,35 @@ def execute_job_task(payload: Dict[str, Any]) -> Dict[str, Any]:
             "worker": addr}
 
 
-def _bootstrap(snapshot: str, payload: dict) -> dict:  # pragma: no cover - runs on Dask workers
-    import importlib
-    import sys as _sys
+class _ByValue:
+    r"""Wraps a task function so that it always pickles as ``cloudpickle.loads(<its code>)``.
 
-    if snapshot and snapshot not in _sys.path:
-        _sys.path.insert(0, snapshot)
-    mod = importlib.import_module("ovis.experiments.dask_backend")
-    return mod.execute_job_task(payload)
+    Dask pickles a task graph with the standard :mod:`pickle` and turns to ``cloudpickle`` only
+    for a *top-level* object of a by-value module, so a function inside a task would travel by
+    reference; this wrapper makes it travel by value.  Its module must be registered with
+    :func:`cloudpickle.register_pickle_by_value` (else its code is not shipped).  The receiving
+    side gets the plain function (it never needs this class).
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> Tuple[Any, Tuple[bytes]]:
+        import cloudpickle
+
+        return cloudpickle.loads, (cloudpickle.dumps(self.fn),)
 
 
-def _by_value_bootstrap() -> types.FunctionType:
-    r"""A copy of :func:`_bootstrap` that pickles by value (workers need no installed ``ovis``)."""
-    fn = types.FunctionType(_bootstrap.__code__, {"__builtins__": builtins}, "ovis_dask_job")
-    fn.__module__ = "__main__"  # not importable by reference: cloudpickle ships the code
-    fn.__qualname__ = "ovis_dask_job"
-    return fn
+def task_function() -> Callable[[str, Dict[str, Any]], Dict[str, Any]]:
+    r"""The function submitted for each job: :func:`ovis.experiments.dask_bootstrap.run_job`, by value
+    (workers need no installed ``ovis``)."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(dask_bootstrap)
+    return _ByValue(dask_bootstrap.run_job)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,6 +326,11 @@ class DaskBackend(Backend):
     _stopped: bool = field(default=False, init=False, repr=False)
     _gpu_share: Optional[float] = field(default=None, init=False, repr=False)
     _exhausted: bool = field(default=False, init=False, repr=False)
+
+    @classmethod
+    def from_cli(cls, cfg: WorkerConfig, *, address: Optional[str], grace: float,
+                 requeue_lost: bool) -> "DaskBackend":
+        return cls(cfg, address, grace=grace, requeue_lost=requeue_lost)
 
     def __post_init__(self) -> None:
         try:
@@ -481,7 +500,7 @@ class DaskBackend(Backend):
                                   "pure": False, "retries": 0}
             if self._gpu_share is not None:
                 kw["resources"] = {"GPU": self._gpu_share}
-            fut = self.client.submit(_by_value_bootstrap(), str(self.cfg.snapshot), self._payload(rec), **kw)
+            fut = self.client.submit(task_function(), str(self.cfg.snapshot), self._payload(rec), **kw)
             self.inflight[rec["job_id"]] = _Inflight(rec["job_id"], rec["claim_token"], rec["attempts"], fut,
                                                      time.monotonic())
             log.info("dask: job %s attempt %d submitted (%s)", rec["job_id"], rec["attempts"], kw["key"])

@@ -259,7 +259,7 @@ def _validator_for(script: str) -> Tuple[Optional[Callable[[List[str]], Any]], O
     if name == "asymptotic_variance.py":
         try:
             mod = importlib.import_module("ovis.analysis.asymptotic")
-            return getattr(mod, "parse_args"), None
+            return mod.parse_args, None
         except (ImportError, AttributeError) as e:
             return None, (f"{script}: its parser ovis.analysis.asymptotic.parse_args is not available "
                           f"({e}); the jobs' arguments are not validated before queueing")

@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from ovis.experiments.backend import BackendNotAvailable, backend_names, make_backend
+from ovis.experiments.devices import plan_workers
 from ovis.experiments.grid import ExperimentError, load_and_expand
 from ovis.experiments.preflight import PreflightError, preflight
 from ovis.experiments.queue import FINAL_STATUSES, JobQueue, QueueError
-from ovis.experiments.devices import plan_workers
-from ovis.experiments.workers import BackendNotAvailable, WorkerConfig, make_backend
+from ovis.experiments.workers import WorkerConfig
 
 __all__ = ["build_manager_parser", "manager_main", "make_snapshot", "SNAPSHOT"]
 
@@ -60,7 +61,7 @@ def build_manager_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_load", type=float, default=0.5, help="use GPUs whose load is below this")
     p.add_argument("--max_memory", type=float, default=0.5, help="use GPUs whose memory use is below this")
     p.add_argument("--script", default=None, help="job script (overrides the file's `script`, default run.py)")
-    p.add_argument("--backend", default="local", choices=("local", "dask"))
+    p.add_argument("--backend", default="local", choices=backend_names())
     p.add_argument("--address", default=None, help="Dask scheduler address (with --backend dask)")
     p.add_argument("--src", default=str(DEFAULT_SRC), help="source tree to snapshot (ovis/, scripts, experiments/)")
     p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between job heartbeats")

@@ -62,5 +62,5 @@ def check_data(exp: Experiment, jobs: Sequence[Job], data_root: os.PathLike | st
 
 
 def preflight(exp: Experiment, jobs: Sequence[Job], data_root: os.PathLike | str) -> None:
-    r"""Every machine-dependent check before queueing (today: :func:`check_data`)."""
+    r"""Every machine-dependent check before queueing (:func:`check_data`)."""
     check_data(exp, jobs, data_root)

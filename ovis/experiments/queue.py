@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import psutil
 from filelock import FileLock, Timeout
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
@@ -77,45 +78,52 @@ def statuses_for_level(level: int) -> Tuple[str, ...]:
 # processes
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _start_ticks(proc: psutil.Process) -> int:
+    r"""``proc``'s start in clock ticks since boot: ``round((create_time - boot_time) * SC_CLK_TCK)``.
+
+    On Linux this is exactly the ``starttime`` field of ``/proc/PID/stat`` (``psutil`` computes
+    ``create_time = starttime / SC_CLK_TCK + boot_time``): a count that a wall-clock step does not
+    change, unlike ``create_time`` itself.
+    """
+    return int(round((proc.create_time() - psutil.boot_time()) * _CLOCK_TICKS))
+
+
 def process_start_time(pid: int) -> Optional[int]:
-    r"""The start time of ``pid`` in clock ticks since boot (Linux ``/proc``), or ``None``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except OSError:
+    r"""The start time of ``pid`` in clock ticks since boot (``1/SC_CLK_TCK`` s), or ``None``.
+
+    Stored with a pid (``worker_start``, ``pid_start``) so that :func:`pid_alive` can tell a
+    recycled pid from the original process.
+    """
+    if not pid or pid <= 0:
         return None
-    fields = stat[stat.rfind(")") + 2:].split()
     try:
-        return int(fields[19])
-    except (IndexError, ValueError):
+        return _start_ticks(psutil.Process(pid))
+    except (psutil.Error, ValueError, OSError):  # no such process, access denied, invalid pid
         return None
 
 
 def pid_alive(pid: Optional[int], start_time: Optional[int] = None) -> bool:
     r"""Whether ``pid`` is a live (non-zombie) process on this host.
 
-    With ``start_time`` (from :func:`process_start_time`), a recycled pid counts as dead.
+    With ``start_time`` (from :func:`process_start_time`), a recycled pid counts as dead.  A
+    process that exists but cannot be inspected (access denied) counts as alive.
     """
     if not pid or pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                return False
+            if start_time is not None and _start_ticks(proc) != start_time:
+                return False
+    except psutil.NoSuchProcess:  # includes psutil.ZombieProcess
         return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-        state = stat[stat.rfind(")") + 2:].split()[0]
-        if state in ("Z", "X"):
-            return False
-    except (OSError, IndexError):
-        return True  # no /proc (not Linux): os.kill said it exists
-    if start_time is not None:
-        now = process_start_time(pid)
-        if now is not None and now != start_time:
-            return False
+    except (psutil.AccessDenied, OSError):
+        return True
     return True
 
 

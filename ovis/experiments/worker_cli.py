@@ -1,6 +1,6 @@
 r"""Entry point of a local worker process: ``python -m ovis.experiments.worker_cli ...``.
 
-Started by :class:`ovis.experiments.workers.LocalBackend` (one per slot).  ``SIGTERM`` or
+Started by :class:`ovis.experiments.local_backend.LocalBackend` (one per slot).  ``SIGTERM`` or
 ``SIGINT`` make the worker abort its running job (recorded ``aborted``) and exit.
 """
 from __future__ import annotations

@@ -6,14 +6,11 @@ with ``OVIS_JOB_ID`` set to the job id and ``CUDA_VISIBLE_DEVICES`` to its devic
 judged from the exit code and the run's own ``status.json`` (the run directory is the one under
 ``<root>/<exp>/`` whose ``status.json`` carries this ``job_id``).
 
-Everything a backend needs is here and backend-neutral:
+Everything here is backend-neutral (backends: :mod:`ovis.experiments.backend`):
 
 * :func:`run_claimed_job` runs one *already claimed* job to completion (the local backend's
-  workers call it in a loop; a Dask task would call :meth:`JobQueue.claim` with ``job_id=`` or
-  :meth:`JobQueue.verify_claim` first, then this);
-* :func:`worker_loop` is the local worker: claim, run, repeat until nothing is queued;
-* :class:`Backend` is the interface the manager drives; :class:`LocalBackend` starts worker
-  processes (``python -m ovis.experiments.worker_cli``), one per slot (device).
+  workers call it in a loop; a Dask task calls it after adopting the manager's claim);
+* :func:`worker_loop` is the local worker: claim, run, repeat until nothing is queued.
 
 Process hygiene: a job runs in its own session / process group (so it can be killed with all its
 children) and receives ``SIGKILL`` if its worker dies (Linux ``PR_SET_PDEATHSIG``); a local worker
@@ -22,7 +19,6 @@ never left running without a worker that heartbeats for it.
 """
 from __future__ import annotations
 
-import abc
 import ctypes
 import json
 import logging
@@ -31,11 +27,11 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ovis.experiments.devices import cpu_threads_per_worker, discover_gpus  # noqa: F401 - discover_gpus re-exported
+from ovis.experiments.devices import discover_gpus
 from ovis.experiments.queue import JobQueue, QueueError, kill_group
 
 __all__ = [
@@ -45,11 +41,6 @@ __all__ = [
     "worker_loop",
     "find_run_status",
     "discover_gpus",  # from ovis.experiments.devices
-    "Backend",
-    "LocalBackend",
-    "DaskBackend",
-    "BackendNotAvailable",
-    "make_backend",
     "die_with_parent",
 ]
 
@@ -267,224 +258,3 @@ def worker_loop(cfg: WorkerConfig, queue: Optional[JobQueue] = None,
         log.info("worker %s: job %s -> %s", cfg.worker, rec["job_id"], out.status or "claim lost")
         n += 1
     return n
-
-
-# ----------------------------------------------------------------------------------------------
-# backends
-
-
-class BackendNotAvailable(RuntimeError):
-    r"""The requested backend cannot run here (not implemented, or its package is missing)."""
-
-
-class Backend(abc.ABC):
-    r"""How the manager gets queued jobs executed.
-
-    The queue is the record of truth for every backend: a backend only decides *where* claims
-    are made and jobs run.  ``start`` launches execution for the given slots (one device string
-    per concurrent job), ``running`` says whether any executor is still active, ``stop`` ends
-    them (their jobs end ``aborted``), ``executor_pids`` lists local executor pids (for the
-    manager's bookkeeping; empty for remote executors).
-    """
-
-    @abc.abstractmethod
-    def start(self, slots: Sequence[str]) -> None: ...
-
-    @abc.abstractmethod
-    def running(self) -> bool: ...
-
-    @abc.abstractmethod
-    def stop(self, timeout: float) -> None: ...
-
-    def executor_pids(self) -> List[int]:
-        return []
-
-
-@dataclass
-class LocalBackend(Backend):
-    r"""One worker process per slot on this machine (``python -m ovis.experiments.worker_cli``).
-
-    Supervision, done at every :meth:`running` call (the manager polls it): a worker that died
-    (non-zero exit: killed, crashed) has its running jobs marked ``lost`` at once (its pid is dead),
-    and a ``lost`` job claimed under this manager is requeued while it has had fewer than
-    ``max_attempts`` attempts (``requeue_lost``: the manager's ``--requeue_level >= 1``), as the
-    Dask backend does.  The dead worker is replaced, at most ``max_restarts`` times per slot (a
-    worker that cannot start is not restarted forever); a worker is also started on an idle slot
-    when requeued jobs wait and no worker is alive.
-    """
-
-    cfg: WorkerConfig
-    grace: float = 60.0
-    requeue_lost: bool = True
-    max_attempts: int = 3
-    max_restarts: int = 3
-    procs: List[subprocess.Popen] = field(default_factory=list)
-    slots: List[str] = field(default_factory=list, init=False)
-    current: List[Optional[subprocess.Popen]] = field(default_factory=list, init=False)
-    restarts: List[int] = field(default_factory=list, init=False)
-    stopping: bool = field(default=False, init=False)
-    given_up: Set[str] = field(default_factory=set, init=False)
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.max_restarts < 0:
-            raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
-
-    def _spawn(self, i: int) -> subprocess.Popen:
-        pkg_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env["PYTHONUNBUFFERED"] = "1"
-        c, dev = self.cfg, self.slots[i]
-        cmd = [c.python, "-m", "ovis.experiments.worker_cli", "--exp", c.exp, "--exp_dir", str(c.exp_dir),
-               "--root", str(c.root), "--data_root", str(c.data_root), "--snapshot", str(c.snapshot),
-               "--device", dev, "--worker", f"w{i}@{dev}", "--heartbeat", str(c.heartbeat),
-               "--poll", str(c.poll), "--term_timeout", str(c.term_timeout)]
-        if dev == "cpu":  # CPU jobs share the cores
-            cmd += ["--threads", str(c.threads or cpu_threads_per_worker(len(self.slots)))]
-        if c.manager:
-            cmd += ["--manager", c.manager]
-        logf = open(c.exp_dir / ".logs" / f"worker-{i}.log", "ab")
-        try:
-            p = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(signal.SIGTERM))
-        finally:
-            logf.close()
-        self.procs.append(p)
-        self.current[i] = p
-        return p
-
-    def start(self, slots: Sequence[str]) -> None:
-        self.slots = list(slots)
-        self.current = [None] * len(self.slots)
-        self.restarts = [0] * len(self.slots)
-        for i in range(len(self.slots)):
-            self._spawn(i)
-
-    def supervise(self) -> None:
-        r"""Mark the jobs of dead workers lost, requeue lost jobs within the attempt cap, replace
-        dead workers (see the class docstring).  Queue errors are logged, never raised."""
-        if self.stopping or not self.slots:
-            return
-        died = [i for i, p in enumerate(self.current) if p is not None and p.poll() not in (None, 0)]
-        queue = JobQueue(self.cfg.exp_dir)
-        try:
-            if died:
-                for i in died:
-                    log.warning("worker %d (pid %d, device %s) died (%s)", i, self.current[i].pid, self.slots[i],
-                                _exit_text(self.current[i].returncode))
-                lost = queue.mark_lost(self.grace)
-                if lost:
-                    log.warning("lost (worker died): %s", ", ".join(lost))
-            requeued = self._requeue_lost(queue) if self.requeue_lost else []
-            waiting = requeued or (died and any(d["status"] == "queued" for d in queue.all_jobs()))
-        except QueueError as e:
-            log.warning("%s", e)
-            return
-        for i in died:
-            if self.restarts[i] >= self.max_restarts:
-                log.warning("worker %d died %d times: not restarted", i, self.restarts[i] + 1)
-                self.current[i] = None
-                continue
-            self.restarts[i] += 1
-            p = self._spawn(i)
-            log.info("worker %d replaced (pid %d, restart %d of %d)", i, p.pid, self.restarts[i], self.max_restarts)
-        if waiting and not any(p is not None and p.poll() is None for p in self.current):
-            idle = [i for i, p in enumerate(self.current) if p is not None]  # exited normally
-            if idle:
-                p = self._spawn(idle[0])
-                log.info("worker %d restarted for the requeued jobs (pid %d)", idle[0], p.pid)
-
-    def _requeue_lost(self, queue: JobQueue) -> List[str]:
-        r"""Requeue the ``lost`` jobs claimed under this manager with fewer than ``max_attempts`` attempts."""
-        out: List[str] = []
-        for d in queue.all_jobs():
-            if d["status"] != "lost" or d.get("manager") != self.cfg.manager or d["job_id"] in self.given_up:
-                continue
-            if int(d.get("attempts") or 0) >= self.max_attempts:
-                log.warning("job %s lost %d times: left lost (see %s)", d["job_id"], d["attempts"],
-                            self.cfg.exp_dir / ".logs" / f"{d['job_id']}.{d['attempts']}.log")
-                self.given_up.add(d["job_id"])
-                continue
-            if queue.requeue(1, job_ids=[d["job_id"]]):
-                log.info("job %s requeued after being lost (attempt %d of %d)", d["job_id"], d["attempts"],
-                         self.max_attempts)
-                out.append(d["job_id"])
-        return out
-
-    def running(self) -> bool:
-        self.supervise()
-        return any(p.poll() is None for p in self.procs)
-
-    def stop(self, timeout: float) -> None:
-        self.stopping = True
-        for p in self.procs:
-            if p.poll() is None:
-                try:
-                    p.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + timeout
-        for p in self.procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-    def executor_pids(self) -> List[int]:
-        return [p.pid for p in self.procs]
-
-
-def _exit_text(rc: Optional[int]) -> str:
-    if rc is None:
-        return "running"
-    if rc < 0:
-        try:
-            return f"killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"killed by signal {-rc}"
-    return f"exit code {rc}"
-
-
-class DaskBackend(Backend):
-    r"""One Dask task per job: :class:`ovis.experiments.dask_backend.DaskBackend` (issue 7).
-
-    Imported lazily, so that ``distributed`` is needed only with ``--backend dask``; constructing
-    this class returns the implementation (``DaskBackend(cfg, address=None, security=None, ...)``).
-    """
-
-    def __new__(cls, *a: Any, **k: Any) -> "Backend":  # type: ignore[misc]
-        try:
-            from ovis.experiments.dask_backend import DaskBackend as _Impl
-        except ImportError as e:  # pragma: no cover - distributed missing
-            raise BackendNotAvailable(f"--backend dask needs the `distributed` package ({e}); "
-                                      "install it with `pip install .[dask]`") from None
-        return _Impl(*a, **k)
-
-    def start(self, slots: Sequence[str]) -> None:  # pragma: no cover - never instantiated
-        raise BackendNotAvailable("dask")
-
-    def running(self) -> bool:  # pragma: no cover
-        return False
-
-    def stop(self, timeout: float) -> None:  # pragma: no cover
-        pass
-
-
-def make_backend(name: str, cfg: WorkerConfig, address: Optional[str] = None, grace: float = 60.0,
-                 requeue_lost: bool = True) -> Backend:
-    r"""The backend called ``name`` (``local`` or ``dask``; :class:`BackendNotAvailable` otherwise).
-
-    ``grace`` (the manager's ``--grace``) and ``requeue_lost`` (``--requeue_level >= 1``) are
-    passed to both backends: each requeues the jobs its executors lost (at most 3 attempts), and
-    the local one also replaces its dead worker processes.
-    """
-    if name == "local":
-        if address:
-            raise BackendNotAvailable("--address is only meaningful with --backend dask")
-        return LocalBackend(cfg, grace=grace, requeue_lost=requeue_lost)
-    if name == "dask":
-        return DaskBackend(cfg, address, grace=grace, requeue_lost=requeue_lost)
-    raise BackendNotAvailable(f"unknown backend {name!r} (valid: local, dask)")
