@@ -219,7 +219,7 @@ class NVIL(ReinforceBaseline):
     running centring and scaling of the learning signal.
 
     With the score-function learning signal :math:`d_k` of :math:`\mathcal{L}_K`
-    (:mod:`ovis.estimators.score_function`; ``iw = 1``: the ELBO's ``log w``), the centred signal
+    (module docstring; ``iw = 1``: the ELBO's ``log w``), the centred signal
     :math:`r = d_k - b_\psi(x) - \mu` and running estimates :math:`\mu` (mean of
     :math:`d_k - b_\psi(x)`) and :math:`\sigma^2` (its variance), updated with momentum
     ``momentum`` (0.8 in the paper) in training mode, the ``phi``-estimate is
@@ -236,7 +236,7 @@ class NVIL(ReinforceBaseline):
     categorical, ...: it needs no discrete hooks; tested on the categorical toy model too).
 
     Args:
-        x_shape, hdim: as :class:`~ovis.estimators.score_function.ReinforceBaseline`.
+        x_shape, hdim: as :class:`ReinforceBaseline`.
         momentum: of the running statistics, in ``[0, 1)``.
         freeze: do not update the running statistics.
     """
