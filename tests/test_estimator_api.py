@@ -57,9 +57,11 @@ def test_grammar_values():
 
 def test_every_family_of_the_grammar_has_one_class():
     """The id grammar and the family -> class mapping name the same families, in the same order,
-    and every id of the grammar resolves to its family's class."""
+    each class is the one of its family (its ``family`` attribute), and every id of the grammar
+    resolves to its family's class."""
     assert [f.name for f in REGISTRY] == list(ESTIMATOR_CLASSES)
     assert all(isinstance(c, type) and issubclass(c, GradientEstimator) for c in ESTIMATOR_CLASSES.values())
+    assert {name: cls.family for name, cls in ESTIMATOR_CLASSES.items()} == {n: n for n in ESTIMATOR_CLASSES}
     examples = {"reinforce": "reinforce", "reinforce-baseline": "reinforce-baseline", "vimco": "vimco-geometric",
                 "ovis-gamma": "ovis-gamma0.5", "ovis-mc": "ovis-S0.3", "wake-wake": "wake-wake",
                 "wake-sleep": "wake-sleep", "tvo": "tvo-part3", "pathwise-vae": "pathwise-vae",
