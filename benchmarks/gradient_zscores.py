@@ -123,9 +123,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         rows.append(enumerable_rows(eids, model_name, betas, alphas, Ks, not a.no_freebits, a.draws, a.mc))
     if not only or "dreg" in only:
         rows.append(dreg_rows(betas, alphas, Ks, a.draws, a.mc))
+    def fmt(v: Optional[float]) -> str:
+        return f"{v:8.1f}" if v is not None else f"{'-':>8s}"
+
     for gen in rows:
         for eid, m, beta, alpha, K, fb, zp, zt, note in gen:
-            fmt = (lambda v: f"{v:8.1f}" if v is not None else f"{'-':>8s}")
             print(f"{eid:24s} {m:11s} {beta:4.1f} {alpha:5.1f} {K:2d} {('-' if fb is None else f'{fb:.2f}'):>5s} "
                   f"{fmt(zp)} {fmt(zt)}  {note}", flush=True)
     print(f"# {time.perf_counter() - t0:.0f} s")

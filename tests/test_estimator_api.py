@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ovis.estimators import build_estimator, parse_estimator_id
+from ovis.estimators import GradientEstimator, build_estimator, parse_estimator_id
+from ovis.estimators.config import ESTIMATOR_CLASSES, REGISTRY
 from ovis.estimators.ovis import OvisAsymptotic, OvisMonteCarlo
 from ovis.estimators.tvo import ThermodynamicVO, tvo_partition
 from ovis.estimators.vimco import Vimco
@@ -52,6 +53,24 @@ def test_grammar_values():
     assert parse_estimator_id("tvo")[1] == {"partitions": 2, "log_beta_min": 10.0, "schedule": "log",
                                             "integration": "left"}
     assert parse_estimator_id("tvo-part2-config1")[1]["schedule"] == "config1"
+
+
+def test_every_family_of_the_grammar_has_one_class():
+    """The id grammar and the family -> class mapping name the same families, in the same order,
+    each class is the one of its family (its ``family`` attribute), and every id of the grammar
+    resolves to its family's class."""
+    assert [f.name for f in REGISTRY] == list(ESTIMATOR_CLASSES)
+    assert all(isinstance(c, type) and issubclass(c, GradientEstimator) for c in ESTIMATOR_CLASSES.values())
+    assert {name: cls.family for name, cls in ESTIMATOR_CLASSES.items()} == {n: n for n in ESTIMATOR_CLASSES}
+    examples = {"reinforce": "reinforce", "reinforce-baseline": "reinforce-baseline", "vimco": "vimco-geometric",
+                "ovis-gamma": "ovis-gamma0.5", "ovis-mc": "ovis-S0.3", "wake-wake": "wake-wake",
+                "wake-sleep": "wake-sleep", "tvo": "tvo-part3", "pathwise-vae": "pathwise-vae",
+                "pathwise-iwae": "pathwise-iwae", "stl": "stl", "dreg": "dreg", "nvil": "nvil",
+                "muprop": "simple-muprop", "concrete": "gumbel-softmax", "straight-through": "straight-through",
+                "rebar": "dynamic-rebar", "relax": "relax", "arm": "disarm", "hybrid-mixture": "hybrid-mixture"}
+    assert set(examples) == set(ESTIMATOR_CLASSES)
+    for family, eid in examples.items():
+        assert parse_estimator_id(eid)[0] is ESTIMATOR_CLASSES[family], eid
 
 
 @pytest.mark.parametrize("K,r,S", [(10, 0.3, 3), (3, 0.1, 1), (50, 0.7, 35), (8, 0.5, 4), (3, 0.7, 2)])

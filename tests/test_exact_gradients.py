@@ -14,7 +14,6 @@ the rest under @pytest.mark.slow.
 from __future__ import annotations
 
 import itertools
-import math
 
 import pytest
 import torch
@@ -24,6 +23,7 @@ from ovis.estimators.vimco import Vimco
 from ovis.testing import (
     BernoulliToyModel,
     CategoricalToyModel,
+    LinearGaussianModel,
     compare_with_exact,
     enumerated_log_weights,
     exact_bound,
@@ -35,7 +35,6 @@ from ovis.testing import (
     exact_tvo_integral,
     exact_weighted_score,
     gradient_draws,
-    LinearGaussianModel,
 )
 
 pytestmark = pytest.mark.usefixtures("float64")

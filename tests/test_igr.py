@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Dict
+from typing import Dict
 
 import pytest
 import scipy.stats
 import torch
 from torch import Tensor
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Normal, kl_divergence
 
 from ovis.distributions import (
     IGRI,

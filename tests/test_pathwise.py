@@ -8,9 +8,14 @@ import pytest
 import torch
 
 from ovis.estimators import build_estimator
-from ovis.estimators.importance import iw_bound
-from ovis.testing import (LinearGaussianModel, compare_two_samples, compare_with_exact, exact_gradients,
-                          gradient_draws, total_variance)
+from ovis.testing import (
+    LinearGaussianModel,
+    compare_two_samples,
+    compare_with_exact,
+    exact_gradients,
+    gradient_draws,
+    total_variance,
+)
 
 pytestmark = pytest.mark.usefixtures("float64")
 N_DRAWS, MC = 40, 500

@@ -26,11 +26,11 @@ from ovis.estimators.reward_transforms import (
 )
 from ovis.estimators.score_function import score_function_surrogate
 from ovis.testing import (
-    exact_gradient_problem,
     BernoulliToyModel,
     CategoricalToyModel,
     compare_with_exact,
     exact_bound,
+    exact_gradient_problem,
     exact_gradients,
     gradient_draws,
 )
@@ -222,8 +222,8 @@ def test_run_trains_reinforce_with_every_transform(tmp_path, data_root):
     import json
 
     from ovis.training.arguments import parse_run_args
-    from ovis.training.rundir import compute_run_id
     from ovis.training.run import main
+    from ovis.training.rundir import compute_run_id
 
     torch.set_default_dtype(torch.float32)
     argv = ["--dataset", "mnist", "--mini", "--model", "vae", "--prior", "bernoulli", "--N", "4",

@@ -1,4 +1,5 @@
-"""run.py --track_variance (REBAR's variance-tracking mode), its report figure, --architecture."""
+"""run.py --track_variance (REBAR's variance-tracking mode), its report figure, --architecture; the
+log-variance helper ovis.analysis.variance_tracking.log_gradient_variances."""
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,8 @@ import torch
 
 from ovis.analysis.gradients import gradient_samples
 from ovis.training.arguments import RunArgumentError, parse_run_args
-from ovis.training.rundir import compute_run_id
 from ovis.training.run import main
+from ovis.training.rundir import compute_run_id
 
 # a tiny 1-layer SBN on mini binarised MNIST, REBAR's setting (iw 1)
 SBN = ["--dataset", "binmnist", "--mini", "--model", "sbm", "--prior", "bernoulli", "--N", "6",
@@ -138,6 +139,39 @@ def test_tracked_value_is_the_log10_mean_variance(tmp_path, data_root):
         assert tr.tracked["rebar"] is tr.estimator
     finally:
         tr._close_logger()
+
+
+@pytest.mark.usefixtures("float64", "one_thread")
+def test_log_gradient_variances_at_the_same_parameters():
+    """The variance-tracking helper: one finite log-variance per estimator, equal to the log of the
+    mean per-coordinate variance of the same draws taken here (same seed); estimators in eval mode
+    for the draws and restored, the model untouched.  (That reinforce's variance is above the
+    others' is tested with a declared failure rate in
+    test_discrete_estimators.py::test_lower_gradient_variance_than_reinforce.)"""
+    from ovis.analysis.variance_tracking import log_gradient_variances
+    from ovis.estimators import build_estimator
+    from ovis.testing import BernoulliToyModel, exact_gradient_problem, gradient_draws
+
+    model, x, _, _ = exact_gradient_problem(BernoulliToyModel())
+    ests = {e: build_estimator(e, mc=1, iw=1) for e in ["reinforce", "disarm", "rebar", "nvil"]
+            if e != "nvil"}
+    ests["nvil"] = build_estimator("nvil", mc=1, iw=1, x_shape=(4,))
+    before = [p.detach().clone() for p in model.parameters()]
+    out = log_gradient_variances(model, x, ests, n_draws=60, tau=0.5)
+    assert set(out) == {f"gradvar/{e}" for e in ests}
+    assert all(torch.isfinite(torch.tensor(v)) for v in out.values()), out
+    torch.manual_seed(4)
+    value = log_gradient_variances(model, x, {"disarm": ests["disarm"]}, n_draws=20, tau=0.5)["gradvar/disarm"]
+    torch.manual_seed(4)
+    phi = [p for n, p in model.named_parameters() if "inference_network" in n]
+    draws = gradient_draws(ests["disarm"].eval(), model, x, phi, 20, tau=0.5)
+    ests["disarm"].train()
+    assert value == pytest.approx(math.log(float(draws.double().var(0).mean())), rel=1e-9)
+    assert float(ests["nvil"].running_mean) == 0.0  # eval mode: no update
+    assert all(ests[e].training for e in ests)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="key_filter"):
+        log_gradient_variances(model, x, ests, key_filter="nothing")
 
 
 def test_report_variance_tracking_figure(tmp_path):

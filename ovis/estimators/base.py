@@ -153,9 +153,8 @@ def compile_estimator(estimator: "GradientEstimator", model: nn.Module, **compil
     (``loss.backward()`` goes through the compiled backward graph); ``run.py --compile``.
 
     The model's pass, the estimator's maths and the surrogate are traced as one graph (the SBN
-    with a score-function estimator has no graph break), which inductor fuses into a few loops:
-    a 3-layer SBN training step takes 0.84 to 0.93 of the eager time on 2 CPU threads at K = 5
-    and 50 (``benchmarks/bench_step.py --only compile``; compiling takes 5 to 20 s).  The SBN draws its
+    with a score-function estimator has no graph break), which inductor fuses into a few loops
+    (``benchmarks/bench_step.py --only compile`` compares it with eager).  The SBN draws its
     samples from inductor's generator inside the graph (the same law as the eager draws,
     :func:`~ovis.distributions.bernoulli.random_bits24`).  A new batch shape, a new estimator or a
     runtime number that changes a branch (e.g. ``alpha`` leaving 0) compiles again.

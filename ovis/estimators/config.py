@@ -2,7 +2,8 @@ r"""Estimator identifiers: a strict grammar and an explicit registry.
 
 ``parse_estimator_id(id) -> (EstimatorClass, config)``; the estimator is then built as
 ``EstimatorClass(mc=..., iw=..., **config)``.  An id must match exactly one family's grammar
-(full match, never a substring); numbers are parsed as numbers, never evaluated.
+(:data:`REGISTRY`: full match, never a substring); numbers are parsed as numbers, never evaluated.
+The family's class is looked up in :data:`ESTIMATOR_CLASSES`.
 
 =========================================  ====================================================
 grammar                                    family
@@ -24,12 +25,24 @@ grammar                                    family
 """
 from __future__ import annotations
 
-import importlib
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Tuple, Type
 
-__all__ = ["parse_estimator_id", "EstimatorFamily", "REGISTRY", "valid_forms"]
+from ovis.estimators.arm import ARM
+from ovis.estimators.base import GradientEstimator
+from ovis.estimators.hybrid_mixture import HybridMixtureELBO
+from ovis.estimators.muprop import MuProp
+from ovis.estimators.ovis import OvisAsymptotic, OvisMonteCarlo
+from ovis.estimators.pathwise import DoublyReparameterised, PathwiseIWAE, PathwiseVAE, StickingTheLanding
+from ovis.estimators.rebar import Rebar, Relax
+from ovis.estimators.relaxed import Concrete, StraightThrough
+from ovis.estimators.score_function import NVIL, Reinforce, ReinforceBaseline
+from ovis.estimators.tvo import ThermodynamicVO
+from ovis.estimators.vimco import Vimco
+from ovis.estimators.wake_sleep import WakeSleep, WakeWake
+
+__all__ = ["parse_estimator_id", "EstimatorFamily", "REGISTRY", "ESTIMATOR_CLASSES", "valid_forms"]
 
 _DEC = r"(?:\d+(?:\.\d+)?|\.\d+)"  # a non-negative decimal number: 1, 0.5, 10.25, .5
 _INT = r"[1-9]\d*"
@@ -37,20 +50,18 @@ _INT = r"[1-9]\d*"
 
 @dataclass(frozen=True)
 class EstimatorFamily:
-    r"""One family of the registry.
+    r"""One family of the grammar.
 
     Attributes:
-        name: family name (used in errors).
+        name: family name (used in errors; the key of :data:`ESTIMATOR_CLASSES`).
         form: the grammar, as documented.
         pattern: compiled full-match regular expression.
-        target: ``"module:Class"`` of the implementation, or ``None`` when not implemented yet.
         build: maps the regex match to the constructor configuration.
     """
 
     name: str
     form: str
     pattern: "re.Pattern[str]"
-    target: Optional[str]
     build: Callable[["re.Match[str]"], Dict[str, Any]]
 
 
@@ -92,48 +103,64 @@ def _tvo(m: "re.Match[str]") -> Dict[str, Any]:
     }
 
 
-def _family(name: str, form: str, regex: str, target: Optional[str],
+def _family(name: str, form: str, regex: str,
             build: Callable[["re.Match[str]"], Dict[str, Any]] = _none) -> EstimatorFamily:
-    return EstimatorFamily(name, form, re.compile(regex), target, build)
+    return EstimatorFamily(name, form, re.compile(regex), build)
 
 
+#: the id grammar, one entry per family
 REGISTRY: List[EstimatorFamily] = [
-    _family("reinforce", "reinforce", r"reinforce", "ovis.estimators.score_function:Reinforce"),
-    _family("reinforce-baseline", "reinforce-baseline", r"reinforce-baseline",
-            "ovis.estimators.score_function:ReinforceBaseline"),
-    _family("vimco", "vimco-arithmetic | vimco-geometric", r"vimco-(?P<mean>arithmetic|geometric)",
-            "ovis.estimators.vimco:Vimco", _vimco),
+    _family("reinforce", "reinforce", r"reinforce"),
+    _family("reinforce-baseline", "reinforce-baseline", r"reinforce-baseline"),
+    _family("vimco", "vimco-arithmetic | vimco-geometric", r"vimco-(?P<mean>arithmetic|geometric)", _vimco),
     _family("ovis-gamma", "ovis-gamma{g}[-arithmetic|-geometric]  (g >= 0, e.g. ovis-gamma1, ovis-gamma0.5)",
-            rf"ovis-gamma(?P<gamma>{_DEC})(?:-(?P<loo>arithmetic|geometric))?",
-            "ovis.estimators.ovis:OvisAsymptotic", _ovis_gamma),
+            rf"ovis-gamma(?P<gamma>{_DEC})(?:-(?P<loo>arithmetic|geometric))?", _ovis_gamma),
     _family("ovis-mc", "ovis-S{n}[-exclusive] (n integer >= 1) | ovis-S{r}[-exclusive] (0 < r < 1)",
-            rf"ovis-S(?P<s>{_DEC})(?P<exclusive>-exclusive)?",
-            "ovis.estimators.ovis:OvisMonteCarlo", _ovis_mc),
-    _family("wake-wake", "wake-wake", r"wake-wake", "ovis.estimators.wake_sleep:WakeWake"),
-    _family("wake-sleep", "wake-sleep", r"wake-sleep", "ovis.estimators.wake_sleep:WakeSleep"),
+            rf"ovis-S(?P<s>{_DEC})(?P<exclusive>-exclusive)?", _ovis_mc),
+    _family("wake-wake", "wake-wake", r"wake-wake"),
+    _family("wake-sleep", "wake-sleep", r"wake-sleep"),
     _family("tvo", "tvo[-part{n}][-beta{m}][-config1|-config2][-left|-right|-trapz]",
             rf"tvo(?:-part(?P<part>{_INT}))?(?:-beta(?P<beta>{_DEC}))?"
-            r"(?:-(?P<config>config1|config2))?(?:-(?P<integration>left|right|trapz))?",
-            "ovis.estimators.tvo:ThermodynamicVO", _tvo),
-    _family("pathwise-vae", "pathwise-vae", r"pathwise-vae", "ovis.estimators.pathwise:PathwiseVAE"),
-    _family("pathwise-iwae", "pathwise-iwae", r"pathwise-iwae", "ovis.estimators.pathwise:PathwiseIWAE"),
-    _family("stl", "stl", r"stl", "ovis.estimators.pathwise:StickingTheLanding"),
-    _family("dreg", "dreg", r"dreg", "ovis.estimators.pathwise:DoublyReparameterised"),
-    _family("nvil", "nvil", r"nvil", "ovis.estimators.discrete:NVIL"),
+            r"(?:-(?P<config>config1|config2))?(?:-(?P<integration>left|right|trapz))?", _tvo),
+    _family("pathwise-vae", "pathwise-vae", r"pathwise-vae"),
+    _family("pathwise-iwae", "pathwise-iwae", r"pathwise-iwae"),
+    _family("stl", "stl", r"stl"),
+    _family("dreg", "dreg", r"dreg"),
+    _family("nvil", "nvil", r"nvil"),
     _family("muprop", "muprop | simple-muprop", r"(?P<variant>simple-)?muprop",
-            "ovis.estimators.discrete:MuProp", lambda m: {"simple": m.group("variant") is not None}),
-    _family("concrete", "concrete | gumbel-softmax", r"concrete|gumbel-softmax",
-            "ovis.estimators.relaxed:Concrete"),
-    _family("straight-through", "straight-through", r"straight-through",
-            "ovis.estimators.relaxed:StraightThrough"),
+            lambda m: {"simple": m.group("variant") is not None}),
+    _family("concrete", "concrete | gumbel-softmax", r"concrete|gumbel-softmax"),
+    _family("straight-through", "straight-through", r"straight-through"),
     _family("rebar", "rebar | dynamic-rebar", r"(?P<variant>dynamic-)?rebar",
-            "ovis.estimators.rebar:Rebar", lambda m: {"dynamic": m.group("variant") is not None}),
-    _family("relax", "relax", r"relax", "ovis.estimators.rebar:Relax"),
-    _family("arm", "arm | disarm", r"(?P<variant>dis)?arm", "ovis.estimators.discrete:ARM",
-            lambda m: {"disarm": m.group("variant") is not None}),
-    _family("hybrid-mixture", "hybrid-mixture", r"hybrid-mixture",
-            "ovis.estimators.hybrid_mixture:HybridMixtureELBO"),
+            lambda m: {"dynamic": m.group("variant") is not None}),
+    _family("relax", "relax", r"relax"),
+    _family("arm", "arm | disarm", r"(?P<variant>dis)?arm", lambda m: {"disarm": m.group("variant") is not None}),
+    _family("hybrid-mixture", "hybrid-mixture", r"hybrid-mixture"),
 ]
+
+#: family name -> the class that implements it (built as ``cls(mc=..., iw=..., **config)``)
+ESTIMATOR_CLASSES: Dict[str, Type[GradientEstimator]] = {
+    "reinforce": Reinforce,
+    "reinforce-baseline": ReinforceBaseline,
+    "vimco": Vimco,
+    "ovis-gamma": OvisAsymptotic,
+    "ovis-mc": OvisMonteCarlo,
+    "wake-wake": WakeWake,
+    "wake-sleep": WakeSleep,
+    "tvo": ThermodynamicVO,
+    "pathwise-vae": PathwiseVAE,
+    "pathwise-iwae": PathwiseIWAE,
+    "stl": StickingTheLanding,
+    "dreg": DoublyReparameterised,
+    "nvil": NVIL,
+    "muprop": MuProp,
+    "concrete": Concrete,
+    "straight-through": StraightThrough,
+    "rebar": Rebar,
+    "relax": Relax,
+    "arm": ARM,
+    "hybrid-mixture": HybridMixtureELBO,
+}
 
 
 def valid_forms() -> str:
@@ -141,13 +168,12 @@ def valid_forms() -> str:
     return "\n".join(f"  {f.form}" for f in REGISTRY)
 
 
-def parse_estimator_id(estimator_id: str) -> Tuple[Type[Any], Dict[str, Any]]:
+def parse_estimator_id(estimator_id: str) -> Tuple[Type[GradientEstimator], Dict[str, Any]]:
     r"""Map an estimator id to ``(EstimatorClass, config)``.
 
     Raises:
-        ValueError: the id matches no family (the message lists the valid forms), or a number in
-            it is invalid (e.g. ``ovis-S1.5``).
-        NotImplementedError: the id is valid but its family is not implemented in this version.
+        ValueError: the id is not a string or matches no family (the message lists the valid
+            forms), or a number in it is invalid (e.g. ``ovis-S1.5``).
     """
     if not isinstance(estimator_id, str):
         raise ValueError(f"an estimator id must be a string, got {estimator_id!r}")
@@ -158,21 +184,4 @@ def parse_estimator_id(estimator_id: str) -> Tuple[Type[Any], Dict[str, Any]]:
     if len(matches) > 1:  # pragma: no cover - the grammar is unambiguous, tested
         raise ValueError(f"ambiguous estimator id {estimator_id!r}: {[f.name for f, _ in matches]}")
     family, match = matches[0]
-    config = family.build(match)
-    if family.target is None:
-        raise NotImplementedError(f"estimator family {family.name!r} is not implemented yet")
-    module_name, cls_name = family.target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name == module_name:
-            raise NotImplementedError(
-                f"estimator family {family.name!r} ({estimator_id!r}) is not implemented yet"
-            ) from None
-        raise
-    cls = getattr(module, cls_name, None)
-    if cls is None:
-        raise NotImplementedError(
-            f"estimator family {family.name!r} ({estimator_id!r}) is not implemented yet"
-        )
-    return cls, config
+    return ESTIMATOR_CLASSES[family.name], family.build(match)

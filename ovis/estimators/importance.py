@@ -124,8 +124,8 @@ def effective_sample_size(log_w: Tensor) -> Tensor:
     return torch.exp(2.0 * torch.logsumexp(log_w, dim=-1) - torch.logsumexp(2.0 * log_w, dim=-1))
 
 
-#: up to this ``K`` the leave-one-out log-sum-exp is one masked ``K x K`` log-sum-exp (fewer kernels:
-#: 60 to 80 us less of a K = 5 VIMCO step, measured alternately); above, the O(K) prefix/suffix form
+#: up to this ``K`` the leave-one-out log-sum-exp is one masked ``K x K`` log-sum-exp (fewer kernels);
+#: above, the O(K) prefix/suffix form
 LOO_MASKED_MAX_K = 16
 
 _LOO_MASKS: dict = {}

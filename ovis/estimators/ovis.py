@@ -35,9 +35,9 @@ with ``S`` auxiliary particles :math:`z^{(s)}\sim q`; the ``S`` substitutions ar
 chunks, so memory is ``O(B*M*(K + chunk*K))`` with a bounded chunk, never ``S x K x K``.
 With ``exclusive``, ``K + S`` particles are drawn and the auxiliary ones stay out of the bound
 (unbiased); they are drawn in a second pass, after the ``K`` particles of the bound, without an
-autograd graph (the backward pass is that of ``K`` particles).  Without it the budget is ``K``, ``S <= K - 1``: the first ``K - S`` particles carry
-the score term (the phi-gradient targets :math:`\mathcal{L}_{K-S}`) and the theta-gradient uses
-all ``K``.  An integer ``n`` is ``S = n``; a fraction ``r`` is ``S = max(1, floor(r*K))``.
+autograd graph (the backward pass is that of ``K`` particles).  Without it the budget is ``K``,
+``S <= K - 1``: the first ``K - S`` particles carry the score term (the phi-gradient targets
+:math:`\mathcal{L}_{K-S}`) and the theta-gradient uses all ``K``.  An integer ``n`` is ``S = n``; a fraction ``r`` is ``S = max(1, floor(r*K))``.
 """
 from __future__ import annotations
 

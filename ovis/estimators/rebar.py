@@ -4,7 +4,7 @@ and categorical latents (the formulas below are for one layer).
 Multi-layer models are handled layer-wise (:meth:`Rebar.compute_layerwise`).
 
 Uses the discrete hooks and the objective of :mod:`ovis.estimators.discrete` (:math:`\mathcal{L}_K`;
-``iw = 1``: the ELBO, as in the papers).
+``iw = 1``: the ELBO, as in the papers) and the estimation of :mod:`ovis.estimators.discrete_base`.
 
 **Bernoulli** (one layer).  For the logits ``a`` of the ``K*N`` bits of one outer sample, with
 :math:`\theta = \sigma(a)`, :math:`u, v \sim U(0,1)`:
@@ -53,8 +53,8 @@ the surrogate loss carries a term whose gradient w.r.t. these parameters is
 ``dynamic-rebar`` also adapts the temperature (``log_tau``, initialised at ``tau_init``; the
 runtime ``tau`` is then ignored).  ``relax`` adapts ``eta``, ``log_tau`` and ``psi``.
 
-Tests: ``tests/test_discrete_estimators.py`` (Bernoulli) and ``tests/test_categorical_estimators.py``
-(exact gradients on the categorical toy model and a two-layer categorical model, a replay of one categorical draw against the formula
+Tests: ``tests/test_discrete_estimators.py`` (exact gradients on the Bernoulli and categorical toy
+models and on two-layer models of both kinds, a replay of one categorical draw against the formula
 written with explicit loops, variance against ``reinforce``).
 """
 from __future__ import annotations
@@ -66,13 +66,14 @@ import torch
 from torch import Tensor, nn
 
 from ovis.estimators.base import RuntimeParams
-from ovis.estimators.discrete import BernoulliEstimator, _uniform, one_hot_argmax
+from ovis.estimators.discrete import one_hot_argmax, uniform_noise
+from ovis.estimators.discrete_base import DiscreteLatentEstimator
 from ovis.estimators.relaxed import DEFAULT_TAU
 
 __all__ = ["Rebar", "Relax"]
 
 
-class Rebar(BernoulliEstimator):
+class Rebar(DiscreteLatentEstimator):
     r"""REBAR and dynamic REBAR (see the module docstring).
 
     Args:
@@ -124,27 +125,27 @@ class Rebar(BernoulliEstimator):
     # --------------------------------------------------------------- multi-layer
     def compute_layerwise(self, model, x, params, depth):  # type: ignore[no-untyped-def]
         r"""Layer-wise REBAR / RELAX for ``L > 1`` stochastic layers
-        (:meth:`~ovis.estimators.discrete.BernoulliEstimator.layerwise_smooth`): the layers below
-        layer ``l`` are relaxed in the control variate, :math:`y_m = \sigma_\lambda(a_m(y_{m-1}) +
-        \omega_m)` (logistic noise and the sigmoid, or Gumbel noise and the softmax), a smooth
-        function of the relaxed :math:`y_l`.
+        (:meth:`~ovis.estimators.discrete_base.DiscreteLatentEstimator.layerwise_smooth`): the
+        layers below layer ``l`` are relaxed in the control variate, :math:`y_m =
+        \sigma_\lambda(a_m(y_{m-1}) + \omega_m)` (logistic noise and the sigmoid, or Gumbel noise
+        and the softmax), a smooth function of the relaxed :math:`y_l`.
 
         The temperature is taken afresh in every relaxation: with an adapted temperature (dynamic
         REBAR, RELAX) each layer differentiates its own control variate's second moment, which
-        frees the graph it went through, so no graph node may be shared between layers (a shared
-        ``exp(log_tau)`` broke every model of three layers or more)."""
+        frees the graph it went through, so no graph node (e.g. one ``exp(log_tau)``) may be shared
+        between the layers of a model of three layers or more."""
         return self.layerwise_smooth(model, x, params, depth,
                                      lambda a_m, omega_m: self.relax(a_m + omega_m, self.temperature(params)))
 
     # --------------------------------------------------------------- estimator
     def score_gradient(self, fbar, a, shape, params, fsmooth=None):  # type: ignore[no-untyped-def]
-        r"""As :meth:`BernoulliEstimator.score_gradient` (``a``: ``[n, N]`` Bernoulli or ``[n, N, C]``
+        r"""As :meth:`DiscreteLatentEstimator.score_gradient` (``a``: ``[n, N]`` Bernoulli or ``[n, N, C]``
         categorical logits); ``fsmooth`` (default ``fbar``) is the function evaluated at relaxed
         samples in the control variate."""
         fsmooth = fbar if fsmooth is None else fsmooth
         categorical = a.dim() == 3
         tau = self.temperature(params)
-        u, v = _uniform(a.shape, a), _uniform(a.shape, a)
+        u, v = uniform_noise(a.shape, a), uniform_noise(a.shape, a)
         with torch.no_grad():
             if categorical:
                 b = one_hot_argmax(torch.log_softmax(a, -1) - torch.log(-torch.log(u)))

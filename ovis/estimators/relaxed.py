@@ -26,7 +26,7 @@ previous layer's value (``x`` for the first):
 * ``straight-through``: the forward pass uses the hard ``b_l``; the backward pass uses the gradient
   of ``y_l``: ``b_l + y_l - sg(y_l)``.  Biased at every temperature (measured in the tests).
 
-Measured biases for categorical latents (``tests/test_categorical_estimators.py``):
+Measured biases for categorical latents (``tests/test_discrete_estimators.py``):
 ``CategoricalToyModel(N=2, C=3)`` with its decoder weights multiplied by 4 (strongly non-linear),
 ``K = 1``, the norm of (mean of 30 draws of ``mc = 4000`` minus the exact gradient), whose norm is
 4.06; standard error of the mean in brackets:
@@ -56,12 +56,13 @@ from torch import Tensor, nn
 
 from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
 from ovis.estimators.discrete import (
-    _uniform,
+    bound_at,
     check_discrete_model,
     check_latent_categories,
     discrete_log_prob,
     gumbel_noise,
     one_hot_argmax,
+    uniform_noise,
 )
 from ovis.estimators.importance import log_mean_exp, log_weights
 
@@ -88,12 +89,13 @@ class Concrete(GradientEstimator):
         categorical = check_latent_categories(model, self.family) is not None
         tau = DEFAULT_TAU if params.tau is None else params.tau
         B, M, K = x.shape[0], self.mc, self.iw
+        shape = (B, M, K)
         x_exp = self.expand(x, M, K)
         h: Tensor = x_exp
         zs: List[Tensor] = []
         hard: List[Tensor] = []
-        log_q: List[Tensor] = []
         logits: List[Tensor] = []
+        log_q: List[Tensor] = []
         for l in range(depth):
             a = model.q_logits(l, h)
             if categorical:
@@ -104,7 +106,7 @@ class Concrete(GradientEstimator):
                 y = torch.softmax(zeta / tau, dim=-1)
                 b = one_hot_argmax(zeta)
             else:
-                u = _uniform(a.shape, a)
+                u = uniform_noise(a.shape, a)
                 zeta = a + torch.log(u) - torch.log1p(-u)
                 y = torch.sigmoid(zeta / tau)
                 b = (zeta > 0).to(a.dtype)
@@ -113,27 +115,26 @@ class Concrete(GradientEstimator):
             zs.append(y)
             hard.append(b)
             logits.append(a)
+            # log q along the relaxed sample, layer by layer (the order of the graph's nodes, hence of
+            # the gradients' accumulation, is that of the sampling)
             log_q.append(discrete_log_prob(a, y, categorical))
             h = y
         log_px, log_pz = model.log_joint_at(x_exp, zs)
-        lq = torch.stack(log_q, -1).view(B, M, K, depth)
-        log_w, kl = log_weights(log_px.view(B, M, K), lq, log_pz.view(B, M, K, depth), params.beta,
-                                params.freebits)
-        loss = -log_mean_exp(log_w, -1).mean()
+        log_w, kl = log_weights(log_px.view(B, M, K), torch.stack(log_q, -1).view(B, M, K, depth),
+                                log_pz.view(B, M, K, depth), params.beta, params.freebits)
+        log_px = log_px.view(B, M, K)
+        relaxed_bound = log_mean_exp(log_w, -1)
+        loss = -relaxed_bound.mean()
         with torch.no_grad():
             if self.straight_through:
-                hw, hkl, hpx = log_w, kl, log_px.view(B, M, K)
+                hw, hkl, hpx = log_w, kl, log_px
             else:  # the discrete objective at the hard samples b (q evaluated along b)
-                hq = [discrete_log_prob(model.q_logits(l, x_exp if l == 0 else hard[l - 1]), hard[l], categorical)
-                      for l in range(depth)]
-                hpx, hpz = model.log_joint_at(x_exp, hard)
-                hpx = hpx.view(B, M, K)
-                hw, hkl = log_weights(hpx, torch.stack(hq, -1).view(B, M, K, depth),
-                                      hpz.view(B, M, K, depth), params.beta, params.freebits)
+                hard_logits = [model.q_logits(l, x_exp if l == 0 else hard[l - 1]) for l in range(depth)]
+                _, hw, hkl, hpx = bound_at(model, x_exp, hard, hard_logits, shape, params, categorical)
             diagnostics = self.base_diagnostics(hw, hkl, hpx)
             diagnostics["estimator"] = {
                 "tau": torch.full((B,), float(tau), dtype=log_w.dtype, device=log_w.device),
-                "relaxed_bound": log_mean_exp(log_w, -1).mean(1),
+                "relaxed_bound": relaxed_bound.mean(1),
             }
         return loss, diagnostics, {"z": hard, "z_relaxed": zs, "q_logits": logits}
 

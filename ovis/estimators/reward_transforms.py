@@ -339,8 +339,9 @@ class ReinforceTransformed(Reinforce):
         # the transforms act on the signal of beta = 1 (d = L - v); its term -v_k, scaled by the chain's
         # gain, becomes -beta v_k 1[kl_l >= lambda] in the surrogate (score_function_surrogate)
         gain = self.chain.gain
+        u = None if isinstance(gain, float) and gain == 1.0 else gain * v
         loss = score_function_surrogate(signal.detach(), p.log_px, p.log_qz, p.log_pz, v, bound, params.beta,
-                                        params.freebits, direct_weights=None if isinstance(gain, float) and gain == 1.0 else gain * v)
+                                        params.freebits, direct_weights=u)
         if aux_loss is not None:
             loss = loss + aux_loss
         diagnostics = self.signal_diagnostics(log_w, kl, p.log_px, bound, v, signal, params.alpha)

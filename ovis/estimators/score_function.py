@@ -1,5 +1,5 @@
-r"""Score-function estimators of the importance-weighted bound: the shared base, ``reinforce``
-and ``reinforce-baseline``.
+r"""Score-function estimators of the importance-weighted bound: the shared base, ``reinforce``,
+``reinforce-baseline`` and ``nvil``.
 
 For a non-reparameterised :math:`q` (Mnih & Rezende 2016; Lievin et al. 2020, eq. 5):
 
@@ -39,7 +39,8 @@ from torch import Tensor, nn
 from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
 from ovis.estimators.surrogate import linear_surrogate, log_weight_coefficients
 
-__all__ = ["ScoreFunctionEstimator", "Reinforce", "ReinforceBaseline", "baseline_mlp", "score_function_surrogate"]
+__all__ = ["ScoreFunctionEstimator", "Reinforce", "ReinforceBaseline", "NVIL", "baseline_mlp",
+           "score_function_surrogate"]
 
 
 def baseline_mlp(dim: int, hdim: int, like: Optional[Tensor] = None) -> nn.Sequential:
@@ -128,10 +129,11 @@ class ScoreFunctionEstimator(GradientEstimator):
         return loss, diagnostics, p.output
 
     def direct_gain(self) -> Union[float, Tensor]:
-        r"""The factor ``a`` (a number or a 0-dim tensor) of the term ``-a v_k`` of the last learning signal (:meth:`learning_signal`)
-        that stands for the derivative of the bound through ``log q`` inside ``log w`` (``1``: the
-        signal ``d_k - c_k`` with a control variate independent of ``v_k``); the surrogate replaces
-        that term by its value under the KL weight and free bits (:func:`score_function_surrogate`)."""
+        r"""The factor ``a`` (a number or a 0-dim tensor) of the term ``-a v_k`` of the last
+        learning signal (:meth:`learning_signal`) that stands for the derivative of the bound
+        through ``log q`` inside ``log w`` (``1``: the signal ``d_k - c_k`` with a control variate
+        independent of ``v_k``); the surrogate replaces that term by its value under the KL weight
+        and free bits (:func:`score_function_surrogate`)."""
         return 1.0
 
     def signal_diagnostics(self, log_w: Tensor, kl: Tensor, log_px: Tensor, bound: Tensor, v: Tensor,
@@ -210,3 +212,98 @@ class ReinforceBaseline(ScoreFunctionEstimator):
         b = self.baseline(flat).view(-1, 1, 1)  # [B, 1, 1]
         mse = ((d.detach() - b) ** 2).mean()
         return b.detach().expand_as(d), mse, {"baseline_mse": ((d - b.detach()) ** 2).mean(dim=(1, 2))}
+
+
+class NVIL(ReinforceBaseline):
+    r"""NVIL (Mnih & Gregor 2014): REINFORCE with an input-dependent baseline :math:`b_\psi(x)` and
+    running centring and scaling of the learning signal.
+
+    With the score-function learning signal :math:`d_k` of :math:`\mathcal{L}_K`
+    (module docstring; ``iw = 1``: the ELBO's ``log w``), the centred signal
+    :math:`r = d_k - b_\psi(x) - \mu` and running estimates :math:`\mu` (mean of
+    :math:`d_k - b_\psi(x)`) and :math:`\sigma^2` (its variance), updated with momentum
+    ``momentum`` (0.8 in the paper) in training mode, the ``phi``-estimate is
+    :math:`\sum_k (r / s)\, h_k` with :math:`s = \max(1, \sigma)`.  The statistics applied at a
+    call are those of the earlier calls (they are updated after use), so they do not depend on the
+    call's own particles: the ``phi``-estimate is the unbiased estimate divided by the ``s`` it
+    reports (diagnostics ``estimator/scale``), in training mode too; ``theta``'s gradient is not
+    scaled.  With ``freeze = True`` (or in ``eval()`` mode) the running statistics are not updated.
+    Under a KL weight and free bits the signal's term ``-v_k`` becomes
+    ``-beta v_k 1[kl_l >= lambda]`` per layer, divided by ``s`` like the rest
+    (:meth:`direct_gain`).
+    ``b_psi`` (an MLP as in ``reinforce-baseline``) is trained by MSE to :math:`d_k - \mu`.
+    Works for any depth and ``K``, and for any latents the model samples in ``forward`` (Bernoulli,
+    categorical, ...: it needs no discrete hooks; tested on the categorical toy model too).
+
+    Args:
+        x_shape, hdim: as :class:`ReinforceBaseline`.
+        momentum: of the running statistics, in ``[0, 1)``.
+        freeze: do not update the running statistics.
+    """
+
+    family = "nvil"
+
+    def __init__(self, mc: int = 1, iw: int = 1, x_shape: Optional[Sequence[int]] = None,
+                 hdim: int = 100, momentum: float = 0.8, freeze: bool = False) -> None:
+        super().__init__(mc=mc, iw=iw, x_shape=x_shape, hdim=hdim)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"nvil: momentum must lie in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.freeze = bool(freeze)
+        self.register_buffer("running_mean", torch.zeros(()))
+        self.register_buffer("running_var", torch.ones(()))
+        #: training calls that updated the statistics (0: none yet, see :meth:`control_variate`)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self._applied_scale: Union[float, Tensor] = 1.0
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # type: ignore
+                              unexpected_keys, error_msgs):
+        # checkpoints written before ``updates`` existed: their statistics were trained already
+        if prefix + "running_mean" in state_dict and prefix + "updates" not in state_dict:
+            state_dict[prefix + "updates"] = torch.ones((), dtype=torch.long,
+                                                        device=state_dict[prefix + "running_mean"].device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    @property
+    def scale(self) -> float:
+        r"""The current scale :math:`s = \max(1, \sqrt{\mathrm{running\ var}})`."""
+        return max(1.0, float(self.running_var.sqrt()))
+
+    def direct_gain(self) -> Union[float, Tensor]:
+        r"""``1 / s``: the whole signal, its term ``-v_k`` included, is divided by the scale ``s``
+        applied at the last call (a 0-dim tensor, so that no value is read back from the device)."""
+        return 1.0 / self._applied_scale
+
+    def control_variate(self, log_w, d, x, params):  # type: ignore[no-untyped-def]
+        r"""The centred, scaled signal ``(d - b_psi(x) - mu) / s`` with the running ``mu`` and ``s``
+        of the earlier calls; the running statistics are updated *after* they are applied (in
+        training mode, unless frozen), so the signal of a call does not depend on its own ``z_k``.
+        The very first training call has no earlier statistics: it starts them from its own batch
+        (the initial ``mu = 0``, ``s = 1`` would leave the first step unnormalised, a gradient
+        hundreds of times the later ones that an adaptive optimiser remembers for many steps)."""
+        flat = x.reshape(x.shape[0], -1)
+        if self.baseline is None:
+            self._build(flat.shape[1], like=flat)
+        b = self.baseline(flat).view(-1, 1, 1)  # [B, 1, 1]
+        with torch.no_grad():
+            centred = d - b
+            update = self.training and not self.freeze
+            if update:  # the first call starts the statistics from its batch (tensors: no host sync)
+                fresh = self.updates == 0
+                batch_mean, batch_var = centred.mean(), centred.var(unbiased=False)
+                self.running_mean.copy_(torch.where(fresh, batch_mean, self.running_mean))
+                self.running_var.copy_(torch.where(fresh, batch_var, self.running_var))
+            mean = self.running_mean.clone()
+            s = self.running_var.sqrt().clamp(min=1.0)  # the scale applied, a tensor: no host sync
+            self._applied_scale = s
+            signal = (centred - mean) / s
+            if update:
+                m = self.momentum
+                self.running_mean.mul_(m).add_((1 - m) * batch_mean)
+                self.running_var.mul_(m).add_((1 - m) * batch_var)
+                self.updates.add_(1)
+        mse = ((d.detach() - mean - b) ** 2).mean()
+        c = d - signal  # so that d - c is the centred, scaled signal
+        return c, mse, {"baseline_mse": ((d - mean - b.detach()) ** 2).mean(dim=(1, 2)),
+                        "scale": s.to(d.dtype).expand(x.shape[0])}
