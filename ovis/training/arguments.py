@@ -38,7 +38,7 @@ def int_arg(value: str) -> int:
     try:
         f = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
     if not math.isfinite(f) or f != int(f):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}")
     return int(f)
@@ -62,7 +62,7 @@ def finite_float(value: str) -> float:
     try:
         f = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
     if not math.isfinite(f):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
     return f
