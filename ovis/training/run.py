@@ -52,7 +52,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -121,7 +121,7 @@ class Trainer:
         (called between steps and between evaluation batches)."""
         self.stop.check()
 
-    def _forked_rng(self, step: int) -> Any:
+    def _forked_rng(self, step: int) -> ContextManager[None]:
         return forked_rng(self.device, _eval_seed(self.args.seed, step))
 
     # ------------------------------------------------------------------ config
