@@ -63,7 +63,7 @@ def train_speed(data_root: str, steps: int) -> List[Dict[str, float]]:
             opt = torch.optim.Adam(model0.parameters(), lr=3e-4)
             g = torch.Generator().manual_seed(0)
 
-            def step():
+            def step(opt=opt, est=est, g=g):  # (bound now: B023)
                 x = fetch_batch(data.train, torch.randint(n, (24,), generator=g))
                 opt.zero_grad(set_to_none=True)
                 est(model0, x, backward=True)

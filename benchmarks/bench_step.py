@@ -175,7 +175,7 @@ def overhead_table(x: torch.Tensor, repeats: int) -> None:
         bare_k = bare_pass(model, x, K, zgrads=False)
         bare_s = bare_pass(model, x, S, zgrads=False)
 
-        def bare_ks() -> None:
+        def bare_ks(bare_k=bare_k, S=S, model=model) -> None:  # (bound now: B023)
             bare_k()
             with torch.no_grad():
                 GradientEstimator(mc=1, iw=S).evaluate(model, x, RuntimeParams(), K=S, zgrads=False)
@@ -231,7 +231,7 @@ def multipass_table(x: torch.Tensor, repeats: int) -> None:
         bare = bare_pass(model, x, K, zgrads=False)
         helper = GradientEstimator(mc=1, iw=K)
 
-        def bare_nograd() -> None:
+        def bare_nograd(helper=helper, model=model, K=K) -> None:  # (bound now: B023)
             with torch.no_grad():
                 helper.evaluate(model, x, RuntimeParams(), K=K, zgrads=False)
 
@@ -242,7 +242,7 @@ def multipass_table(x: torch.Tensor, repeats: int) -> None:
                 run()
             n_graph, n_nograd = round(passes.graph), round(passes.nograd)
 
-            def reference() -> None:
+            def reference(n_graph=n_graph, n_nograd=n_nograd, bare=bare, bare_nograd=bare_nograd) -> None:
                 for _ in range(n_graph):
                     bare()
                 for _ in range(n_nograd):
@@ -347,7 +347,7 @@ def compile_table(x: torch.Tensor, repeats: int) -> None:
             call = compile_estimator(est, model)
             opt = build_optimizer("adam", [{"params": list(model.parameters()), "lr": 1e-4}])
 
-            def compiled() -> None:
+            def compiled(opt=opt, call=call) -> None:  # (bound now: B023)
                 opt.zero_grad(set_to_none=True)
                 call(x)[0].backward()
                 opt.step()

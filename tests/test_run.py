@@ -16,8 +16,8 @@ from torch.distributions import Independent, Normal
 from ovis.training.arguments import RUN_IDENTITY_DEFAULTS, parse_run_args
 from ovis.training.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from ovis.training.evaluation import accumulate_chunked_bound, active_units, evaluate_bound
-from ovis.training.rundir import RunDirectory, compute_run_id
 from ovis.training.run import main
+from ovis.training.rundir import RunDirectory, compute_run_id
 from ovis.training.schedules import alpha_at, lr_factor_at, lr_reduction_steps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -382,7 +382,7 @@ def test_compiled_model_trains_and_checkpoints_like_the_eager_one(tmp_path, data
 
 
 def test_running_sums_equal_the_per_entry_means_and_survive_a_checkpoint():
-    from ovis.training.run import RunningSums
+    from ovis.training.sums import RunningSums
 
     g = torch.Generator().manual_seed(0)
     steps = [{"loss": {"L_k": torch.randn(4, generator=g), "elbo": torch.randn(4, generator=g)},

@@ -117,7 +117,7 @@ def test_sigkill_and_restart_equals_uninterrupted(tmp_path, reference):
     r = subprocess.run(_cmd(root), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert _status(d)["status"] == "success"
-    assert f"resumed from" in (d / "run.log").read_text()
+    assert "resumed from" in (d / "run.log").read_text()
     _assert_same_metrics(reference, _lines(d))
 
 

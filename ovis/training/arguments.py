@@ -38,7 +38,7 @@ def int_arg(value: str) -> int:
     try:
         f = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
     if not math.isfinite(f) or f != int(f):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}")
     return int(f)
@@ -62,7 +62,7 @@ def finite_float(value: str) -> float:
     try:
         f = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
     if not math.isfinite(f):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
     return f
@@ -129,15 +129,14 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     g.add_argument("--compile", action="store_true",
                    help="compile the training estimation (the model's pass, the estimator's maths and the "
-                        "surrogate) with torch.compile: about 0.87x the eager step of the 3-layer SBN at K=5 "
-                        "on 2 CPU threads, after 15 to 20 s of compiling (benchmarks/bench_step.py --only "
-                        "compile); off by default")
+                        "surrogate) with torch.compile, after a compilation of some seconds "
+                        "(benchmarks/bench_step.py --only compile measures both); off by default")
     g.add_argument("--no_flush_denormal", action="store_true",
                    help="keep denormal floats on the CPU (they are flushed by default)")
     g.add_argument("--no_retain_memory", action="store_true",
                    help="give freed CPU memory back to the system at once (glibc's default); by default "
-                        "it is kept for the next tensors, which avoids page faults (ovis.utils.memory): "
-                        "a K=50 SBN step 35 ms instead of 55 on this 2-core VM")
+                        "it is kept for the next tensors, which avoids page faults (ovis.utils.memory; "
+                        "benchmarks/bench_step.py --only memory measures it)")
     g.add_argument("--checkpoint_every", type=nonneg_float, default=60.0,
                    help="save the last checkpoint every this many seconds (0: off; a checkpoint is "
                         "always saved at every evaluation and at the end)")

@@ -18,6 +18,10 @@ new one in its place (``os.replace`` both).  A kill at any instant leaves at lea
 checkpoint.  :func:`load_resume_checkpoint` loads ``last.pt``, else (missing, empty, truncated,
 not an ovis checkpoint) ``last.prev.pt`` with a one-line warning naming the bad file; when neither
 is good it raises :class:`CheckpointError`, one line naming the file and the fix (``--rf``).
+
+**The state of a run.**  :func:`run_state` gathers what a resumed run needs (the mapping above);
+:func:`restore_run_state` loads it into the run's model, estimator, optimiser, running sums and
+RNGs and returns the loop counters; :func:`check_run_id` rejects another run's checkpoint.
 """
 from __future__ import annotations
 
@@ -32,10 +36,12 @@ import numpy as np
 import torch
 
 from ovis.training.rundir import atomic_torch_save
+from ovis.training.sums import RunningSums
 from ovis.utils.files import atomic_write_bytes, fsync_dir
 
 __all__ = ["get_rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "load_resume_checkpoint",
-           "previous_path", "CheckpointError", "CHECKPOINT_VERSION"]
+           "previous_path", "CheckpointError", "CHECKPOINT_VERSION", "run_state", "restore_run_state",
+           "check_run_id"]
 
 CHECKPOINT_VERSION = 1
 
@@ -176,3 +182,49 @@ def load_resume_checkpoint(path: os.PathLike | str, map_location: Any = "cpu",
         return ckpt, p
     raise CheckpointError(f"no usable checkpoint to resume from ({'; '.join(errors)}); start the run over "
                           "with --rf (or put a good last.pt back)")
+
+
+def run_state(*, model: torch.nn.Module, estimator: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              step: int, last_eval_step: int, best: Mapping[str, Any], elapsed: float, sums: RunningSums,
+              log_sums: RunningSums, run_id: str) -> Dict[str, Any]:
+    r"""The resumable state of a run (with the current RNG states), ready for :func:`save_checkpoint`.
+
+    ``sums`` are the training sums since the last evaluation, ``log_sums`` since the last progress
+    record; ``elapsed`` the training seconds so far; ``best`` ``{"value", "step"[, "test"]}``.
+    """
+    return {
+        "model": model.state_dict(),
+        "estimator": estimator.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": int(step),
+        "last_eval_step": int(last_eval_step),
+        "best": dict(best),
+        "elapsed": float(elapsed),
+        "sums": {k: v.cpu() for k, v in sums.state().items()},
+        "count": int(sums.count),
+        "log_sums": {k: v.cpu() for k, v in log_sums.state().items()},
+        "log_count": int(log_sums.count),
+        "rng": get_rng_state(),
+        "run_id": run_id,
+    }
+
+
+def check_run_id(ckpt: Mapping[str, Any], run_id: str, path: os.PathLike | str) -> None:
+    r"""Raise ``ValueError`` (one line naming ``path`` and the fix) when ``ckpt`` is not run ``run_id``'s."""
+    if ckpt.get("run_id") != run_id:
+        raise ValueError(f"{path} belongs to run {ckpt.get('run_id')!r}, not {run_id!r}; delete the run with --rf")
+
+
+def restore_run_state(ckpt: Mapping[str, Any], *, model: torch.nn.Module, estimator: torch.nn.Module,
+                      optimizer: torch.optim.Optimizer, sums: RunningSums, log_sums: RunningSums,
+                      device: torch.device) -> Dict[str, Any]:
+    r"""Load a :func:`run_state` checkpoint into the given objects and the global RNGs; return the
+    loop counters ``{"step", "last_eval_step", "best", "elapsed"}``."""
+    model.load_state_dict(ckpt["model"])
+    estimator.load_state_dict(ckpt["estimator"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    sums.load(ckpt["sums"], ckpt["count"], device)
+    log_sums.load(ckpt["log_sums"], ckpt["log_count"], device)
+    set_rng_state(ckpt["rng"])
+    return {"step": int(ckpt["step"]), "last_eval_step": int(ckpt["last_eval_step"]), "best": dict(ckpt["best"]),
+            "elapsed": float(ckpt["elapsed"])}

@@ -31,8 +31,9 @@ point, every stochastic layer's units flattened and concatenated.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -197,13 +198,14 @@ def evaluate_bound(model: nn.Module, dataset: Dataset, indices: Tensor, batch_si
             idx = indices[start:start + batch_size]
             x = batch_to_device(fetch_batch(dataset, idx), device)
             B = x.shape[0]
+            x_log_weights = functools.partial(model_log_weights, model, x, tau=tau)  # k -> log weights of x
             if start == 0:
                 free = free_device_memory(device)
                 if free is not None:
-                    per_row = measure_bytes_per_row(lambda k: model_log_weights(model, x, k, tau), B, device)
+                    per_row = measure_bytes_per_row(x_log_weights, B, device)
                     rows = memory_chunk_rows(max_rows, free, per_row)
             chunk = max(1, rows // B)
-            stats = accumulate_chunked_bound(lambda k: model_log_weights(model, x, k, tau), K, chunk)
+            stats = accumulate_chunked_bound(x_log_weights, K, chunk)
             values = {
                 "loss/L_k": stats["L_k"].sum().item(),
                 "loss/elbo": stats["elbo"].sum().item(),

@@ -40,10 +40,9 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
+from ovis.training.arguments import NON_IDENTITY_FLAGS, RUN_IDENTITY_DEFAULTS
 from ovis.utils.files import atomic_write_bytes
 from ovis.utils.files import atomic_write_json as _atomic_write_json
-
-from ovis.training.arguments import NON_IDENTITY_FLAGS, RUN_IDENTITY_DEFAULTS
 
 __all__ = [
     "atomic_write_bytes",
