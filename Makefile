@@ -1,12 +1,12 @@
 # Two commands a newcomer needs:
 #   make demo   create .venv, install, run the main job (a small experiment end to end + its report)
-#   make test   create/refresh .venv, run the whole test suite (slow tests included)
+#   make test   create/refresh .venv, lint (ruff), run the whole test suite (slow tests included)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo reproduce test test-quick bench clean
+.PHONY: install demo reproduce lint test test-quick bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,10 +32,14 @@ demo: install
 reproduce: install
 	$(PY) reproduce.py --root runs/reproduce --data_root $(DATA_ROOT) --output docs
 
-test: install
+# The rule set is [tool.ruff] in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q
 
-test-quick: install
+test-quick: lint
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

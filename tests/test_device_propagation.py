@@ -22,7 +22,7 @@ import ast
 import inspect
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import pytest
 import torch

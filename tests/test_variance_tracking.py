@@ -110,7 +110,8 @@ def test_tracked_value_is_the_log10_mean_variance(tmp_path, data_root):
     r"""The logged number equals log10 of the mean per-coordinate variance of the draws of
     gradient_samples under the same seed (recomputed independently from the trainer)."""
     import ovis.estimators as estimators
-    from ovis.training.run import Trainer, _eval_seed
+    from ovis.training.rng import eval_seed
+    from ovis.training.run import Trainer
     from ovis.training.rundir import RunDirectory
 
     argv = SBN + _common(tmp_path, data_root) + ["--track_variance", "arm,reinforce",
@@ -126,12 +127,12 @@ def test_tracked_value_is_the_log10_mean_variance(tmp_path, data_root):
         got = tr.track_variance(tr.step)
         assert sorted(got) == ["variance/arm", "variance/rebar", "variance/reinforce"]
         with torch.random.fork_rng():
-            torch.manual_seed(_eval_seed(args.seed, tr.step))
+            torch.manual_seed(eval_seed(args.seed, tr.step))
             x = torch.stack([tr.data.train[int(i)] for i in tr.idx_grad])
         est = estimators.build_estimator("arm", iw=1)
         est.eval()
         with torch.random.fork_rng():
-            torch.manual_seed(_eval_seed(args.seed, tr.step) + 1)
+            torch.manual_seed(eval_seed(args.seed, tr.step) + 1)
             g = gradient_samples(est, tr.model, x, 4, "inference_network", **tr.runtime(tr.step))
         expected = math.log10(float(g.double().var(0).mean()))
         assert got["variance/arm"] == pytest.approx(expected, rel=1e-9, abs=1e-9)

@@ -248,8 +248,6 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
 
     try:
         cls, est_config = parse_estimator_id(args.estimator)
-    except NotImplementedError as e:
-        raise RunArgumentError(f"run.py: error: argument --estimator: {e}") from None
     except ValueError as e:
         raise RunArgumentError(f"run.py: error: argument --estimator: {e}") from None
     # the estimator's own constraints on --mc / --iw (e.g. VIMCO needs K >= 2), stated by its class
@@ -317,7 +315,7 @@ def parse_tracked_estimators(text: str, mc: Optional[int] = None, iw: Optional[i
             cls, config = parse_estimator_id(eid)
             if mc is not None and iw is not None:
                 cls.check_arguments(mc=mc, iw=iw, **config)
-        except (NotImplementedError, ValueError) as e:
+        except ValueError as e:
             raise RunArgumentError(f"run.py: error: argument --track_variance: {eid!r}: {e}") from None
     return ids
 

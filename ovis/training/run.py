@@ -71,8 +71,7 @@ from ovis.training.device import device_unavailable, resolve_device, torch_setti
 from ovis.training.evaluation import active_units, batch_to_device, evaluate_bound, fetch_batch
 from ovis.training.interrupt import RunInterrupted, StopSignal
 from ovis.training.optimizers import build_optimizer
-from ovis.training.rng import BatchOrder, eval_subset, forked_rng
-from ovis.training.rng import eval_seed as _eval_seed
+from ovis.training.rng import BatchOrder, eval_seed, eval_subset, forked_rng
 from ovis.training.rundir import RunDirectory, atomic_write_json, compute_run_id
 from ovis.training.samples import image_shape, save_sample_grids
 from ovis.training.schedules import EventSchedule, alpha_at, lr_factor_at
@@ -122,7 +121,7 @@ class Trainer:
         self.stop.check()
 
     def _forked_rng(self, step: int) -> ContextManager[None]:
-        return forked_rng(self.device, _eval_seed(self.args.seed, step))
+        return forked_rng(self.device, eval_seed(self.args.seed, step))
 
     # ------------------------------------------------------------------ config
     def _write_config(self, data: Any = None) -> None:
@@ -345,7 +344,7 @@ class Trainer:
         with self._forked_rng(step):  # the batch of the gradient analysis (same binarisation draw)
             x = batch_to_device(fetch_batch(self.data.train, self.idx_grad), self.device)
         return tracked_log_variances(self.tracked, self.model, x, a.track_variance_draws, a.grad_key,
-                                     self.runtime(step), _eval_seed(a.seed, step) + 1, self.device,
+                                     self.runtime(step), eval_seed(a.seed, step) + 1, self.device,
                                      stop_check=self.check_stop)
 
     def _save_samples(self, step: int) -> None:
