@@ -447,3 +447,11 @@ def test_report_page_escapes_run_names_and_errors(tmp_path):
     assert "<img src=x onerror=alert(1)>" in page.cells
     assert "<script>alert(2)</script>" in page.cells
     assert "ValueError: </td></tr></table><script>alert(3)</script>" in page.cells
+
+
+def test_figure3_summary_shows_no_spread_for_a_single_run():
+    from ovis.reporting.figure3 import mean_pm_std
+
+    assert mean_pm_std(-91.234, float("nan")) == "-91.23"  # one seed: no made-up "± 0.00"
+    assert mean_pm_std(-91.234, 0.456) == "-91.23 ± 0.46"
+    assert mean_pm_std(-91.0, 0.0) == "-91.00 ± 0.00"  # two seeds that agree: a real zero spread

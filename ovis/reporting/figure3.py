@@ -73,6 +73,11 @@ def expected_configurations(experiment_file: Optional[Path], tag: str) -> Tuple[
     return set(), "no experiment file: missing configurations cannot be listed"
 
 
+def mean_pm_std(mean: float, std: float) -> str:
+    r"""``"mean ± std"`` to two decimals; a single run (``std`` NaN: no spread to estimate) is its mean alone."""
+    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+
+
 def report_figure3(root: str, exp: str, output: str, figure: str, metric: MetricSpec,
                    experiment_file: Optional[Path]) -> Tuple[Path, List[Config]]:
     import matplotlib.pyplot as plt
@@ -146,8 +151,8 @@ def report_figure3(root: str, exp: str, output: str, figure: str, metric: Metric
     items.append(save_figure(fig, outdir, f"figure3-{figure}", f"{metric.name} vs step per estimator "
                              f"(mean +- std across seeds), runs tagged {tag}"))
     summ = pd.DataFrame(summary)
-    disp = summ.assign(last=summ.apply(lambda r: f"{r['last_mean']:.2f} ± {0 if pd.isna(r['last_std']) else r['last_std']:.2f}", axis=1),
-                       best=summ.apply(lambda r: f"{r['max_mean']:.2f} ± {0 if pd.isna(r['max_std']) else r['max_std']:.2f}", axis=1))
+    disp = summ.assign(last=[mean_pm_std(m, s) for m, s in zip(summ["last_mean"], summ["last_std"])],
+                       best=[mean_pm_std(m, s) for m, s in zip(summ["max_mean"], summ["max_std"])])
     items.append(write_table(summ, outdir, f"figure3-{figure}-summary", f"last and best {metric.name} per data set, "
                              f"estimator and K (mean ± std across seeds)",
                              display=disp[["dataset", "estimator", "iw", "runs", "last", "best"]]))
