@@ -164,6 +164,10 @@ class _ByValue:
     reference; this wrapper makes it travel by value.  Its module must be registered with
     :func:`cloudpickle.register_pickle_by_value` (else its code is not shipped).  The receiving
     side gets the plain function (it never needs this class).
+
+    Trust: the bytes are this manager's own ``cloudpickle.dumps`` of :mod:`ovis.experiments.dask_bootstrap`,
+    sent over Dask's channel, which unpickles every task it carries anyway; no user-supplied file or
+    record reaches ``loads``.  A cluster reachable beyond loopback must use TLS (:func:`security_from_files`).
     """
 
     def __init__(self, fn: Callable[..., Any]) -> None:
