@@ -1,8 +1,9 @@
 r"""REBAR's variance-tracking mode: the log-variance of several estimators' gradients at the same
-model parameters (:func:`log_gradient_variances`)."""
+model parameters (:func:`log_gradient_variances`); :func:`mean_gradient_variance` is the measurement
+both it and ``run.py --track_variance`` (:mod:`ovis.training.variance`) take."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict
+from typing import TYPE_CHECKING, Any, Dict, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +13,23 @@ from ovis.analysis.gradients import parameter_gradient_draws
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from ovis.estimators.base import GradientEstimator
 
-__all__ = ["log_gradient_variances"]
+__all__ = ["log_gradient_variances", "mean_gradient_variance"]
+
+
+def mean_gradient_variance(estimator: "GradientEstimator", model: nn.Module, x: Tensor,
+                           params: Sequence[nn.Parameter], n_draws: int, **runtime: Any) -> Tensor:
+    r""":math:`\frac1P\sum_p \mathrm{Var}[g_p]`, a float64 scalar: the per-coordinate variance (unbiased)
+    of ``n_draws`` draws of the estimator's gradient w.r.t. ``params`` on ``x``
+    (:func:`~ovis.analysis.gradients.parameter_gradient_draws`), averaged over the ``P`` coordinates.
+    The estimator runs in ``eval()`` mode (no running-statistics update, no control-variate step)
+    and is restored; the model's ``.grad`` are not touched."""
+    was_training = estimator.training
+    estimator.eval()
+    try:
+        draws = parameter_gradient_draws(estimator, model, x, params, n_draws, **runtime)
+    finally:
+        estimator.train(was_training)
+    return draws.double().var(0, unbiased=True).mean()
 
 
 def log_gradient_variances(
@@ -46,12 +63,6 @@ def log_gradient_variances(
         raise ValueError(f"no model parameter name contains key_filter={key_filter!r}")
     out: Dict[str, float] = {}
     for eid, est in estimators.items():
-        was_training = est.training
-        est.eval()
-        try:
-            draws = parameter_gradient_draws(est, model, x, params, n_draws, **runtime)
-        finally:
-            est.train(was_training)
-        var = draws.double().var(0, unbiased=True).mean()
+        var = mean_gradient_variance(est, model, x, params, n_draws, **runtime)
         out[f"gradvar/{eid}"] = float(torch.log(var.clamp_min(1e-300)))
     return out

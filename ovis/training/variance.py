@@ -77,19 +77,19 @@ def tracked_log_variances(tracked: Mapping[str, torch.nn.Module], model: torch.n
     r"""``{"variance/<id>": log10 mean gradient variance}`` of every estimator of ``tracked`` on
     ``x`` (``draws`` draws each, every one under an RNG fork seeded by ``seed``; see the module
     docstring); ``stop_check`` is called before each estimator."""
-    from ovis.analysis.gradients import gradient_samples
+    from ovis.analysis.gradients import select_parameters
+    from ovis.analysis.variance_tracking import mean_gradient_variance
 
+    if not tracked:
+        return {}
+    if draws < 2:
+        raise ValueError(f"mc_samples must be >= 2 to estimate a variance, got {draws}")
+    params = [p for _, p in select_parameters(model, grad_key)]
     out: Dict[str, float] = {}
     for eid, est in tracked.items():
         if stop_check is not None:
             stop_check()
-        was_training = est.training
-        est.eval()
-        try:
-            with forked_rng(device, seed):
-                g = gradient_samples(est, model, x, draws, grad_key, **runtime)
-        finally:
-            est.train(was_training)
-        var = g.double().var(0, unbiased=True).mean()
+        with forked_rng(device, seed):
+            var = mean_gradient_variance(est, model, x, params, draws, **runtime)
         out[f"variance/{eid}"] = float(torch.log10(var.clamp_min(1e-300))) if torch.isfinite(var) else math.nan
     return out
