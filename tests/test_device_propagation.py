@@ -19,7 +19,6 @@ evaluation code make their tensors on the device and dtype of their inputs.
 from __future__ import annotations
 
 import ast
-import inspect
 import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -32,7 +31,6 @@ from torch.utils._pytree import tree_flatten
 
 from ovis.datasets import load_dataset
 from ovis.estimators import build_estimator
-from ovis.estimators.config import parse_estimator_id
 from ovis.models import build_model
 from ovis.training.arguments import parse_run_args
 
@@ -107,10 +105,7 @@ def build(model_name: str, estimator_id: str, dtype: torch.dtype = torch.float32
         est: nn.Module = ReinforceTransformed(mc=1, iw=3, reward_transforms=estimator_id.split("+")[1],
                                               x_shape=tuple(data.x_shape))
     else:
-        cls, _ = parse_estimator_id(estimator_id)
-        extra = ({"x_shape": tuple(data.x_shape)} if "x_shape" in inspect.signature(cls.__init__).parameters
-                 else {})
-        est = build_estimator(estimator_id, mc=1, iw=3, **extra)
+        est = build_estimator(estimator_id, mc=1, iw=3, x_shape=data.x_shape)
     if dataset:
         x = data.test.data[:2]
     elif "cbernoulli" in argv:

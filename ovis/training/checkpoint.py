@@ -25,7 +25,6 @@ RNGs and returns the loop counters; :func:`check_run_id` rejects another run's c
 """
 from __future__ import annotations
 
-import io
 import os
 import random
 import zipfile
@@ -37,7 +36,7 @@ import torch
 
 from ovis.training.rundir import atomic_torch_save
 from ovis.training.sums import RunningSums
-from ovis.utils.files import atomic_write_bytes, fsync_dir
+from ovis.utils.files import fsync_dir
 
 __all__ = ["get_rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "load_resume_checkpoint",
            "previous_path", "CheckpointError", "CHECKPOINT_VERSION", "run_state", "restore_run_state",
@@ -110,10 +109,8 @@ def save_checkpoint(path: os.PathLike | str, state: Mapping[str, Any], keep_prev
     if not keep_previous:
         atomic_torch_save(obj, path)
         return
-    buf = io.BytesIO()
-    torch.save(obj, buf)
     staged = path.with_name(path.name + ".new")
-    atomic_write_bytes(staged, buf.getvalue())  # complete and fsynced before anything moves
+    atomic_torch_save(obj, staged)  # complete and fsynced before anything moves
     if _complete(path):
         os.replace(path, previous_path(path))
     os.replace(staged, path)

@@ -43,7 +43,6 @@ chosen on the validation ``L_K``; the test set is reported, never used to choose
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import os
 import random
@@ -58,6 +57,7 @@ import numpy as np
 import torch
 
 import ovis
+from ovis.datasets.errors import DatasetCorruptError, DatasetNotFoundError
 from ovis.training.arguments import RunArgumentError, parse_run_args
 from ovis.training.checkpoint import (
     CheckpointError,
@@ -165,17 +165,14 @@ class Trainer:
             raise ValueError(f"data set {args.dataset!r} has an empty split "
                              f"(train {len(data.train)}, valid {len(data.valid)}, test {len(data.test)})")
         self.model = models.build_model(args, data).to(self.device)
-        cls, _ = estimators.parse_estimator_id(args.estimator)
-        extra: Dict[str, Any] = {}
-        if "x_shape" in inspect.signature(cls.__init__).parameters:
-            extra["x_shape"] = tuple(data.x_shape)
         if getattr(args, "reward_transforms", ""):  # reinforce with a chain of reward transforms
             from ovis.estimators.reward_transforms import ReinforceTransformed
 
             self.estimator = ReinforceTransformed(mc=args.mc, iw=args.iw, reward_transforms=args.reward_transforms,
                                                   x_shape=tuple(data.x_shape))
         else:
-            self.estimator = estimators.build_estimator(args.estimator, mc=args.mc, iw=args.iw, **extra)
+            self.estimator = estimators.build_estimator(args.estimator, mc=args.mc, iw=args.iw,
+                                                        x_shape=data.x_shape)
         self.estimator.to(self.device)
         # --compile: the training estimation (model pass, estimator maths, surrogate) as one compiled
         # graph; the modules themselves are not wrapped, so parameter names and checkpoints are
@@ -234,16 +231,19 @@ class Trainer:
     def _check_owner(self, ckpt: Mapping[str, Any]) -> None:
         check_run_id(ckpt, self.run_id, self.rundir.last_path)
 
-    def _restore(self, ckpt: Mapping[str, Any], path: Optional[Path] = None) -> None:
-        self._check_owner(ckpt)
+    def _restore(self, ckpt: Mapping[str, Any], path: Path) -> None:
+        r"""Continue from ``ckpt`` (read from ``path``; its owner already checked on loading)."""
         loop = restore_run_state(ckpt, model=self.model, estimator=self.estimator, optimizer=self.optimizer,
                                  sums=self.sums, log_sums=self.log_sums, device=self.device)
         self.step, self.last_eval_step = loop["step"], loop["last_eval_step"]
         self.best, self.elapsed = loop["best"], loop["elapsed"]
-        self.log.info(f"resumed from {path or self.rundir.last_path} at step {self.step}")
+        self.log.info(f"resumed from {path} at step {self.step}")
+
+    def _save_last_checkpoint(self) -> None:
+        save_checkpoint(self.rundir.last_path, self._state(), keep_previous=True)
 
     def save_last(self) -> None:
-        save_checkpoint(self.rundir.last_path, self._state(), keep_previous=True)
+        self._save_last_checkpoint()
         self._last_ckpt_time = time.monotonic()
         self.rundir.write_status("running", self.step)
 
@@ -455,7 +455,7 @@ class Trainer:
                     code = 128 + int(signum)
                     # a checkpoint only from a consistent state: between steps, after setup
                     if isinstance(e, RunInterrupted) and not e.forced and self._ready:
-                        save_checkpoint(self.rundir.last_path, self._state(), keep_previous=True)
+                        self._save_last_checkpoint()
                     self.rundir.write_status("aborted", self.step, error=str(e) or "KeyboardInterrupt")
                     self.log.info(f"aborted at step {self.step} ({e or 'KeyboardInterrupt'})")
                 except KNOWN_FAILURES as e:  # one line naming the file / data set and the fix, no traceback
@@ -474,14 +474,10 @@ class Trainer:
         return code
 
 
-def _known_failures() -> Tuple[type, ...]:
-    from ovis.datasets.errors import DatasetCorruptError, DatasetNotFoundError
-
-    return (CheckpointError, DatasetNotFoundError, DatasetCorruptError)
-
-
 #: failures whose message already names the input and the fix: reported in one line, no traceback
-KNOWN_FAILURES = _known_failures()
+KNOWN_FAILURES: Tuple[type, ...] = (CheckpointError, DatasetNotFoundError, DatasetCorruptError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     r"""Run ``run.py`` with the command line ``argv`` (default ``sys.argv[1:]``); return the exit
     code (see the module docstring)."""

@@ -13,7 +13,6 @@ dynamic REBAR's eta / temperature) are not trained: they keep their initial valu
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
@@ -48,11 +47,7 @@ def build_tracked_estimators(ids: Sequence[str], training_id: str, training_esti
         for eid in ids:
             if eid in out:
                 continue
-            cls, _ = estimators.parse_estimator_id(eid)
-            extra: Dict[str, Any] = {}
-            if "x_shape" in inspect.signature(cls.__init__).parameters:
-                extra["x_shape"] = tuple(x_shape)
-            out[eid] = estimators.build_estimator(eid, mc=mc, iw=iw, **extra).to(device)
+            out[eid] = estimators.build_estimator(eid, mc=mc, iw=iw, x_shape=x_shape).to(device)
         # fail now, not at the first evaluation, when an estimator cannot run on this model
         x = check_batch()
         for eid, est in out.items():
