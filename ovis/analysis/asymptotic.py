@@ -76,6 +76,7 @@ __all__ = [
     "main",
     "SIGMA_Q",
     "GROUPS",
+    "GROUP_COLUMNS",
     "group_statistics",
     "snr_floor",
     "above_floor",
@@ -332,6 +333,13 @@ def above_floor(snr: float, mc_samples: float, factor: float = 2.0) -> bool:
     return bool(math.isfinite(snr) and snr > factor * snr_floor(mc_samples))
 #: parameter groups with statistics of their own: ``<statistic>_<group>`` (the paper's Figure 1 uses ``b``)
 GROUPS = ("A", "b")
+#: the per-group statistic columns of ``statistics.json`` (``snr_b``, ...)
+GROUP_COLUMNS = tuple(f"{s}_{g}" for g in GROUPS for s in STATISTICS)
+
+
+def _group_slices(D: int) -> Tuple[slice, slice]:
+    r"""The coordinates of each group of :data:`GROUPS` in a draw ``[D*D + D]``: ``A`` row-major, then ``b``."""
+    return slice(0, D * D), slice(D * D, D * D + D)
 
 
 def group_statistics(grads: Tensor, D: int, epsilon: float = 1e-15) -> Dict[str, float]:
@@ -341,7 +349,7 @@ def group_statistics(grads: Tensor, D: int, epsilon: float = 1e-15) -> Dict[str,
     if grads.dim() != 2 or grads.shape[1] != D * D + D:
         raise ValueError(f"grads must have shape [N, D*D + D = {D * D + D}], got {tuple(grads.shape)}")
     out = {k: float(v) for k, v in gradient_statistics(grads, epsilon).items()}
-    for name, cols in (("A", slice(0, D * D)), ("b", slice(D * D, D * D + D))):
+    for name, cols in zip(GROUPS, _group_slices(D)):
         out.update({f"{k}_{name}": float(v) for k, v in gradient_statistics(grads[:, cols], epsilon).items()})
     return out
 
@@ -384,7 +392,7 @@ def compute(args: argparse.Namespace, rundir: Path, log: Any) -> Dict[str, Any]:
 
 
 def _rows_csv(rows: List[Dict[str, Any]]) -> str:
-    cols = ["estimator", "iw", *STATISTICS, *(f"{k}_{g}" for g in GROUPS for k in STATISTICS), "mc_samples",
+    cols = ["estimator", "iw", *STATISTICS, *GROUP_COLUMNS, "mc_samples",
             "draws_per_call", "seconds"]
     lines = [",".join(cols)]
     for r in rows:

@@ -27,15 +27,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from ovis.analysis.asymptotic import GROUPS, STATISTICS, above_floor, fit_slope, snr_floor
+from ovis.analysis.asymptotic import GROUP_COLUMNS, GROUPS, STATISTICS, above_floor, fit_slope, snr_floor
 from ovis.reporting.outputs import Section, TextItem, render_index, safe_name, save_figure, write_table
 from ovis.reporting.runs import NoRunsError, read_experiment
 
 __all__ = ["load_statistics", "statistic_columns", "slopes_table", "figure1", "report_asymptotic", "main"]
 
 LABELS = {"variance": "variance", "snr": "SNR", "dsnr": "DSNR", "magnitude": "|E[g]|"}
-#: per-group statistic columns of ``statistics.json`` (``snr_b``, ...)
-GROUP_COLUMNS = tuple(f"{s}_{g}" for g in GROUPS for s in STATISTICS)
 
 
 def load_statistics(root: str, exps: Sequence[str]) -> Tuple[pd.DataFrame, pd.DataFrame, Dict[Tuple[str, int], Path]]:
