@@ -154,10 +154,6 @@ def train_step(est: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor) ->
     return run
 
 
-def _extra(eid: str) -> Dict[str, object]:
-    return {"x_shape": (784,)} if eid == "reinforce-baseline" else {}
-
-
 def overhead_table(x: torch.Tensor, repeats: int) -> None:
     print("\n## 1. Estimator overhead: estimator fwd+bwd / bare model fwd+bwd (target <= 1.10 single-pass)")
     print("   (bare and estimator passes alternate, so the ratio is immune to a drifting machine)")
@@ -167,7 +163,7 @@ def overhead_table(x: torch.Tensor, repeats: int) -> None:
         model = sbn(x)
         bare = bare_pass(model, x, K, zgrads=False)
         for eid in SINGLE_PASS_SF:
-            tb, t = paired_median_times(bare, estimator_pass(build_estimator(eid, iw=K, **_extra(eid)), model, x),
+            tb, t = paired_median_times(bare, estimator_pass(build_estimator(eid, iw=K, x_shape=(784,)), model, x),
                                         repeats)
             print(f"{eid:22s} {K:4d} {tb * 1e3:9.2f} {t * 1e3:9.2f} {t / tb:7.2f}", flush=True)
         S = 10
@@ -410,7 +406,7 @@ def device_table(device: torch.device, ks: Sequence[int], repeats: int, only: Se
                     continue
                 torch.manual_seed(0)
                 model = (sbn(x_cpu) if model_name == "sbn" else gaussian_vae(x_cpu)).to(device)
-                est = build_estimator(eid, iw=K, **_extra(eid)).to(device)
+                est = build_estimator(eid, iw=K, x_shape=(784,)).to(device)
                 step = train_step(est, model, x)
                 for _ in range(2):  # warm-up (lazy modules, kernels, allocator)
                     step()
