@@ -348,13 +348,12 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _mean_sd(s: pd.Series, digits: int = 4) -> str:
-    s = s.dropna()
-    if s.empty:
-        return "not run"
-    if len(s) == 1:
-        return f"{s.iloc[0]:.{digits}g} (1 seed)"
-    return f"{s.mean():.{digits}g} ± {s.std(ddof=1):.2g} ({len(s)} seeds)"
+def _seeds_cell(r: Mapping[str, Any], mean_fmt: str, std_fmt: str) -> str:
+    r"""A :func:`_summary` row as a table cell: ``mean ± std (n seeds)``, or ``mean (1 seed)`` when
+    ``n <= 1``; ``mean_fmt`` / ``std_fmt`` are format specs (``".3g"``, ``".2f"``)."""
+    if r["n"] > 1:
+        return f"{r['mean']:{mean_fmt}} ± {r['std']:{std_fmt}} ({int(r['n'])} seeds)"
+    return f"{r['mean']:{mean_fmt}} (1 seed)"
 
 
 def _summary(per_run: pd.Series) -> pd.DataFrame:
@@ -597,7 +596,7 @@ def _table_fig2(ours: pd.DataFrame, snr_early: Mapping[str, float], snr_late: Ma
     for est, pv in PAPER["fig2"]["posterior_error"].items():
         if est in ours.index:
             r = ours.loc[est]
-            o = (f"{r['mean']:.3g} ± {r['std']:.2g} ({int(r['n'])} seeds)" if r["n"] > 1 else f"{r['mean']:.3g} (1 seed)")
+            o = _seeds_cell(r, ".3g", ".2g")
         else:
             o = "not run"
         rows.append({"estimator": est, "paper min posterior error (K=10)": pv, "ours min posterior error (K=10)": o,
@@ -695,7 +694,7 @@ def _table_bound(paper: Mapping[str, float], ours: pd.DataFrame, pcol: str, labe
     for est, pv in paper.items():
         if est in ours.index:
             r = ours.loc[est]
-            o = f"{r['mean']:.2f} ± {r['std']:.2f} ({int(r['n'])} seeds)" if r["n"] > 1 else f"{r['mean']:.2f} (1 seed)"
+            o = _seeds_cell(r, ".2f", ".2f")
         else:
             o = "not run"
         rows.append({"estimator": est, pcol: pv, f"ours {label} (K=5)": o})
