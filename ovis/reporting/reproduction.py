@@ -25,6 +25,7 @@ for Importance Weighted Bounds", NeurIPS 2020); everything else in the document 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import subprocess
@@ -378,24 +379,16 @@ def _status_line(data: Any) -> str:
     return f"Runs: {len(data.runs)} ({text})." + (" Failures: " + "; ".join(reasons) + "." if reasons else "")
 
 
-def _pyplot() -> Any:
-    r"""``matplotlib.pyplot`` on the non-interactive Agg backend (the document is written headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _save(fig: Any, fig_dir: Path, name: str) -> str:
+    r"""Write ``fig`` atomically as ``fig_dir/name.png`` (110 dpi, tight box), close it, return the
+    document's relative link.  Figures use the Agg backend that :mod:`ovis.reporting.outputs`
+    selects on import (the document is written headless)."""
     import matplotlib.pyplot as plt
 
-    return plt
-
-
-def _save(fig: Any, fig_dir: Path, name: str) -> str:
-    plt = _pyplot()
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    path = fig_dir / f"{name}.png"
-    tmp = path.with_suffix(".png.tmp")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(fig_dir / f"{name}.png", buf.getvalue())
     return f"figures/{name}.png"
 
 
@@ -452,7 +445,6 @@ def _fig1(root: Path, fig_dir: Path) -> FigureSection:
     slopes: Dict[str, Dict[str, float]] = {
         str(e): {**{st: float(r[f"slope_{st}"]) for st in STATISTICS},
                  "points": float(len(str(r["K_values"]).split()))} for e, r in table.iterrows()}
-    _pyplot()
     fig = figure1(stats, "b", colors={str(e): estimator_color(str(e)) for e in stats["estimator"]},
                   paper_snr={e: (PAPER["fig1"]["K"], v) for e, v in PAPER["fig1"]["snr_b"].items()})
     rel = _save(fig, fig_dir, "fig1_toy_snr")
@@ -607,7 +599,7 @@ def _table_fig2(ours: pd.DataFrame, snr_early: Mapping[str, float], snr_late: Ma
 
 
 def _plot_fig2(m: pd.DataFrame) -> Any:
-    plt = _pyplot()
+    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     _curves(axes[0], m, "test", "gmm/posterior_mse")
@@ -667,7 +659,7 @@ def _bound_section(root: Path, fig_dir: Path, key: str) -> FigureSection:
     c = ordering_verdict(paper, ours, higher_is_better=True, tolerance=0.01)
     nsteps = int(pd.to_numeric(data.runs.get("nsteps"), errors="coerce").max())
     iw_test = int(pd.to_numeric(data.runs.get("iw_test"), errors="coerce").max())
-    plt = _pyplot()
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     _curves(ax, m, split, metric)
@@ -736,7 +728,6 @@ def _efficiency(root: Path, fig_dir: Path, model: str) -> FigureSection:
         c.details.append(f"VIMCO's memory slope here is {vim:+.2f}: with an O(K) leave-one-out log-sum-exp its memory "
                          "grows linearly, so the paper's quadratic curve belongs to the original implementation "
                          "(its K x K matrix), not to the estimator")
-    _pyplot()
     fig = efficiency_figure(df, "memory saved for backward and time per step vs K",
                             colors={str(e): estimator_color(str(e)) for e in df["estimator"]})
     ks = np.array([df["iw"].min(), df["iw"].max()], dtype=float)
