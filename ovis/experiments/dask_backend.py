@@ -59,6 +59,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ovis.experiments import dask_bootstrap
 from ovis.experiments.backend import Backend, BackendNotAvailable
+from ovis.experiments.devices import cpu_threads_per_worker
 from ovis.experiments.queue import HOST, JobQueue, QueueError, kill_group, pid_alive, process_start_time
 from ovis.experiments.workers import WorkerConfig, run_claimed_job
 
@@ -244,7 +245,7 @@ def local_worker_specs(slots: Sequence[str], security: Any = None, protocol: str
             "dashboard_address": None, "memory_limit": 0, "silence_logs": logging.WARNING}
     specs: Dict[str, Dict[str, Any]] = {}
     if all(s == "cpu" for s in slots):
-        threads = max(1, (cpu_count or os.cpu_count() or 1) // P)
+        threads = cpu_threads_per_worker(P, cpu_count)
         env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
         for i in range(P):
             specs[f"cpu-{i}"] = {"cls": Nanny, "options": dict(base, nthreads=1, env=dict(env), name=f"cpu-{i}")}

@@ -30,7 +30,7 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = [
     "ExperimentError",
@@ -266,6 +266,24 @@ def _validator_for(script: str) -> Tuple[Optional[Callable[[List[str]], Any]], O
     return None, f"{script}: no known argument parser; the jobs' arguments are not validated"
 
 
+def _parsed_jobs(exp: Experiment, jobs: Sequence[Job], validator: Callable[[List[str]], Any]
+                 ) -> Iterator[Tuple[Job, Any, Optional[BaseException]]]:
+    r"""``(job, parsed arguments, None)`` or ``(job, None, error)`` for each of ``jobs``, in order.
+
+    Each job's command line is parsed by ``validator`` (its script's parser, :func:`_validator_for`)
+    with placeholder ``--exp``/``--root``/``--data_root``; the error is the parser's
+    :class:`SystemExit` (a parser that exits) or :class:`ValueError`.
+    """
+    extra = ["--exp", exp.name, "--root", "/nonexistent-root", "--data_root", "/nonexistent-data"]
+    for job in jobs:
+        try:
+            parsed = validator(list(job.argv) + extra)
+        except (SystemExit, ValueError) as e:
+            yield job, None, e
+            continue
+        yield job, parsed, None
+
+
 def validate_jobs(exp: Experiment, jobs: Sequence[Job]) -> List[str]:
     r"""Parse every job's command line with its script's parser; return warnings.
 
@@ -275,14 +293,11 @@ def validate_jobs(exp: Experiment, jobs: Sequence[Job]) -> List[str]:
     validator, warning = _validator_for(exp.script)
     if validator is None:
         return [warning] if warning else []
-    extra = ["--exp", exp.name, "--root", "/nonexistent-root", "--data_root", "/nonexistent-data"]
-    for job in jobs:
-        try:
-            validator(list(job.argv) + extra)
-        except SystemExit as e:  # a parser that exits instead of raising
+    for job, _, e in _parsed_jobs(exp, jobs, validator):
+        if isinstance(e, SystemExit):  # a parser that exits instead of raising
             raise ExperimentError(exp.path, _blame(exp, job, ""), f"job `{job.command}` rejected by "
                                   f"{exp.script} (exit {e.code})") from None
-        except ValueError as e:
+        if e is not None:
             raise ExperimentError(exp.path, _blame(exp, job, str(e)),
                                   f"job `{job.command}` rejected by {exp.script}: {e}") from None
     return []

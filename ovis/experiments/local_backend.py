@@ -13,7 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 from ovis.experiments.backend import Backend, BackendNotAvailable
 from ovis.experiments.devices import cpu_threads_per_worker
@@ -49,6 +49,7 @@ class LocalBackend(Backend):
     restarts: List[int] = field(default_factory=list, init=False)
     stopping: bool = field(default=False, init=False)
     given_up: Set[str] = field(default_factory=set, init=False)
+    queue: Optional[JobQueue] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -91,6 +92,7 @@ class LocalBackend(Backend):
         self.slots = list(slots)
         self.current = [None] * len(self.slots)
         self.restarts = [0] * len(self.slots)
+        self.queue = JobQueue(self.cfg.exp_dir)
         for i in range(len(self.slots)):
             self._spawn(i)
 
@@ -100,7 +102,7 @@ class LocalBackend(Backend):
         if self.stopping or not self.slots:
             return
         died = [i for i, p in enumerate(self.current) if p is not None and p.poll() not in (None, 0)]
-        queue = JobQueue(self.cfg.exp_dir)
+        queue = self.queue if self.queue is not None else JobQueue(self.cfg.exp_dir)
         try:
             if died:
                 for i in died:
@@ -109,8 +111,10 @@ class LocalBackend(Backend):
                 lost = queue.mark_lost(self.grace)
                 if lost:
                     log.warning("lost (worker died): %s", ", ".join(lost))
-            requeued = self._requeue_lost(queue) if self.requeue_lost else []
-            waiting = requeued or (died and any(d["status"] == "queued" for d in queue.all_jobs()))
+            # one read of the queue (after mark_lost) serves both the requeue and ``waiting``
+            jobs = queue.all_jobs() if self.requeue_lost or died else []
+            requeued = self._requeue_lost(queue, jobs) if self.requeue_lost else []
+            waiting = requeued or (died and any(d["status"] == "queued" for d in jobs))
         except QueueError as e:
             log.warning("%s", e)
             return
@@ -128,10 +132,12 @@ class LocalBackend(Backend):
                 p = self._spawn(idle[0])
                 log.info("worker %d restarted for the requeued jobs (pid %d)", idle[0], p.pid)
 
-    def _requeue_lost(self, queue: JobQueue) -> List[str]:
-        r"""Requeue the ``lost`` jobs claimed under this manager with fewer than ``max_attempts`` attempts."""
-        out: List[str] = []
-        for d in queue.all_jobs():
+    def _requeue_lost(self, queue: JobQueue, jobs: Sequence[Dict[str, Any]]) -> List[str]:
+        r"""Requeue the ``lost`` jobs of ``jobs`` (a read of ``queue``) claimed under this manager with
+        fewer than ``max_attempts`` attempts, in one :meth:`JobQueue.requeue`, which requeues only
+        those still ``lost`` (or ``aborted``) under its lock; returns the ids it requeued."""
+        eligible: Dict[str, Any] = {}
+        for d in jobs:
             if d["status"] != "lost" or d.get("manager") != self.cfg.manager or d["job_id"] in self.given_up:
                 continue
             if int(d.get("attempts") or 0) >= self.max_attempts:
@@ -139,10 +145,13 @@ class LocalBackend(Backend):
                             self.cfg.exp_dir / ".logs" / f"{d['job_id']}.{d['attempts']}.log")
                 self.given_up.add(d["job_id"])
                 continue
-            if queue.requeue(1, job_ids=[d["job_id"]]):
-                log.info("job %s requeued after being lost (attempt %d of %d)", d["job_id"], d["attempts"],
-                         self.max_attempts)
-                out.append(d["job_id"])
+            eligible[d["job_id"]] = d["attempts"]
+        if not eligible:
+            return []
+        out = queue.requeue(1, job_ids=list(eligible))
+        for job_id in out:
+            log.info("job %s requeued after being lost (attempt %d of %d)", job_id, eligible[job_id],
+                     self.max_attempts)
         return out
 
     def running(self) -> bool:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from ovis.experiments.grid import Experiment, Job, _validator_for
+from ovis.experiments.grid import Experiment, Job, _parsed_jobs, _validator_for
 
 __all__ = ["PreflightError", "check_data", "preflight"]
 
@@ -28,12 +28,9 @@ def _datasets_of(exp: Experiment, jobs: Sequence[Job]) -> Dict[str, List[Job]]:
     validator, _ = _validator_for(exp.script)
     if validator is None:
         return {}
-    extra = ["--exp", exp.name, "--root", "/nonexistent-root", "--data_root", "/nonexistent-data"]
     out: Dict[str, List[Job]] = {}
-    for job in jobs:
-        try:
-            ns = validator(list(job.argv) + extra)
-        except (SystemExit, ValueError):  # the grid validation reports these
+    for job, ns, error in _parsed_jobs(exp, jobs, validator):
+        if error is not None:  # the grid validation reports these
             continue
         name = getattr(ns, "dataset", None)
         if isinstance(name, str):

@@ -468,6 +468,7 @@ def report_experiment(args: argparse.Namespace) -> Path:
     sections[0].items += grid_items(args.experiment_file, args.exp, data, outdir)
 
     curves = Section("Learning curves (mean +- std across runs of a configuration)")
+    curve_styles = styles.for_labels(run_labels(data, keys), data.runs)
     for spec in metrics:
         table = curve_table(data, spec, keys, args.downsample)
         if table.empty:
@@ -475,7 +476,6 @@ def report_experiment(args: argparse.Namespace) -> Path:
             continue
         name = f"curves-{spec.split}-{spec.metric}"
         write_table(table, outdir, name, f"Learning curve data of {spec.name}")
-        curve_styles = styles.for_labels(run_labels(data, keys), data.runs)
         curves.items.append(save_figure(plot_curves(table, f"{args.exp}: {spec.name}", spec.metric, args.ylims,
                                                     spec.split, spec.metric, curve_styles), outdir, name,
                                         f"{spec.name} vs step, grouped by {', '.join(keys) or 'nothing'}"))
@@ -503,6 +503,7 @@ def report_experiment(args: argparse.Namespace) -> Path:
         detail.items.append(save_figure(fig, outdir, f"detailed-{spec.split}-{spec.metric}",
                                         f"{spec.name} of every run"))
     pivot_sec = Section("Pivot summaries (per-run aggregate; mean ± std (n) across runs)")
+    pivot_styles = styles.for_labels(run_labels(data, [k for k in keys if k != "iw"]), data.runs, use_iw=False)
     for spec in pivots:
         long, wide = pivot_table(data, spec, keys)
         if long.empty:
@@ -513,9 +514,9 @@ def report_experiment(args: argparse.Namespace) -> Path:
         fig, ax = plt.subplots(figsize=(6, 4))
         labs = sorted(dict.fromkeys(long["label"]), key=natural_key)
         numeric = pd.to_numeric(long["iw"], errors="coerce")
-        pivot_styles = styles.for_labels(run_labels(data, [k for k in keys if k != "iw"]), data.runs, use_iw=False)
+        palette = _palette(len(labs))  # the colour of a label without a style
         for i, lab in enumerate(labs):
-            st = dict(pivot_styles.get(lab, {"color": _palette(len(labs))[i]}))
+            st = dict(pivot_styles.get(lab, {"color": palette[i]}))
             st["marker"] = st.get("marker") or "o"
             t = long[long["label"] == lab].assign(x=numeric).sort_values("x")
             x = t["x"] if t["x"].notna().all() else pd.Series(np.arange(len(t)), index=t.index)

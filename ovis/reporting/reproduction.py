@@ -25,6 +25,7 @@ for Importance Weighted Bounds", NeurIPS 2020); everything else in the document 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import subprocess
@@ -348,13 +349,12 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _mean_sd(s: pd.Series, digits: int = 4) -> str:
-    s = s.dropna()
-    if s.empty:
-        return "not run"
-    if len(s) == 1:
-        return f"{s.iloc[0]:.{digits}g} (1 seed)"
-    return f"{s.mean():.{digits}g} ± {s.std(ddof=1):.2g} ({len(s)} seeds)"
+def _seeds_cell(r: Mapping[str, Any], mean_fmt: str, std_fmt: str) -> str:
+    r"""A :func:`_summary` row as a table cell: ``mean ± std (n seeds)``, or ``mean (1 seed)`` when
+    ``n <= 1``; ``mean_fmt`` / ``std_fmt`` are format specs (``".3g"``, ``".2f"``)."""
+    if r["n"] > 1:
+        return f"{r['mean']:{mean_fmt}} ± {r['std']:{std_fmt}} ({int(r['n'])} seeds)"
+    return f"{r['mean']:{mean_fmt}} (1 seed)"
 
 
 def _summary(per_run: pd.Series) -> pd.DataFrame:
@@ -379,24 +379,16 @@ def _status_line(data: Any) -> str:
     return f"Runs: {len(data.runs)} ({text})." + (" Failures: " + "; ".join(reasons) + "." if reasons else "")
 
 
-def _pyplot() -> Any:
-    r"""``matplotlib.pyplot`` on the non-interactive Agg backend (the document is written headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _save(fig: Any, fig_dir: Path, name: str) -> str:
+    r"""Write ``fig`` atomically as ``fig_dir/name.png`` (110 dpi, tight box), close it, return the
+    document's relative link.  Figures use the Agg backend that :mod:`ovis.reporting.outputs`
+    selects on import (the document is written headless)."""
     import matplotlib.pyplot as plt
 
-    return plt
-
-
-def _save(fig: Any, fig_dir: Path, name: str) -> str:
-    plt = _pyplot()
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    path = fig_dir / f"{name}.png"
-    tmp = path.with_suffix(".png.tmp")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(fig_dir / f"{name}.png", buf.getvalue())
     return f"figures/{name}.png"
 
 
@@ -453,7 +445,6 @@ def _fig1(root: Path, fig_dir: Path) -> FigureSection:
     slopes: Dict[str, Dict[str, float]] = {
         str(e): {**{st: float(r[f"slope_{st}"]) for st in STATISTICS},
                  "points": float(len(str(r["K_values"]).split()))} for e, r in table.iterrows()}
-    _pyplot()
     fig = figure1(stats, "b", colors={str(e): estimator_color(str(e)) for e in stats["estimator"]},
                   paper_snr={e: (PAPER["fig1"]["K"], v) for e, v in PAPER["fig1"]["snr_b"].items()})
     rel = _save(fig, fig_dir, "fig1_toy_snr")
@@ -535,19 +526,18 @@ def _fig2(root: Path, fig_dir: Path) -> FigureSection:
     ours = _summary(best)
     snr = done[(done["split"] == "train") & (done["metric"] == "grads/snr")]
     early_steps = snr["step"] <= max(snr["step"].min(), 0.1 * nsteps)
-    late_steps = snr["step"] >= 0.8 * nsteps
-    snr_early = snr[early_steps].groupby("estimator")["value"].mean()
-    snr_late = snr[late_steps].groupby("estimator")["value"].mean()
     phases: Dict[str, Dict[str, Dict[str, float]]] = {}
     for name in ("grads/snr", "loss/ess", "grads/variance"):
         t = done[(done["split"] == "train") & (done["metric"] == name)]
         phases[name] = {"early": t[t["step"].isin(snr[early_steps]["step"])].groupby("estimator")["value"].mean()
                         .to_dict(),
                         "late": t[t["step"] >= 0.8 * nsteps].groupby("estimator")["value"].mean().to_dict()}
+    # for "grads/snr" itself t is snr: its early/late means are the SNR's per-estimator means
+    snr_early, snr_late = phases["grads/snr"]["early"], phases["grads/snr"]["late"]
     c = ordering_verdict(paper, ours, higher_is_better=False, tolerance=0.5)
     snr_order = PAPER["fig2"]["snr_order"]
-    late_known = [e for e in snr_order if e in snr_late.index]
-    early_known = [e for e in snr_order if e in snr_early.index]
+    late_known = [e for e in snr_order if e in snr_late]
+    early_known = [e for e in snr_order if e in snr_early]
     ours_late = sorted(late_known, key=lambda e: snr_late[e])
     ours_early = sorted(early_known, key=lambda e: snr_early[e])
     c.details.append("SNR order (increasing), paper: " + " < ".join(snr_order))
@@ -559,7 +549,7 @@ def _fig2(root: Path, fig_dir: Path) -> FigureSection:
     rel = _save(fig, fig_dir, "fig2_gmm")
     md = "\n\n".join([
         head, _status_line(data) + f" {nsteps} steps per run.",
-        _table_fig2(ours, snr_early.to_dict(), snr_late.to_dict(), phases["loss/ess"]),
+        _table_fig2(ours, snr_early, snr_late, phases["loss/ess"]),
         f"![Figure 2]({rel})\n\n*Left: test posterior error vs step (mean over seeds; band: min-max). Right: SNR of "
         "the inference network's gradient (50 draws at each evaluation). One colour per estimator.*",
         _snr_note(phases), _verdict_md(c)])
@@ -598,7 +588,7 @@ def _table_fig2(ours: pd.DataFrame, snr_early: Mapping[str, float], snr_late: Ma
     for est, pv in PAPER["fig2"]["posterior_error"].items():
         if est in ours.index:
             r = ours.loc[est]
-            o = (f"{r['mean']:.3g} ± {r['std']:.2g} ({int(r['n'])} seeds)" if r["n"] > 1 else f"{r['mean']:.3g} (1 seed)")
+            o = _seeds_cell(r, ".3g", ".2g")
         else:
             o = "not run"
         rows.append({"estimator": est, "paper min posterior error (K=10)": pv, "ours min posterior error (K=10)": o,
@@ -609,7 +599,7 @@ def _table_fig2(ours: pd.DataFrame, snr_early: Mapping[str, float], snr_late: Ma
 
 
 def _plot_fig2(m: pd.DataFrame) -> Any:
-    plt = _pyplot()
+    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     _curves(axes[0], m, "test", "gmm/posterior_mse")
@@ -669,7 +659,7 @@ def _bound_section(root: Path, fig_dir: Path, key: str) -> FigureSection:
     c = ordering_verdict(paper, ours, higher_is_better=True, tolerance=0.01)
     nsteps = int(pd.to_numeric(data.runs.get("nsteps"), errors="coerce").max())
     iw_test = int(pd.to_numeric(data.runs.get("iw_test"), errors="coerce").max())
-    plt = _pyplot()
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     _curves(ax, m, split, metric)
@@ -696,7 +686,7 @@ def _table_bound(paper: Mapping[str, float], ours: pd.DataFrame, pcol: str, labe
     for est, pv in paper.items():
         if est in ours.index:
             r = ours.loc[est]
-            o = f"{r['mean']:.2f} ± {r['std']:.2f} ({int(r['n'])} seeds)" if r["n"] > 1 else f"{r['mean']:.2f} (1 seed)"
+            o = _seeds_cell(r, ".2f", ".2f")
         else:
             o = "not run"
         rows.append({"estimator": est, pcol: pv, f"ours {label} (K=5)": o})
@@ -738,7 +728,6 @@ def _efficiency(root: Path, fig_dir: Path, model: str) -> FigureSection:
         c.details.append(f"VIMCO's memory slope here is {vim:+.2f}: with an O(K) leave-one-out log-sum-exp its memory "
                          "grows linearly, so the paper's quadratic curve belongs to the original implementation "
                          "(its K x K matrix), not to the estimator")
-    _pyplot()
     fig = efficiency_figure(df, "memory saved for backward and time per step vs K",
                             colors={str(e): estimator_color(str(e)) for e in df["estimator"]})
     ks = np.array([df["iw"].min(), df["iw"].max()], dtype=float)
