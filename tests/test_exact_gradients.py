@@ -21,6 +21,7 @@ import torch
 from ovis.estimators import build_estimator
 from ovis.estimators.vimco import Vimco
 from ovis.testing import (
+    TOY_FREEBITS,
     BernoulliToyModel,
     CategoricalToyModel,
     LinearGaussianModel,
@@ -42,9 +43,6 @@ N_DRAWS, MC = 40, 500
 MODELS = {"bernoulli": BernoulliToyModel, "categorical": CategoricalToyModel}
 UNBIASED = ["reinforce", "reinforce-baseline", "nvil", "vimco-arithmetic", "vimco-geometric", "ovis-gamma0",
             "ovis-gamma0-geometric", "ovis-S1-exclusive", "ovis-S3-exclusive"]
-#: free bits that clamp some of the likely configurations of each toy model and not others
-#: (per-configuration log q - log p: Bernoulli 0.68 to 1.42 and -2.9 to -2.1; categorical -1.4 to 2.0)
-FREEBITS = {"bernoulli": 1.07, "categorical": 0.5}
 #: (beta, free bits on?) settings of the runtime-parameter matrix
 KL_SETTINGS = {"beta1": (1.0, False), "beta0.3": (0.3, False), "beta0.3-freebits": (0.3, True),
                "beta1-freebits": (1.0, True)}
@@ -67,7 +65,7 @@ def runtime_matrix(eids, models=tuple(MODELS), Ks=(2, 3, 5), alphas=(0.0, 0.5), 
 
 def kl_runtime(model_name: str, kl: str) -> dict:
     beta, fb = KL_SETTINGS[kl]
-    return {"beta": beta, "freebits": FREEBITS[model_name] if fb else None}
+    return {"beta": beta, "freebits": TOY_FREEBITS[model_name] if fb else None}
 
 
 def setup(model_name: str):
