@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ovis.estimators import build_estimator  # noqa: E402
 from ovis.testing import (  # noqa: E402
+    TOY_FREEBITS,
     BernoulliToyModel,
     CategoricalToyModel,
     LinearGaussianModel,
@@ -41,8 +42,6 @@ from ovis.testing import (  # noqa: E402
 SCORE_FUNCTION = ["reinforce", "reinforce-baseline", "nvil", "vimco-arithmetic", "vimco-geometric", "ovis-gamma0",
                   "ovis-gamma0-geometric", "ovis-S1-exclusive", "ovis-S3-exclusive"]
 DISCRETE = ["muprop", "simple-muprop", "rebar", "dynamic-rebar", "relax", "arm", "disarm"]
-#: free bits that clamp some of the likely configurations of each toy model and not others
-FREEBITS = {"bernoulli": 1.07, "categorical": 0.5}
 
 
 def build(eid: str, K: int, mc: int):
@@ -60,7 +59,7 @@ def enumerable_rows(eids: List[str], model_name: str, betas, alphas, Ks, freebit
         for beta in betas:
             for alpha in ([0.0] if discrete else alphas):
                 for K in Ks:
-                    for fb in ([None, FREEBITS[model_name]] if freebits_on else [None]):
+                    for fb in ([None, TOY_FREEBITS[model_name]] if freebits_on else [None]):
                         torch.manual_seed(0)
                         exact = exact_gradients(exact_bound(model, x, K, alpha, beta, fb), params)
                         runtime: Dict[str, object] = {"alpha": alpha, "beta": beta, "freebits": fb}

@@ -28,6 +28,7 @@ from ovis.estimators.base import RuntimeParams
 from ovis.estimators.discrete import bernoulli_log_prob, categorical_log_prob, check_discrete_model
 from ovis.estimators.rebar import Rebar
 from ovis.testing import (
+    TOY_FREEBITS,
     BernoulliToyModel,
     CategoricalToyModel,
     LinearGaussianModel,
@@ -115,9 +116,9 @@ def test_unbiased_single_layer_estimators(family, eid, K):
     compare_with_exact(draws, exact)
 
 
-#: free bits that clamp some likely configurations of the toy model and not others (its per-configuration
-#: log q - log p: 0.68 to 1.42 and -2.9 to -2.1)
-FREEBITS = 1.07
+#: the Bernoulli toy model's free bits (ovis.testing.TOY_FREEBITS: they clamp some of its likely
+#: configurations and not others)
+FREEBITS = TOY_FREEBITS["bernoulli"]
 
 
 def _kl_matrix():

@@ -86,22 +86,18 @@ def test_trains_a_two_layer_sbn_on_binarized_mnist(eid, data_root):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
 def test_run_py_trains_the_control_variate_parameters(tmp_path, data_root):
     """run.py builds dynamic-rebar, gives eta and the log-temperature to its optimiser
     (--baseline_lr) and passes tau: both move away from their initial values (1, 0.5)."""
     from ovis.training.run import main
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        code = main(["--estimator", "dynamic-rebar", "--model", "sbm", "--prior", "bernoulli", "--N", "20",
-                     "--depth", "1", "--nlayers", "0", "--iw", "1", "--dataset", "binmnist", "--mini",
-                     "--nsteps", "45", "--lr", "3e-4", "--baseline_lr", "1e-2", "--tau", "0.5", "--bs", "24",
-                     "--eval_freq", "1", "--max_eval", "50", "--valid_bs", "10", "--test_bs", "10",
-                     "--iw_test", "5", "--iw_valid", "5", "--grad_bs", "10", "--grad_samples", "3",
-                     "--silent", "--exp", "rebar-test", "--root", str(tmp_path), "--data_root", str(data_root)])
-    finally:
-        torch.set_num_threads(old)
+    code = main(["--estimator", "dynamic-rebar", "--model", "sbm", "--prior", "bernoulli", "--N", "20",
+                 "--depth", "1", "--nlayers", "0", "--iw", "1", "--dataset", "binmnist", "--mini",
+                 "--nsteps", "45", "--lr", "3e-4", "--baseline_lr", "1e-2", "--tau", "0.5", "--bs", "24",
+                 "--eval_freq", "1", "--max_eval", "50", "--valid_bs", "10", "--test_bs", "10",
+                 "--iw_test", "5", "--iw_valid", "5", "--grad_bs", "10", "--grad_samples", "3",
+                 "--silent", "--exp", "rebar-test", "--root", str(tmp_path), "--data_root", str(data_root)])
     assert code == 0
     (metrics_file,) = list(tmp_path.glob("rebar-test/*/metrics.jsonl"))
     train = [json.loads(line) for line in metrics_file.read_text().splitlines()]

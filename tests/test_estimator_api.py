@@ -14,7 +14,7 @@ from ovis.estimators.config import ESTIMATOR_CLASSES, REGISTRY
 from ovis.estimators.ovis import OvisAsymptotic, OvisMonteCarlo
 from ovis.estimators.tvo import ThermodynamicVO, tvo_partition
 from ovis.estimators.vimco import Vimco
-from ovis.testing import BernoulliToyModel, LinearGaussianModel
+from ovis.testing import TOY_FREEBITS, BernoulliToyModel, LinearGaussianModel
 
 PAPER = Path(__file__).resolve().parents[1] / ".." / "shared" / "spec" / "paper-experiments"
 
@@ -155,7 +155,7 @@ def test_beta_and_freebits_reach_the_bound_and_the_gradient(eid):
     model = BernoulliToyModel()
     x = torch.bernoulli(torch.full((2, 4), 0.5), generator=torch.Generator().manual_seed(1))
     est = build_estimator(eid, mc=3, iw=4)
-    beta, fb = 0.5, 1.07
+    beta, fb = 0.5, TOY_FREEBITS["bernoulli"]
     torch.manual_seed(2)
     loss, diag, out = est(model, x, beta=beta, freebits=fb)
     z = out["z"][0][: 2 * 3 * 4]  # the bound's particles (OVIS-MC's auxiliary ones come after)

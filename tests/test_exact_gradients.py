@@ -21,11 +21,11 @@ import torch
 from ovis.estimators import build_estimator
 from ovis.estimators.vimco import Vimco
 from ovis.testing import (
+    TOY_FREEBITS,
     BernoulliToyModel,
     CategoricalToyModel,
     LinearGaussianModel,
     compare_with_exact,
-    enumerated_log_weights,
     exact_bound,
     exact_elbo,
     exact_gradient_problem,
@@ -42,9 +42,6 @@ N_DRAWS, MC = 40, 500
 MODELS = {"bernoulli": BernoulliToyModel, "categorical": CategoricalToyModel}
 UNBIASED = ["reinforce", "reinforce-baseline", "nvil", "vimco-arithmetic", "vimco-geometric", "ovis-gamma0",
             "ovis-gamma0-geometric", "ovis-S1-exclusive", "ovis-S3-exclusive"]
-#: free bits that clamp some of the likely configurations of each toy model and not others
-#: (per-configuration log q - log p: Bernoulli 0.68 to 1.42 and -2.9 to -2.1; categorical -1.4 to 2.0)
-FREEBITS = {"bernoulli": 1.07, "categorical": 0.5}
 #: (beta, free bits on?) settings of the runtime-parameter matrix
 KL_SETTINGS = {"beta1": (1.0, False), "beta0.3": (0.3, False), "beta0.3-freebits": (0.3, True),
                "beta1-freebits": (1.0, True)}
@@ -67,7 +64,7 @@ def runtime_matrix(eids, models=tuple(MODELS), Ks=(2, 3, 5), alphas=(0.0, 0.5), 
 
 def kl_runtime(model_name: str, kl: str) -> dict:
     beta, fb = KL_SETTINGS[kl]
-    return {"beta": beta, "freebits": FREEBITS[model_name] if fb else None}
+    return {"beta": beta, "freebits": TOY_FREEBITS[model_name] if fb else None}
 
 
 def setup(model_name: str):
@@ -183,17 +180,6 @@ def test_reweighted_wake_sleep_theta_gradient(eid, model_name, K, alpha, kl):
     compare_with_exact(draws[:, ~is_phi], exact[~is_phi])
 
 
-def _wake_phase_objective(model, x, K, alpha, beta, freebits):
-    """A scalar whose phi-gradient is E[sum_k v_k grad log q(z_k|x)] (v_k, the tempered weights of the
-    log-weights under beta and free bits, held fixed), by enumeration."""
-    log_q, log_w = enumerated_log_weights(model, x, beta, freebits)
-    C = log_q.shape[1]
-    tuples = torch.tensor(list(itertools.product(range(C), repeat=K)), dtype=torch.long)
-    prob = log_q.detach()[:, tuples].sum(-1).exp()
-    v = torch.softmax((1 - alpha) * log_w.detach()[:, tuples], dim=-1)
-    return (prob * (v * log_q[:, tuples]).sum(-1)).sum(-1).mean()
-
-
 @pytest.mark.parametrize("kl", ["beta1", "beta0.3-freebits"])
 @pytest.mark.parametrize("model_name", list(MODELS))
 def test_wake_wake_phi_gradient_is_the_expected_wake_phase_gradient(model_name, kl):
@@ -201,7 +187,7 @@ def test_wake_wake_phi_gradient_is_the_expected_wake_phase_gradient(model_name, 
     v_k, not the form of the update): the surrogate adds no derivative through log q in log w."""
     model, x, params, is_phi = setup(model_name)
     runtime = kl_runtime(model_name, kl)
-    target = exact_gradients(_wake_phase_objective(model, x, 3, 0.0, **runtime), params)
+    target = exact_gradients(exact_weighted_score(model, x, 3, 0.0, **runtime, kl_coef=False), params)
     draws = gradient_draws(build("wake-wake", 3), model, x, params, N_DRAWS, **runtime)
     compare_with_exact(draws[:, is_phi], target[is_phi])
 

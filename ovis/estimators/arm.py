@@ -43,7 +43,6 @@ class ARM(DiscreteLatentEstimator):
     """
 
     family = "arm"
-    max_depth = None
 
     def __init__(self, mc: int = 1, iw: int = 1, disarm: bool = False) -> None:
         super().__init__(mc=mc, iw=iw)

@@ -268,36 +268,33 @@ class GradientEstimator(nn.Module):
         K = self.iw if K is None else K
         zgrads = self.reparameterised if zgrads is None else zgrads
         kwargs = {} if params.tau is None else {"tau": params.tau}
-        if not zgrads and not detach_qz_params and getattr(model, "fused_log_densities", False):
-            # the model evaluates its own log-densities in one pass (ovis.models.base); validation
-            # as in forward(), also when evaluate() is called directly (the chunked evaluation)
-            with distribution_validation(_VALIDATE_DISTRIBUTIONS):
+        # the same distribution validation as in forward(), also when evaluate() is called directly
+        # (the chunked evaluation; on a GPU each support check would stop the host): a distribution
+        # built without validate_args reads torch's default when log_prob runs
+        with distribution_validation(_VALIDATE_DISTRIBUTIONS):
+            if not zgrads and not detach_qz_params and getattr(model, "fused_log_densities", False):
+                # the model evaluates its own log-densities in one pass (ovis.models.base)
                 output, log_px, log_qz, log_pz = model.particle_log_densities(x, particles=M * K, **kwargs)
-            return Particles(output=output, log_px=log_px.view(B, M, K), log_qz=log_qz.view(B, M, K, -1),
-                             log_pz=log_pz.view(B, M, K, -1))
-        x_exp = self.expand(x, M, K)
-        hint = (f"{self.family} needs reparameterised latents (rsample), but the model's q(z|x) "
-                "has none: use a score-function estimator (e.g. reinforce, vimco-arithmetic, ovis-gamma1)")
-        try:
-            with distribution_validation(_VALIDATE_DISTRIBUTIONS):
+                return Particles(output=output, log_px=log_px.view(B, M, K), log_qz=log_qz.view(B, M, K, -1),
+                                 log_pz=log_pz.view(B, M, K, -1))
+            x_exp = self.expand(x, M, K)
+            hint = (f"{self.family} needs reparameterised latents (rsample), but the model's q(z|x) "
+                    "has none: use a score-function estimator (e.g. reinforce, vimco-arithmetic, ovis-gamma1)")
+            try:
                 if getattr(model, "supports_particles", False):  # the model expands x itself
                     output = model(x, zgrads=zgrads, particles=M * K, **kwargs)
                 else:
                     output = model(x_exp, zgrads=zgrads, **kwargs)
-        except NotImplementedError as e:
-            if zgrads:
-                raise TypeError(hint) from e
-            raise
-        check_model_output(output)
-        if zgrads and any(not q.has_rsample for q in output["qz"]):
-            raise TypeError(f"{hint} ({[type(q).__name__ for q in output['qz']]})")
-        qz = output["qz"]
-        if detach_qz_params:
-            qz = [detach_distribution(q) for q in qz]
-        # a distribution built without validate_args reads torch's default when log_prob runs:
-        # the same setting here as in forward(), also when evaluate() is called directly (the
-        # chunked evaluation; on a GPU each support check would stop the host)
-        with distribution_validation(_VALIDATE_DISTRIBUTIONS):
+            except NotImplementedError as e:
+                if zgrads:
+                    raise TypeError(hint) from e
+                raise
+            check_model_output(output)
+            if zgrads and any(not q.has_rsample for q in output["qz"]):
+                raise TypeError(f"{hint} ({[type(q).__name__ for q in output['qz']]})")
+            qz = output["qz"]
+            if detach_qz_params:
+                qz = [detach_distribution(q) for q in qz]
             log_px = batch_reduce(output["px"].log_prob(x_exp)).view(B, M, K)
             log_qz = torch.stack(
                 [batch_reduce(q.log_prob(z)) for q, z in zip(qz, output["z"])], dim=-1
@@ -305,7 +302,7 @@ class GradientEstimator(nn.Module):
             log_pz = torch.stack(
                 [batch_reduce(p.log_prob(z)) for p, z in zip(output["pz"], output["z"])], dim=-1
             ).view(B, M, K, -1)
-        return Particles(output=output, log_px=log_px, log_qz=log_qz, log_pz=log_pz)
+            return Particles(output=output, log_px=log_px, log_qz=log_qz, log_pz=log_pz)
 
     def weighted_particles(
         self, model: nn.Module, x: Tensor, params: RuntimeParams

@@ -53,16 +53,21 @@ class EstimatorFamily:
     r"""One family of the grammar.
 
     Attributes:
-        name: family name (used in errors; the key of :data:`ESTIMATOR_CLASSES`).
+        cls: the class that implements the family.
         form: the grammar, as documented.
         pattern: compiled full-match regular expression.
         build: maps the regex match to the constructor configuration.
     """
 
-    name: str
+    cls: Type[GradientEstimator]
     form: str
     pattern: "re.Pattern[str]"
     build: Callable[["re.Match[str]"], Dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        r"""The family name, ``cls.family`` (used in errors; the key of :data:`ESTIMATOR_CLASSES`)."""
+        return self.cls.family
 
 
 def _none(m: "re.Match[str]") -> Dict[str, Any]:
@@ -103,64 +108,43 @@ def _tvo(m: "re.Match[str]") -> Dict[str, Any]:
     }
 
 
-def _family(name: str, form: str, regex: str,
+def _family(cls: Type[GradientEstimator], form: str, regex: str,
             build: Callable[["re.Match[str]"], Dict[str, Any]] = _none) -> EstimatorFamily:
-    return EstimatorFamily(name, form, re.compile(regex), build)
+    return EstimatorFamily(cls, form, re.compile(regex), build)
 
 
 #: the id grammar, one entry per family
 REGISTRY: List[EstimatorFamily] = [
-    _family("reinforce", "reinforce", r"reinforce"),
-    _family("reinforce-baseline", "reinforce-baseline", r"reinforce-baseline"),
-    _family("vimco", "vimco-arithmetic | vimco-geometric", r"vimco-(?P<mean>arithmetic|geometric)", _vimco),
-    _family("ovis-gamma", "ovis-gamma{g}[-arithmetic|-geometric]  (g >= 0, e.g. ovis-gamma1, ovis-gamma0.5)",
+    _family(Reinforce, "reinforce", r"reinforce"),
+    _family(ReinforceBaseline, "reinforce-baseline", r"reinforce-baseline"),
+    _family(Vimco, "vimco-arithmetic | vimco-geometric", r"vimco-(?P<mean>arithmetic|geometric)", _vimco),
+    _family(OvisAsymptotic, "ovis-gamma{g}[-arithmetic|-geometric]  (g >= 0, e.g. ovis-gamma1, ovis-gamma0.5)",
             rf"ovis-gamma(?P<gamma>{_DEC})(?:-(?P<loo>arithmetic|geometric))?", _ovis_gamma),
-    _family("ovis-mc", "ovis-S{n}[-exclusive] (n integer >= 1) | ovis-S{r}[-exclusive] (0 < r < 1)",
+    _family(OvisMonteCarlo, "ovis-S{n}[-exclusive] (n integer >= 1) | ovis-S{r}[-exclusive] (0 < r < 1)",
             rf"ovis-S(?P<s>{_DEC})(?P<exclusive>-exclusive)?", _ovis_mc),
-    _family("wake-wake", "wake-wake", r"wake-wake"),
-    _family("wake-sleep", "wake-sleep", r"wake-sleep"),
-    _family("tvo", "tvo[-part{n}][-beta{m}][-config1|-config2][-left|-right|-trapz]",
+    _family(WakeWake, "wake-wake", r"wake-wake"),
+    _family(WakeSleep, "wake-sleep", r"wake-sleep"),
+    _family(ThermodynamicVO, "tvo[-part{n}][-beta{m}][-config1|-config2][-left|-right|-trapz]",
             rf"tvo(?:-part(?P<part>{_INT}))?(?:-beta(?P<beta>{_DEC}))?"
             r"(?:-(?P<config>config1|config2))?(?:-(?P<integration>left|right|trapz))?", _tvo),
-    _family("pathwise-vae", "pathwise-vae", r"pathwise-vae"),
-    _family("pathwise-iwae", "pathwise-iwae", r"pathwise-iwae"),
-    _family("stl", "stl", r"stl"),
-    _family("dreg", "dreg", r"dreg"),
-    _family("nvil", "nvil", r"nvil"),
-    _family("muprop", "muprop | simple-muprop", r"(?P<variant>simple-)?muprop",
+    _family(PathwiseVAE, "pathwise-vae", r"pathwise-vae"),
+    _family(PathwiseIWAE, "pathwise-iwae", r"pathwise-iwae"),
+    _family(StickingTheLanding, "stl", r"stl"),
+    _family(DoublyReparameterised, "dreg", r"dreg"),
+    _family(NVIL, "nvil", r"nvil"),
+    _family(MuProp, "muprop | simple-muprop", r"(?P<variant>simple-)?muprop",
             lambda m: {"simple": m.group("variant") is not None}),
-    _family("concrete", "concrete | gumbel-softmax", r"concrete|gumbel-softmax"),
-    _family("straight-through", "straight-through", r"straight-through"),
-    _family("rebar", "rebar | dynamic-rebar", r"(?P<variant>dynamic-)?rebar",
+    _family(Concrete, "concrete | gumbel-softmax", r"concrete|gumbel-softmax"),
+    _family(StraightThrough, "straight-through", r"straight-through"),
+    _family(Rebar, "rebar | dynamic-rebar", r"(?P<variant>dynamic-)?rebar",
             lambda m: {"dynamic": m.group("variant") is not None}),
-    _family("relax", "relax", r"relax"),
-    _family("arm", "arm | disarm", r"(?P<variant>dis)?arm", lambda m: {"disarm": m.group("variant") is not None}),
-    _family("hybrid-mixture", "hybrid-mixture", r"hybrid-mixture"),
+    _family(Relax, "relax", r"relax"),
+    _family(ARM, "arm | disarm", r"(?P<variant>dis)?arm", lambda m: {"disarm": m.group("variant") is not None}),
+    _family(HybridMixtureELBO, "hybrid-mixture", r"hybrid-mixture"),
 ]
 
 #: family name -> the class that implements it (built as ``cls(mc=..., iw=..., **config)``)
-ESTIMATOR_CLASSES: Dict[str, Type[GradientEstimator]] = {
-    "reinforce": Reinforce,
-    "reinforce-baseline": ReinforceBaseline,
-    "vimco": Vimco,
-    "ovis-gamma": OvisAsymptotic,
-    "ovis-mc": OvisMonteCarlo,
-    "wake-wake": WakeWake,
-    "wake-sleep": WakeSleep,
-    "tvo": ThermodynamicVO,
-    "pathwise-vae": PathwiseVAE,
-    "pathwise-iwae": PathwiseIWAE,
-    "stl": StickingTheLanding,
-    "dreg": DoublyReparameterised,
-    "nvil": NVIL,
-    "muprop": MuProp,
-    "concrete": Concrete,
-    "straight-through": StraightThrough,
-    "rebar": Rebar,
-    "relax": Relax,
-    "arm": ARM,
-    "hybrid-mixture": HybridMixtureELBO,
-}
+ESTIMATOR_CLASSES: Dict[str, Type[GradientEstimator]] = {f.name: f.cls for f in REGISTRY}
 
 
 def valid_forms() -> str:

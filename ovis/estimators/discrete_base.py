@@ -49,15 +49,13 @@ class DiscreteLatentEstimator(GradientEstimator):
     score part layer by layer: ARM, DisARM, MuProp, REBAR, RELAX (module docstring).
 
     Subclasses implement :meth:`score_gradient` (one layer; Bernoulli logits ``[n, N]`` or
-    categorical logits ``[n, N, C]``) and, for ``latent_depth > 1``, :meth:`compute_layerwise`
-    (with ``max_depth = None``).  Categorical models (``latent_categories = C``) are accepted
+    categorical logits ``[n, N, C]``) and, for ``latent_depth > 1``, :meth:`compute_layerwise`.
+    Categorical models (``latent_categories = C``) are accepted
     (:meth:`check_categorical`, which ARM/DisARM override to refuse them).  Requires ``alpha = 0``.
     """
 
     family = "discrete"
     supports_alpha = False
-    #: the deepest model supported (``None``: any, through :meth:`compute_layerwise`)
-    max_depth: Optional[int] = 1
 
     def check_categorical(self, depth: int, C: int) -> None:
         r"""Called for a categorical model (``C`` classes, ``depth`` layers) before estimation;
@@ -85,8 +83,8 @@ class DiscreteLatentEstimator(GradientEstimator):
     def compute_layerwise(
         self, model: nn.Module, x: Tensor, params: RuntimeParams, depth: int
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
-        r"""The estimation for ``depth > 1`` layers (subclasses with ``max_depth = None``)."""
-        raise NotImplementedError  # pragma: no cover - guarded by max_depth
+        r"""The estimation for ``depth > 1`` layers (every subclass implements it)."""
+        raise NotImplementedError  # pragma: no cover - ARM, MuProp and Rebar all override it
 
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
@@ -95,7 +93,6 @@ class DiscreteLatentEstimator(GradientEstimator):
         C = check_latent_categories(model, self.family)
         if C is not None:
             self.check_categorical(depth, C)
-        check_discrete_model(model, self.family, max_depth=self.max_depth)
         if depth > 1:
             return self.compute_layerwise(model, x, params, depth)
         B, M, K = x.shape[0], self.mc, self.iw

@@ -41,7 +41,6 @@ class MuProp(DiscreteLatentEstimator):
     """
 
     family = "muprop"
-    max_depth = None
 
     def __init__(self, mc: int = 1, iw: int = 1, simple: bool = False) -> None:
         super().__init__(mc=mc, iw=iw)

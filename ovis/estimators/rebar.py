@@ -85,7 +85,6 @@ class Rebar(DiscreteLatentEstimator):
     """
 
     family = "rebar"
-    max_depth = None
 
     def __init__(self, mc: int = 1, iw: int = 1, dynamic: bool = False, eta_init: float = 1.0,
                  tau_init: float = DEFAULT_TAU, adapt: bool = True) -> None:

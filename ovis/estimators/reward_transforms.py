@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -324,6 +324,11 @@ class ReinforceTransformed(Reinforce):
     def extra_repr(self) -> str:
         return f"mc={self.mc}, iw={self.iw}, reward_transforms={','.join(self.chain.names) or '()'}"
 
+    def direct_gain(self) -> Union[float, Tensor]:
+        r"""The chain's :attr:`RewardTransformChain.gain` at its last call (``1`` or a 0-dim tensor):
+        the factor of the signal's term ``-v_k`` after the transforms."""
+        return self.chain.gain
+
     def compute(self, model: nn.Module, x: Tensor, params: RuntimeParams) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
         p, log_w, kl, bound, v = self.weighted_particles(model, x, params)
         cache: Dict[str, Tensor] = {}
@@ -338,10 +343,8 @@ class ReinforceTransformed(Reinforce):
         signal, aux_loss, extra = self.chain(bound[..., None] - v, RewardContext(x=x, fresh=fresh))
         # the transforms act on the signal of beta = 1 (d = L - v); its term -v_k, scaled by the chain's
         # gain, becomes -beta v_k 1[kl_l >= lambda] in the surrogate (score_function_surrogate)
-        gain = self.chain.gain
-        u = None if isinstance(gain, float) and gain == 1.0 else gain * v
         loss = score_function_surrogate(signal.detach(), p.log_px, p.log_qz, p.log_pz, v, bound, params.beta,
-                                        params.freebits, direct_weights=u)
+                                        params.freebits, direct_weights=self.direct_weights(v))
         if aux_loss is not None:
             loss = loss + aux_loss
         diagnostics = self.signal_diagnostics(log_w, kl, p.log_px, bound, v, signal, params.alpha)

@@ -118,8 +118,7 @@ class ScoreFunctionEstimator(GradientEstimator):
         p, log_w, kl, bound, v = self.weighted_particles(model, x, params)
         with torch.no_grad():  # the surrogate's coefficients (its graph is one linear node)
             signal, aux_loss, extra = self.learning_signal(log_w, bound, v, x, params)
-            gain = self.direct_gain()
-            u = None if isinstance(gain, float) and gain == 1.0 else gain * v
+            u = self.direct_weights(v)
         loss = score_function_surrogate(signal, p.log_px, p.log_qz, p.log_pz, v, bound, params.beta, params.freebits,
                                         direct_weights=u)
         if aux_loss is not None:
@@ -135,6 +134,14 @@ class ScoreFunctionEstimator(GradientEstimator):
         independent of ``v_k``); the surrogate replaces that term by its value under the KL weight
         and free bits (:func:`score_function_surrogate`)."""
         return 1.0
+
+    def direct_weights(self, v: Tensor) -> Optional[Tensor]:
+        r"""The ``direct_weights`` ``u = a v`` ``[B, M, K]`` of :func:`score_function_surrogate`, with
+        ``a`` = :meth:`direct_gain`; ``None`` (the surrogate then takes ``u = v``) when ``a`` is the
+        number ``1``.  A tensor gain is only multiplied, never compared, so no value is read back
+        from the device."""
+        gain = self.direct_gain()
+        return None if isinstance(gain, float) and gain == 1.0 else gain * v
 
     def signal_diagnostics(self, log_w: Tensor, kl: Tensor, log_px: Tensor, bound: Tensor, v: Tensor,
                            signal: Tensor, alpha: float) -> Diagnostics:

@@ -2,6 +2,7 @@ r"""Test harness reused by every estimator family: enumerable models, exact obje
 statistical comparison of estimator draws with exact gradients, and a short training run
 (:func:`elbo_gain`)."""
 from ovis.testing.enumerable import (
+    TOY_FREEBITS,
     BernoulliToyModel,
     CategoricalToyModel,
     EnumerableModel,
@@ -36,6 +37,7 @@ __all__ = [
     "CategoricalToyModel",
     "EnumerableModel",
     "LinearGaussianModel",
+    "TOY_FREEBITS",
     "enumerated_log_weights",
     "exact_bound",
     "exact_elbo",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,7 @@ __all__ = [
     "BernoulliToyModel",
     "CategoricalToyModel",
     "LinearGaussianModel",
+    "TOY_FREEBITS",
     "enumerated_log_weights",
     "exact_bound",
     "exact_gradients",
@@ -188,6 +189,11 @@ class CategoricalToyModel(EnumerableModel):
         return log_px, (z1 * log_prior).reshape(n, -1).sum(-1, keepdim=True)
 
 
+#: free bits that clamp some of the likely configurations of each toy model and not others
+#: (per-configuration log q - log p: Bernoulli 0.68 to 1.42 and -2.9 to -2.1; categorical -1.4 to 2.0)
+TOY_FREEBITS: Dict[str, float] = {"bernoulli": 1.07, "categorical": 0.5}
+
+
 class LinearGaussianModel(SingleLayerModel):
     r"""The linear-Gaussian model of Rainforth et al. (2018), with a closed-form ELBO.
 
@@ -266,7 +272,12 @@ def enumerated_log_weights(model: EnumerableModel, x: Tensor, beta: float = 1.0,
     :math:`\log w = \log p(x|c) - \beta\max(\log q(c|x) - \log p(c), \lambda)` (the one stochastic
     layer of an enumerable model; ``freebits = None``: no clamp), as
     :func:`~ovis.estimators.importance.log_weights` defines it."""
-    log_q, log_px, log_pz = model.enumerate_log_terms(x)
+    return _log_weights(*model.enumerate_log_terms(x), beta, freebits)
+
+
+def _log_weights(log_q: Tensor, log_px: Tensor, log_pz: Tensor, beta: float,
+                 freebits: Optional[float]) -> tuple[Tensor, Tensor]:
+    r"""``(log q, log w)`` ``[B, C]`` from the enumerated terms (:func:`enumerated_log_weights`)."""
     kl = log_q - log_pz
     if freebits is not None:
         kl = kl.clamp(min=freebits)
@@ -308,24 +319,28 @@ def exact_gradients(objective: Tensor, params: Sequence[nn.Parameter]) -> Tensor
 
 
 def exact_weighted_score(model: EnumerableModel, x: Tensor, K: int, alpha: float = 0.0, beta: float = 1.0,
-                         freebits: Optional[float] = None) -> Tensor:
+                         freebits: Optional[float] = None, kl_coef: bool = True) -> Tensor:
     r"""A scalar whose gradient is :math:`E[\sum_k \beta v_k 1[\mathrm{kl}_k \geq \lambda]\nabla\log
     q(z_k|x)]` (batch-averaged; :math:`E[\sum_k v_k \nabla\log q(z_k|x)]` at ``beta = 1`` without
     free bits).
 
     This is the exact bias of ``ovis-gamma{g}`` divided by ``g`` (``v_k`` tempered by
     ``1 - alpha``, the log-weights those of ``beta`` and ``freebits``), computed by enumeration
-    over the ``C^K`` tuples.
+    over the ``C^K`` tuples.  ``kl_coef=False`` drops the factor :math:`\beta 1[\mathrm{kl}_k \geq
+    \lambda]`: the gradient is then :math:`E[\sum_k v_k \nabla\log q(z_k|x)]` with the ``v_k`` of
+    ``beta`` and ``freebits`` (the wake phase of reweighted wake-sleep).
     """
-    log_q, log_w = enumerated_log_weights(model, x, beta, freebits)
-    _, _, log_pz = model.enumerate_log_terms(x)
+    log_q, log_px, log_pz = model.enumerate_log_terms(x)
+    log_q, log_w = _log_weights(log_q, log_px, log_pz, beta, freebits)
     B, C = log_q.shape
     tuples = torch.tensor(list(itertools.product(range(C), repeat=K)), dtype=torch.long)
     log_w = log_w.detach()
-    active = torch.ones_like(log_q) if freebits is None else ((log_q - log_pz) >= freebits).to(log_q.dtype)
-    coef = (beta * active).detach()  # [B, C]
     prob = log_q.detach()[:, tuples].sum(-1).exp()  # [B, T]
     v = torch.softmax((1 - alpha) * log_w[:, tuples], dim=-1)  # [B, T, K]
+    if not kl_coef:
+        return (prob * (v * log_q[:, tuples]).sum(-1)).sum(-1).mean()
+    active = torch.ones_like(log_q) if freebits is None else ((log_q - log_pz) >= freebits).to(log_q.dtype)
+    coef = (beta * active).detach()  # [B, C]
     return (prob * (v * coef[:, tuples] * log_q[:, tuples]).sum(-1)).sum(-1).mean()
 
 

@@ -120,10 +120,7 @@ def compare_with_exact(
     mean = draws.mean(0)
     stderr = draws.std(0, unbiased=True) / math.sqrt(n)
     # coordinates with zero spread (e.g. parameters the estimator cannot reach) compare exactly
-    diff = mean - target
-    safe = torch.where(stderr > 0, stderr, torch.ones_like(stderr))
-    exact_mismatch = torch.where(diff.abs() > 1e-9, torch.full_like(diff, math.inf), torch.zeros_like(diff))
-    z = torch.where(stderr > 0, diff / safe, exact_mismatch)
+    z = z_scores(draws, target)
     thr = t_threshold(failure_rate, int(z.numel()), n - 1)
     result = Comparison(mean=mean, exact=target, stderr=stderr, z=z, threshold=thr, n_draws=n)
     if power is not None:
