@@ -40,3 +40,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--docs-site", default=None, metavar="DIR",
+                     help="the built documentation site (docs/_build/html) that the tests marked `docs` check; "
+                          "`make docs` builds it and passes it; without it those tests are deselected")
+
+
+def pytest_collection_modifyitems(config, items):
+    r"""Tests marked ``docs`` read a built site: without ``--docs-site`` they are deselected (a plain
+    ``pytest`` run does not build the site; ``make docs`` builds it, then runs them)."""
+    if config.getoption("--docs-site"):
+        return
+    keep = [item for item in items if item.get_closest_marker("docs") is None]
+    dropped = [item for item in items if item.get_closest_marker("docs") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
