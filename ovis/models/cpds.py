@@ -110,7 +110,7 @@ class PriorNet(nn.Module):
 
     def forward(self, batch_shape: int | Sequence[int] = ()) -> Distribution:  # pragma: no cover
         r"""The prior with batch shape ``batch_shape`` (an int or a sequence) and event shape
-        :attr:`event_shape` (every subclass implements it).
+        ``event_shape`` (every subclass implements it).
         """
         raise NotImplementedError
 
