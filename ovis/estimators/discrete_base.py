@@ -101,8 +101,10 @@ class DiscreteLatentEstimator(GradientEstimator):
             ``(loss, diagnostics, output)``; ``output`` has ``z`` (the first samples) and ``q_logits``.
 
         Raises:
-            ValueError: ``q_logits`` returns logits of the wrong shape (the message gives the expected one),
-                or the model is not a discrete-latent model.
+            TypeError: the model lacks the discrete hooks (``latent_depth``, ``q_logits``,
+                ``log_joint_at``), has an invalid ``latent_categories``, or has categorical latents
+                that the estimator refuses (:meth:`check_categorical`).
+            ValueError: ``q_logits`` returns logits of the wrong shape (the message gives the expected one).
         """
         depth = check_discrete_model(model, self.family, max_depth=None)
         C = check_latent_categories(model, self.family)

@@ -96,8 +96,9 @@ class Concrete(GradientEstimator):
             ``q_logits``, one entry per layer.
 
         Raises:
-            ValueError: ``q_logits`` of a categorical model does not return ``[n, N, C]``, or the model
-                is not a discrete-latent model.
+            TypeError: the model lacks the discrete hooks (``latent_depth``, ``q_logits``,
+                ``log_joint_at``) or has an invalid ``latent_categories``.
+            ValueError: ``q_logits`` of a categorical model does not return ``[n, N, C]``.
         """
         depth = check_discrete_model(model, self.family)
         categorical = check_latent_categories(model, self.family) is not None
