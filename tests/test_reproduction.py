@@ -1,4 +1,5 @@
-"""docs/reproduction.md (ovis/reporting/reproduction.py, reproduce.py, make reproduce)."""
+"""docs/reproduction.md (ovis/reporting/reproduction/, reproduce.py, make reproduce): the OVIS paper's part,
+and the marked parts that let one paper be rewritten while the others are kept."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ from ovis.experiments.grid import load_and_expand
 from ovis.reporting.reproduction import (
     EXPERIMENTS,
     PAPER,
+    block_markers,
     build_document,
     ordering_verdict,
     prepare_grids,
@@ -171,7 +173,7 @@ def _check_document(path: Path) -> str:
 def test_document_from_run_directories(tmp_path):
     root = tmp_path / "runs"
     _synthetic_runs(root)
-    path = build_document(root, tmp_path / "docs")
+    path = build_document(root, tmp_path / "docs", ["ovis"])
     md = _check_document(path)
     assert len(re.findall(r"!\[", md)) == 5
     # numbers made in the paper's order: every verdict follows from them
@@ -188,9 +190,26 @@ def test_document_from_run_directories(tmp_path):
 
 
 def test_document_without_runs_says_so(tmp_path):
-    path = build_document(tmp_path / "nothing", tmp_path / "docs")
+    path = build_document(tmp_path / "nothing", tmp_path / "docs", ["ovis"])
     md = _check_document(path)
     assert md.count("**Verdict: no result yet.**") == 5
+
+
+def test_document_keeps_the_parts_it_does_not_rewrite(tmp_path):
+    root = tmp_path / "runs"
+    _synthetic_runs(root)
+    path = build_document(root, tmp_path / "docs", ["ovis"])
+    begin, end = block_markers("ovis")
+    part = path.read_text().split(begin)[1].split(end)[0]
+    assert "**Verdict: reproduced.**" in part
+    # no paper chosen: the runs are not read (there are none here) and the OVIS part is kept verbatim
+    again = build_document(tmp_path / "nothing", tmp_path / "docs", [])
+    assert again.read_text().split(begin)[1].split(end)[0] == part
+    # rewriting the part from an empty root replaces it, and only it
+    third = build_document(tmp_path / "nothing", tmp_path / "docs", ["ovis"]).read_text()
+    assert third.count(begin) == 1 and third.count("**Verdict: no result yet.**") == 5
+    with pytest.raises(ValueError, match="unknown paper"):
+        build_document(root, tmp_path / "docs", ["nope"])
 
 
 def test_prepare_grids_tiny_writes_shrunk_copies(tmp_path):
@@ -216,7 +235,7 @@ def test_make_reproduce_chain_on_a_tiny_grid_and_resume(tmp_path):
     on the tiny grids; a second call continues: nothing is run again."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, str(REPO / "reproduce.py"), "--scale", "tiny", "--root", str(tmp_path / "runs"),
-           "--data_root", str(DATA), "--output", str(tmp_path / "docs")]
+           "--data_root", str(DATA), "--output", str(tmp_path / "docs"), "--papers", "ovis"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     md = _check_document(tmp_path / "docs" / "reproduction.md")

@@ -96,6 +96,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    r"""The argument parser of ``asymptotic_variance.py`` (its errors raise :class:`AsymptoticArgumentError`
+    instead of exiting); :func:`parse_args` validates the parsed values.
+    """
     p = _Parser(prog="asymptotic_variance.py", description="Figure 1: gradient variance / SNR / DSNR vs K "
                 "on the Gaussian toy model (see ovis/analysis/asymptotic.py).")
     p.add_argument("--estimator", action="append", default=[], help="one estimator id (repeatable)")
@@ -183,6 +186,12 @@ class ReplicatedLinearGaussian(nn.Module):
         self.sigma = float(sigma)
 
     def posterior(self, x: Tensor) -> Independent:
+        r"""``q(z|x) = N(A_r x + b_r, sigma^2 I)``, row block ``r`` of ``x`` ``[n * rows, D]`` using copy ``r``;
+        batch ``[n * rows]``, event ``[D]``.
+
+        Raises:
+            ValueError: the number of rows of ``x`` is not a multiple of the ``n`` copies.
+        """
         n, D = self.inference_network.b.shape
         if x.shape[0] % n:
             raise ValueError(f"batch of {x.shape[0]} rows is not a multiple of the {n} copies")
@@ -192,18 +201,24 @@ class ReplicatedLinearGaussian(nn.Module):
         return Independent(Normal(loc, torch.full_like(loc, self.sigma)), 1)
 
     def prior(self, rows: int) -> Independent:
+        r"""``p(z) = N(mu, I)``, batch ``[rows]``, event ``[D]``."""
         mu = self.generative_model.mu
         return Independent(Normal(mu.expand(rows, -1), torch.ones_like(mu).expand(rows, -1)), 1)
 
     def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
+        r"""The model protocol's mapping ``{'px', 'z', 'qz', 'pz'}``: ``z ~ q(z|x)`` (``rsample`` when
+        ``zgrads``) and ``p(x|z) = N(z, I)``.
+        """
         qz = self.posterior(x)
         z = qz.rsample() if zgrads else qz.sample()
         return {"px": Independent(Normal(z, torch.ones_like(z)), 1), "z": [z], "qz": [qz], "pz": [self.prior(x.shape[0])]}
 
     def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Any]:
+        r"""``[q(z|x)]`` (one layer; ``z`` is ignored)."""
         return [self.posterior(x)]
 
     def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
+        r"""``z ~ N(mu, I)`` for ``bs`` rows, then ``{'px': N(z, I), 'z': [z], 'pz': [p(z)]}``."""
         pz = self.prior(bs)
         z = pz.sample()
         return {"px": Independent(Normal(z, torch.ones_like(z)), 1), "z": [z], "pz": [pz]}
@@ -355,6 +370,21 @@ def group_statistics(grads: Tensor, D: int, epsilon: float = 1e-15) -> Dict[str,
 
 
 def compute(args: argparse.Namespace, rundir: Path, log: Any) -> Dict[str, Any]:
+    r"""The measurement of ``asymptotic_variance.py``: for every estimator and ``K`` of
+    :func:`iw_range`, ``args.mc_samples`` gradient draws (:func:`draw_gradients`) and their
+    :func:`group_statistics`; the first ``save_coords`` coordinates of the draws are saved under
+    ``rundir/samples/``.
+
+    Args:
+        args: the validated arguments (:func:`parse_args`).
+        rundir: the run directory.
+        log: a function of one message string (progress).
+
+    Returns:
+        ``{'rows': [...], 'slopes': {estimator: {statistic: slope}}, 'skipped': [...], 'iw': [K...],
+        'device': str}``: one row per (estimator, ``K``), the log-log slopes of the statistics in
+        ``K`` (:func:`fit_slope`), and the combinations the estimator refused (with the reason).
+    """
     from ovis.estimators import build_estimator
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else

@@ -45,6 +45,7 @@ class TensorImageDataset(Dataset):
 
     @property
     def x_shape(self) -> torch.Size:
+        r"""The shape of one observation, ``data.shape[1:]``."""
         return self.data.shape[1:]
 
     def intensities(self, index: Any = slice(None)) -> Tensor:

@@ -41,6 +41,7 @@ def read_bytes(path: os.PathLike | str, dataset: str = "?") -> bytes:
 
 
 def sha256_hex(data: bytes) -> str:
+    r"""The SHA-256 digest of ``data`` as 64 lowercase hexadecimal characters."""
     return hashlib.sha256(data).hexdigest()
 
 

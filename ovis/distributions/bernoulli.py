@@ -86,22 +86,28 @@ class BernoulliLogits(Distribution):
 
     @property
     def support(self) -> constraints.Constraint:  # type: ignore[override]
+        r"""``{0, 1}`` per unit, ``event_dims`` of them forming one event (``log_prob`` also accepts
+        relaxed values in ``[0, 1]``)."""
         return constraints.independent(constraints.boolean, self.event_dims)
 
     @property
     def probs(self) -> Tensor:
+        r""":math:`\sigma(a)`, the probabilities of ``1``, ``[*batch, *event]``."""
         return torch.sigmoid(self.logits)
 
     @property
     def mean(self) -> Tensor:
+        r"""The mean, equal to :attr:`probs` (``[*batch, *event]``)."""
         return self.probs
 
     @property
     def variance(self) -> Tensor:
+        r""":math:`p(1 - p)` per unit, ``[*batch, *event]``."""
         p = self.probs
         return p * (1 - p)
 
     def expand(self, batch_shape: torch.Size, _instance=None) -> "BernoulliLogits":  # type: ignore[override]
+        r"""The same distribution with the logits expanded to ``batch_shape + event_shape`` (no copy)."""
         shape = torch.Size(batch_shape) + self.event_shape
         return BernoulliLogits(self.logits.expand(shape), self.event_dims)
 
@@ -114,10 +120,14 @@ class BernoulliLogits(Distribution):
 
     # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
+        r"""``1[u < sigmoid(a)]`` with uniforms ``u`` (no gradient), shape ``sample_shape + logits.shape``,
+        in the logits' dtype.
+        """
         with torch.no_grad():
             p = self.probs.expand(torch.Size(sample_shape) + self.logits.shape)
             return (torch.rand_like(p) < p).to(p.dtype)
 
     def entropy(self) -> Tensor:
+        r""":math:`\sum_{event} \mathrm{softplus}(a) - \sigma(a)\,a`, shape ``batch_shape``."""
         p = self.probs
         return self._reduce(F.softplus(self.logits) - p * self.logits)

@@ -128,10 +128,12 @@ class IGRBase(Distribution):
     # -- the map ---------------------------------------------------------------------------
     @property
     def noise_dim(self) -> int:
+        r"""``d``, the dimension of the Gaussian noise (``K-1``; ``M-1`` for IGR-SB)."""
         return int(self.loc.shape[-1])
 
     @property
     def event_size(self) -> int:
+        r"""``d + 1``, the number of categories ``K`` (the sample's last dimension)."""
         return self.noise_dim + 1
 
     @property
@@ -141,6 +143,7 @@ class IGRBase(Distribution):
 
     @property
     def support(self) -> constraints.Constraint:  # type: ignore[override]
+        r"""The probability simplex over the ``d + 1`` categories."""
         return constraints.simplex
 
     def transform(self, y: Tensor) -> Tensor:
@@ -171,6 +174,9 @@ class IGRBase(Distribution):
 
     # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
+        r"""A reparameterised sample ``z = transform(loc + scale * eps)``, ``[*sample_shape, *batch, d+1]``;
+        its noise is cached so that ``log_prob(z)`` of this very tensor skips the numerical inverse.
+        """
         y = self.rsample_noise(torch.Size(sample_shape))
         z = self.transform(y)
         self._cache = (z, y)
@@ -178,6 +184,7 @@ class IGRBase(Distribution):
 
     # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
+        r""":meth:`rsample` without gradient."""
         with torch.no_grad():
             return self.rsample(sample_shape)
 
@@ -194,6 +201,7 @@ class IGRBase(Distribution):
         return self.noise.log_prob(y) - self.log_abs_det_jacobian(y)
 
     def expand(self, batch_shape: torch.Size, _instance: Any = None) -> "IGRBase":
+        r"""The same distribution with ``loc`` and ``scale`` expanded to ``batch_shape`` (no copy)."""
         batch_shape = torch.Size(batch_shape)
         shape = batch_shape + (self.noise_dim,)
         return self._rebuild(self.loc.expand(shape), self.scale.expand(shape))
@@ -203,6 +211,11 @@ class IGRBase(Distribution):
 
     @property
     def mean(self) -> Tensor:
+        r"""Not available.
+
+        Raises:
+            NotImplementedError: always: IGR distributions have no closed-form mean; average ``rsample()``.
+        """
         raise NotImplementedError(f"{type(self).__name__} has no closed-form mean; average rsample()")
 
 
@@ -251,6 +264,7 @@ class IGRPlanar(IGRBase):
 
     @property
     def num_flows(self) -> int:
+        r"""``L``, the number of planar flows."""
         return int(self.flow_u.shape[0])
 
     def _u_hat(self, l: int) -> Tensor:
@@ -347,6 +361,7 @@ class IGRSB(IGRBase):
 
     @property
     def max_categories(self) -> int:
+        r"""``M``, the maximum number of categories (``noise_dim + 1``)."""
         return self.event_size
 
     @property
@@ -386,6 +401,9 @@ class IGRSB(IGRBase):
 
     # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
+        r""":meth:`IGRBase.rsample`, also counting the samples that ``max_categories`` truncated
+        (:attr:`max_truncations`) and the samples drawn (``num_samples``).
+        """
         y = self.rsample_noise(torch.Size(sample_shape))
         z = self.transform(y)
         with torch.no_grad():

@@ -50,6 +50,7 @@ class DiagonalGaussianMixture:
 
     @property
     def components(self) -> int:
+        r"""``C``, the number of mixture components."""
         return int(self.loc.shape[-2])
 
     def distribution(self) -> MixtureSameFamily:

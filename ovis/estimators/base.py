@@ -142,6 +142,7 @@ class Particles:
 
     @property
     def shape(self) -> Tuple[int, int, int]:
+        r"""``(B, M, K)``: batch size, outer samples and particles, read from ``log_px``."""
         B, M, K = self.log_px.shape
         return B, M, K
 
@@ -219,12 +220,32 @@ class GradientEstimator(nn.Module):
                              + (cls.min_iw_hint or f"; use --iw {cls.min_iw} or more"))
 
     def extra_repr(self) -> str:
+        r"""The constructor arguments shown by ``repr(estimator)`` (``mc=..., iw=...``)."""
         return f"mc={self.mc}, iw={self.iw}"
 
     # ------------------------------------------------------------------ calling
     def forward(
         self, model: nn.Module, x: Tensor, backward: bool = False, **runtime: Any
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        r"""One estimation on the batch ``x``: ``(loss, diagnostics, output)`` (see the module docstring).
+
+        Args:
+            model: the model, called on the ``B*M*K`` particles (see :meth:`evaluate`).
+            x: a batch ``[B, *x_shape]``.
+            backward: run ``loss.backward()`` before returning.
+            **runtime: the runtime parameters (:class:`RuntimeParams`: ``alpha``, ``beta``,
+                ``freebits``, ``tau``), validated at every call.
+
+        Returns:
+            ``(loss, diagnostics, output)``: the scalar surrogate (minimised), the detached diagnostics
+            (``{'loss': {...}, '<family>': {...}}``, each ``[B]``) and the model's output mapping.
+
+        Raises:
+            TypeError: an unknown runtime parameter (the message lists the valid names).
+            ValueError: an invalid runtime value, ``alpha > 0`` for an estimator without Renyi support,
+                or ``x`` not a batch tensor with at least two dimensions.
+            RuntimeError: :meth:`compute` returned a loss that is not a scalar.
+        """
         params = RuntimeParams.from_kwargs(self.family, runtime)
         if params.alpha > 0 and not self.supports_alpha:
             raise ValueError(f"{self.family} does not support alpha != 0 (got alpha={params.alpha})")
@@ -241,6 +262,21 @@ class GradientEstimator(nn.Module):
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        r"""The estimation proper, called by :meth:`forward` with validated runtime parameters (every
+        subclass implements it).
+
+        Args:
+            model: the model.
+            x: a batch ``[B, *x_shape]``.
+            params: the validated runtime parameters.
+
+        Returns:
+            ``(loss, diagnostics, output)`` as :meth:`forward` returns them; ``loss`` is a scalar,
+            averaged over ``B`` and ``M``.
+
+        Raises:
+            NotImplementedError: in the base class.
+        """
         raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers

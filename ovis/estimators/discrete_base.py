@@ -89,6 +89,23 @@ class DiscreteLatentEstimator(GradientEstimator):
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        r"""The estimation for a discrete-latent model (``depth = 1``; ``depth > 1`` goes to
+        :meth:`compute_layerwise`).
+
+        The logits ``a = model.q_logits(0, x)`` (``[B*M*K, N]``, or ``[B*M*K, N, C]``) are detached,
+        :meth:`score_gradient` estimates the gradient ``g_a`` of the bound's expectation in them, and the
+        surrogate is :math:`-\langle \mathrm{sg}(g_a), a\rangle / (BM)` minus the bound at the
+        estimator's samples (its direct, pathwise part), plus the estimator's auxiliary loss.
+
+        Returns:
+            ``(loss, diagnostics, output)``; ``output`` has ``z`` (the first samples) and ``q_logits``.
+
+        Raises:
+            TypeError: the model lacks the discrete hooks (``latent_depth``, ``q_logits``,
+                ``log_joint_at``), has an invalid ``latent_categories``, or has categorical latents
+                that the estimator refuses (:meth:`check_categorical`).
+            ValueError: ``q_logits`` returns logits of the wrong shape (the message gives the expected one).
+        """
         depth = check_discrete_model(model, self.family, max_depth=None)
         C = check_latent_categories(model, self.family)
         if C is not None:

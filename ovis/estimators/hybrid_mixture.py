@@ -49,6 +49,18 @@ class HybridMixtureELBO(GradientEstimator):
     min_iw = 2
 
     def compute(self, model: nn.Module, x: Tensor, params: RuntimeParams) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        r"""The ELBO estimate with ``K`` particles per outer sample: ``z_k`` is drawn from the mixture
+        ``q(z|x)`` with a reparameterised Gaussian part, and the component choice ``c_k`` is handled by
+        the score function :math:`\log \pi_{c_k}` with the leave-one-out baseline
+        :math:`b_k = \frac{1}{K-1}\sum_{j\neq k} f_j` (``f = log w``, ``[B, M, K]``).
+
+        Returns:
+            ``(loss, diagnostics, output)``; ``output`` has ``px``, ``z``, ``qz`` and ``pz``.
+
+        Raises:
+            TypeError: the model lacks the hooks ``posterior(x)``, ``prior(n)``, ``observation_model(z)``,
+                or its ``q(z|x)`` is not a ``MixtureSameFamily`` of diagonal Gaussians.
+        """
         for hook in ("posterior", "prior", "observation_model"):
             if not callable(getattr(model, hook, None)):
                 raise TypeError(f"{self.family} needs the model hooks posterior(x), prior(n), "

@@ -83,6 +83,7 @@ class OvisAsymptotic(ScoreFunctionEstimator):
         self.loo = loo
 
     def extra_repr(self) -> str:
+        r"""``mc``, ``iw``, ``gamma`` and ``loo``, for ``repr(estimator)``."""
         return f"{super().extra_repr()}, gamma={self.gamma}, loo={self.loo}"
 
     def direct_gain(self) -> float:
@@ -202,11 +203,20 @@ class OvisMonteCarlo(ScoreFunctionEstimator):
                             bool(config.get("exclusive", False)))
 
     def extra_repr(self) -> str:
+        r"""``mc``, ``iw``, ``S`` and ``exclusive``, for ``repr(estimator)``."""
         return f"{super().extra_repr()}, S={self.n_aux}, exclusive={self.exclusive}"
 
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        r"""The OVIS-MC estimate: the signal ``d_k = L - v_k`` of the ``K - S`` score particles (all ``K``
+        with ``exclusive``) minus the control variate :func:`ovis_mc_control_variate` built from the
+        ``S`` auxiliary particles (the last ``S`` of the budget, or ``S`` extra ones drawn without a
+        graph with ``exclusive``).
+
+        Returns:
+            ``(loss, diagnostics, output)`` as :meth:`ovis.estimators.base.GradientEstimator.forward`.
+        """
         K, S = self.iw, self.n_aux
         n_score = K if self.exclusive else K - S
         p, log_w, kl, bound, v = self.weighted_particles(model, x, params)  # the bound's K particles

@@ -46,6 +46,7 @@ class PathwiseVAE(GradientEstimator):
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        r"""The surrogate ``-mean(log w)`` over ``B, M, K`` with reparameterised ``z`` (``[B, M, K]`` log-weights)."""
         p = self.evaluate(model, x, params)
         log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, params.beta, params.freebits)
         loss = -log_w.mean()
@@ -66,6 +67,12 @@ class PathwiseIWAE(GradientEstimator):
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        r"""The surrogate ``-mean(L_K^alpha)`` over ``B, M`` with reparameterised ``z``, ``q``'s parameters
+        detached in ``log q`` when ``detach_q`` is set; :meth:`hook_latent` sees the latents first.
+
+        Raises:
+            ValueError: ``detach_q`` (STL, DReG) with a model of more than one stochastic layer.
+        """
         p = self.evaluate(model, x, params, detach_qz_params=self.detach_q)
         if self.detach_q and len(p.output["z"]) != 1:
             raise ValueError(
@@ -120,6 +127,11 @@ class DoublyReparameterised(PathwiseIWAE):
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        r""":meth:`ovis.estimators.pathwise.PathwiseIWAE.compute` with the DReG hook (:meth:`hook_latent`).
+
+        Raises:
+            ValueError: free bits are set (they make the identity behind DReG invalid).
+        """
         if params.freebits is not None:
             raise ValueError(
                 f"dreg does not support free bits (got freebits={params.freebits}): the clamp makes its "
@@ -128,6 +140,9 @@ class DoublyReparameterised(PathwiseIWAE):
         return super().compute(model, x, params)
 
     def hook_latent(self, z: Any, log_w: Tensor, params: RuntimeParams) -> None:
+        r"""Register on ``z`` (``[B*M*K, ...]``) the hook that multiplies its gradient by
+        :math:`1 - \beta(1-\alpha)(1 - v_k)` (``v`` from the detached ``log_w`` ``[B, M, K]``).
+        """
         z = z[0]
         if z.requires_grad:
             with torch.no_grad():

@@ -103,11 +103,17 @@ class Rebar(DiscreteLatentEstimator):
 
     # --------------------------------------------------------------- control variate
     def temperature(self, params: RuntimeParams) -> Tensor:
+        r"""The relaxation temperature (0-dim tensor): ``exp(log_tau)`` when it is learned
+        (``dynamic-rebar``, ``relax``), else the runtime ``tau`` (``DEFAULT_TAU`` when not given).
+        """
         if self.log_tau is not None:
             return self.log_tau.exp()
         return self.eta.new_tensor(DEFAULT_TAU if params.tau is None else params.tau)
 
     def cv_parameters(self) -> List[nn.Parameter]:
+        r"""The control variate's parameters that ``requires_grad``: ``eta``, ``log_tau`` (``dynamic-rebar``,
+        ``relax``) and the network ``r_psi`` (``relax``).
+        """
         return [p for p in self.parameters() if p.requires_grad]
 
     @staticmethod

@@ -85,6 +85,21 @@ class Concrete(GradientEstimator):
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        r"""The relaxed IW bound at temperature ``tau`` (runtime, default ``DEFAULT_TAU``): each layer's
+        sample is ``sigmoid((a + logistic noise) / tau)`` (Bernoulli) or ``softmax((a + Gumbel noise)
+        / tau)`` (categorical), hardened in the forward pass when ``straight_through``; the surrogate
+        is minus its mean over ``B, M``.  The diagnostics are those of the discrete bound at the hard
+        samples, plus ``estimator/tau`` and ``estimator/relaxed_bound`` (each ``[B]``).
+
+        Returns:
+            ``(loss, diagnostics, output)``; ``output`` has ``z`` (hard samples), ``z_relaxed`` and
+            ``q_logits``, one entry per layer.
+
+        Raises:
+            TypeError: the model lacks the discrete hooks (``latent_depth``, ``q_logits``,
+                ``log_joint_at``) or has an invalid ``latent_categories``.
+            ValueError: ``q_logits`` of a categorical model does not return ``[n, N, C]``.
+        """
         depth = check_discrete_model(model, self.family)
         categorical = check_latent_categories(model, self.family) is not None
         tau = DEFAULT_TAU if params.tau is None else params.tau

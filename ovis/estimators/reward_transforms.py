@@ -93,6 +93,20 @@ class RewardTransform(nn.Module):
     name: str = "identity"
 
     def apply(self, r: Tensor, ctx: RewardContext, update: bool) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        r"""Transform the detached learning signal.
+
+        Args:
+            r: the signal ``[B, M, K]`` (detached).
+            ctx: the batch and the fresh-signal callback (:class:`RewardContext`).
+            update: update the transform's state and return its auxiliary loss (``False``: frozen).
+
+        Returns:
+            ``(r', aux_loss, diagnostics)``: ``r'`` ``[B, M, K]``, an auxiliary loss (or ``None``) and
+            diagnostics ``[B]`` each.
+
+        Raises:
+            NotImplementedError: in the base class.
+        """
         raise NotImplementedError
 
 
@@ -116,10 +130,12 @@ class _RunningMoments(RewardTransform):
         return seen, torch.where(seen, self.weight, torch.ones_like(self.weight))
 
     def running_mean(self) -> Tensor:
+        r"""The bias-corrected running mean of the signal (0-dim; ``0`` before any update)."""
         seen, w = self._weight()
         return torch.where(seen, self.m1 / w, torch.zeros_like(self.m1))
 
     def running_std(self) -> Tensor:
+        r"""The bias-corrected running standard deviation (0-dim; ``0`` before any update)."""
         seen, w = self._weight()
         mean = self.m1 / w
         return torch.where(seen, (self.m2 / w - mean ** 2).clamp_min(0.0).sqrt(), torch.zeros_like(self.m1))
@@ -140,6 +156,9 @@ class CentredReward(_RunningMoments):
     name = "centred"
 
     def apply(self, r: Tensor, ctx: RewardContext, update: bool) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        r"""``r - mean`` with the running mean of previous calls; updates it when ``update`` and training.
+        Diagnostics: ``centred_mean`` ``[B]``.
+        """
         m = self.running_mean().to(r.dtype)
         out = r - m
         if update and self.training:
@@ -155,9 +174,13 @@ class ScaledReward(_RunningMoments):
     name = "scaled"
 
     def scale(self) -> Tensor:
+        r"""The divisor of the next call: ``max(running std, 1)`` (0-dim)."""
         return self.running_std().clamp_min(1.0)
 
     def apply(self, r: Tensor, ctx: RewardContext, update: bool) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        r"""``r / scale()``; updates the moments when ``update`` and training.  Diagnostics:
+        ``scaled_scale`` ``[B]``.
+        """
         s = self.scale().to(r.dtype)
         if update:
             self.applied_scale = s.detach().clone()  # a tensor: no value read back from the device
@@ -175,6 +198,12 @@ class SelfCriticReward(RewardTransform):
     name = "self-critic"
 
     def apply(self, r: Tensor, ctx: RewardContext, update: bool) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        r"""Not callable on its own.
+
+        Raises:
+            RuntimeError: always; :class:`RewardTransformChain` applies ``self-critic`` (it needs the
+                preceding transforms).
+        """
         raise RuntimeError("self-critic is applied by RewardTransformChain (it needs the preceding transforms)")
 
 
@@ -204,6 +233,10 @@ class BaselineReward(RewardTransform):
         self.net = baseline_mlp(dim, self.hdim, like)
 
     def apply(self, r: Tensor, ctx: RewardContext, update: bool) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        r"""``r - b(x)`` (``b(x)`` ``[B, 1, 1]``, detached); with ``update`` also the baseline's
+        loss :math:`E[(r - b_\psi(x))^2]` and the diagnostic ``baseline_mse`` ``[B]``.  The network is
+        built at the first call when ``x_shape`` was not given.
+        """
         flat = ctx.x.reshape(ctx.x.shape[0], -1)
         if self.net is None:
             self._build(flat.shape[1], like=flat)
@@ -322,6 +355,7 @@ class ReinforceTransformed(Reinforce):
         self.chain = RewardTransformChain(reward_transforms, x_shape=x_shape, decay=decay, hdim=hdim)
 
     def extra_repr(self) -> str:
+        r"""``mc``, ``iw`` and the transforms' names, for ``repr(estimator)``."""
         return f"mc={self.mc}, iw={self.iw}, reward_transforms={','.join(self.chain.names) or '()'}"
 
     def direct_gain(self) -> Union[float, Tensor]:
@@ -330,6 +364,13 @@ class ReinforceTransformed(Reinforce):
         return self.chain.gain
 
     def compute(self, model: nn.Module, x: Tensor, params: RuntimeParams) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        r"""REINFORCE with the signal ``d = L - v`` (``[B, M, K]``) passed through the chain; the fresh
+        particles of ``self-critic`` are drawn lazily, at most once per call, without a graph.
+
+        Returns:
+            ``(loss, diagnostics, output)``; ``diagnostics['estimator']`` has ``cv_mse`` and the
+            transforms' entries.
+        """
         p, log_w, kl, bound, v = self.weighted_particles(model, x, params)
         cache: Dict[str, Tensor] = {}
 

@@ -115,6 +115,15 @@ class ScoreFunctionEstimator(GradientEstimator):
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        r"""The score-function estimate: the particles are evaluated without reparameterisation
+        (:meth:`~ovis.estimators.base.GradientEstimator.weighted_particles`), the learning signal
+        ``d - c`` ``[B, M, K]`` comes from :meth:`learning_signal`, and the surrogate is
+        :func:`score_function_surrogate` (plus the control variate's auxiliary loss, if any).
+
+        Returns:
+            ``(loss, diagnostics, output)``; ``diagnostics['estimator']`` has ``cv_mse`` and the
+            subclass's entries.
+        """
         p, log_w, kl, bound, v = self.weighted_particles(model, x, params)
         with torch.no_grad():  # the surrogate's coefficients (its graph is one linear node)
             signal, aux_loss, extra = self.learning_signal(log_w, bound, v, x, params)

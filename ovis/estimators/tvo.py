@@ -89,6 +89,7 @@ class ThermodynamicVO(GradientEstimator):
                              persistent=False)
 
     def extra_repr(self) -> str:
+        r"""``mc``, ``iw``, the partition points and the integration rule, for ``repr(estimator)``."""
         return f"{super().extra_repr()}, partition={self.partition.tolist()}, integration={self.integration}"
 
     def riemann_weights(self) -> Tuple[Tensor, Tensor]:
@@ -107,6 +108,15 @@ class ThermodynamicVO(GradientEstimator):
     def compute(
         self, model: nn.Module, x: Tensor, params: RuntimeParams
     ) -> Tuple[Tensor, Diagnostics, Dict[str, Any]]:
+        r"""The TVO surrogate with the covariance estimator: for each point :math:`\beta_j` of the
+        partition, the self-normalised weights :math:`\omega_{kj} \propto w_k^{\beta_j}` (``[B, M, K, P]``)
+        estimate :math:`E_{\pi_{\beta_j}}[f]` (``f = log w``) and its covariance gradient; the Riemann
+        sum of :meth:`riemann_weights` combines them.  Diagnostics add ``estimator/tvo`` ``[B]``, the
+        value of the integral.
+
+        Returns:
+            ``(loss, diagnostics, output)`` as :meth:`ovis.estimators.base.GradientEstimator.forward`.
+        """
         p = self.evaluate(model, x, params, zgrads=False)
         B, M, K = p.log_px.shape
         betas, coef = self.riemann_weights()

@@ -54,15 +54,21 @@ class Backend(abc.ABC):
         the options do not fit this backend."""
 
     @abc.abstractmethod
-    def start(self, slots: Sequence[str]) -> None: ...
+    def start(self, slots: Sequence[str]) -> None:
+        r"""Launch execution: one concurrent job per slot, ``slots`` the device strings (e.g.
+        ``["cpu", "cpu"]`` or ``["cuda:0", "cuda:1"]``); returns at once, the executors claim jobs
+        from the queue until it is drained or :meth:`stop` is called."""
 
     @abc.abstractmethod
-    def running(self) -> bool: ...
+    def running(self) -> bool:
+        r"""Whether any executor is still active (claiming or running jobs)."""
 
     @abc.abstractmethod
-    def stop(self, timeout: float) -> None: ...
+    def stop(self, timeout: float) -> None:
+        r"""End the executors, waiting up to ``timeout`` seconds; their running jobs end ``aborted``."""
 
     def executor_pids(self) -> List[int]:
+        r"""The process ids of the local executors (the manager's bookkeeping); empty for remote ones."""
         return []
 
 

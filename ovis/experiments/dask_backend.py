@@ -367,14 +367,22 @@ class DaskBackend(Backend):
     # -- paths -----------------------------------------------------------------------------------
     @property
     def stop_file(self) -> Path:
+        r"""The file whose existence tells this session's tasks to stop (``<exp_dir>/<STOP_DIR>/stop-<session>``)."""
         return self.cfg.exp_dir / STOP_DIR / f"stop-{self.session}"
 
     @property
     def scheduler_address(self) -> Optional[str]:
+        r"""The connected scheduler's address, ``None`` before :meth:`start`."""
         return None if self.client is None else self.client.scheduler.address
 
     # -- Backend API -----------------------------------------------------------------------------
     def start(self, slots: Sequence[str]) -> None:
+        r"""Start a local cluster on 127.0.0.1 (one worker per slot; TLS when credentials are configured)
+        or connect to ``address``, then submit the first tasks.
+
+        Raises:
+            ValueError: ``dashboard_address`` names no interface.
+        """
         from distributed import Client
 
         self._slots = list(slots)
@@ -410,6 +418,9 @@ class DaskBackend(Backend):
         self._tick()
 
     def running(self) -> bool:
+        r"""Advance the protocol (collect finished tasks, submit new ones, requeue lost jobs), then
+        whether tasks are in flight or waiting, or jobs are still queued.
+        """
         if self._stopped:
             return False
         self._tick()
@@ -420,6 +431,10 @@ class DaskBackend(Backend):
         return self.cfg_queue().counts()["queued"] > 0
 
     def stop(self, timeout: float) -> None:
+        r"""Ask the tasks to stop (the stop file), wait up to ``timeout`` seconds for the adopted ones,
+        cancel the rest, mark this session's running jobs ``aborted`` and close the client and cluster
+        (idempotent).
+        """
         if self._stopped:
             return
         self._stopped = True
@@ -451,6 +466,7 @@ class DaskBackend(Backend):
 
     # -- internals -------------------------------------------------------------------------------
     def cfg_queue(self) -> JobQueue:
+        r"""A :class:`~ovis.experiments.queue.JobQueue` on the experiment's directory."""
         return JobQueue(self.cfg.exp_dir)
 
     def _close(self) -> None:

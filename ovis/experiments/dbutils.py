@@ -35,6 +35,9 @@ FIELDS = ("job_id", "script", "status", "attempts", "host", "worker", "worker_pi
 
 
 def build_dbutils_parser() -> argparse.ArgumentParser:
+    r"""The argument parser of ``dbutils.py`` (``--exp``, ``--root``, ``--check``, ``--requeue``,
+    ``--find``, ``--update``, ``--delete``, ...).
+    """
     p = argparse.ArgumentParser(prog="dbutils.py", description="Inspect and edit an experiment's job queue.")
     p.add_argument("--exp", required=True, help="experiment name (the folder <root>/<exp>)")
     p.add_argument("--root", default="runs/")
@@ -90,6 +93,20 @@ def _fmt_time(t: Optional[float]) -> str:
 
 
 def dbutils_main(argv: Optional[Sequence[str]] = None, out=None) -> int:
+    r"""``dbutils.py``: inspect and edit an experiment's job queue.
+
+    Marks the jobs of vanished workers ``lost`` first, then applies the requested actions in order
+    (``--requeue``, ``--update``, ``--delete``, ``--find``, ``--show_all``) and prints the counts per
+    status with ``--check`` or when nothing else was asked.
+
+    Args:
+        argv: the command line (``None``: ``sys.argv[1:]``).
+        out: where the report goes (default ``sys.stdout``).
+
+    Returns:
+        The exit code: ``0``; ``2`` when the queue does not exist or an action fails (a one-line
+        error on ``stderr``).
+    """
     out = out or sys.stdout
     a = build_dbutils_parser().parse_args(argv)
     exp_dir = Path(a.root) / a.exp

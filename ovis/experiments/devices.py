@@ -132,6 +132,12 @@ def torch_gpu_rows() -> List[Tuple[int, int, int]]:
 
 
 def _torch_rows_in_child() -> List[Tuple[int, int, int]]:
+    r"""The default ``torch_rows``: ``torch_gpu_rows()`` run in a child Python process (so this
+    process does not initialise CUDA); ``[(index, free bytes, total bytes)]``.
+
+    Raises:
+        subprocess.SubprocessError: the child fails or times out (120 s).
+    """
     code = ("import json; from ovis.experiments.devices import torch_gpu_rows; "
             "print(json.dumps(torch_gpu_rows()))")
     env = dict(os.environ)

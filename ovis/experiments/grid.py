@@ -89,6 +89,7 @@ class Job:
 
     @property
     def command(self) -> str:
+        r"""The job's command line as one shell-quoted string (``argv`` joined)."""
         return " ".join(shlex.quote(a) for a in self.argv)
 
 

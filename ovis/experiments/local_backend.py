@@ -89,6 +89,7 @@ class LocalBackend(Backend):
         return p
 
     def start(self, slots: Sequence[str]) -> None:
+        r"""Spawn one worker process per slot (device string), each with that device."""
         self.slots = list(slots)
         self.current = [None] * len(self.slots)
         self.restarts = [0] * len(self.slots)
@@ -155,10 +156,14 @@ class LocalBackend(Backend):
         return out
 
     def running(self) -> bool:
+        r"""Supervise (:meth:`supervise`), then whether any worker process is alive."""
         self.supervise()
         return any(p.poll() is None for p in self.procs)
 
     def stop(self, timeout: float) -> None:
+        r"""Send ``SIGTERM`` to the live workers (they abort their jobs), wait up to ``timeout`` seconds in
+        all, then ``SIGKILL`` the ones still running.
+        """
         self.stopping = True
         for p in self.procs:
             if p.poll() is None:
@@ -175,6 +180,7 @@ class LocalBackend(Backend):
                 p.wait()
 
     def executor_pids(self) -> List[int]:
+        r"""The pids of every worker process started (replacements included)."""
         return [p.pid for p in self.procs]
 
 

@@ -43,6 +43,9 @@ DEFAULT_SRC = REPO_ROOT if (REPO_ROOT / "experiments").is_dir() else Path.cwd()
 
 
 def build_manager_parser() -> argparse.ArgumentParser:
+    r"""The argument parser of ``manager.py`` (``--exp``, ``--processes``, ``--max_gpus``, ``--root``,
+    ``--backend``, ...).
+    """
     p = argparse.ArgumentParser(prog="manager.py", description="Run an experiment grid from experiments/<exp>.json.")
     p.add_argument("--exp", required=True, help="experiment name (experiments/<exp>.json) or path to a .json file")
     p.add_argument("--processes", type=int, default=1, help="worker processes per GPU (or on the CPU)")
@@ -115,6 +118,16 @@ def make_snapshot(src: Path, exp_dir: Path, exp_file: Path, script: str, update_
 
 
 def manager_main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""``manager.py``: load the experiment, fill its queue and drain it with the chosen backend.
+
+    Args:
+        argv: the command line (``None``: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: ``0`` when every job succeeded, ``1`` when some did not, ``2`` on invalid
+        arguments or a failure the user can fix (an unusable queue, a full disk: one line, no
+        traceback), ``130`` when interrupted.
+    """
     a = build_manager_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s manager: %(message)s", stream=sys.stderr)
     logging.raiseExceptions = False  # a full disk must not turn each log line into a traceback

@@ -158,6 +158,12 @@ class AtomicJSONStorage(Storage):
         self._cache: Optional[Dict[str, Dict[str, Any]]] = None
 
     def read(self) -> Optional[Dict[str, Dict[str, Any]]]:
+        r"""The database mapping (``{table: {doc_id: record}}``), parsed once per transaction; ``None`` for a
+        missing or empty file.
+
+        Raises:
+            QueueError: the file does not parse as JSON (it is left untouched).
+        """
         if self._cache is not None:
             return self._cache
         self._cache = self._read()
@@ -179,6 +185,9 @@ class AtomicJSONStorage(Storage):
                              "experiment over with manager.py --rf (the run folders are deleted too)") from None
 
     def write(self, data: Dict[str, Dict[str, Any]]) -> None:
+        r"""Replace the file atomically with ``data``: write a temporary file in the same folder, flush,
+        ``fsync``, ``os.replace``, then ``fsync`` the folder (best effort).
+        """
         text = json.dumps(data, separators=(",", ":"))
         with open(self.tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -196,6 +205,7 @@ class AtomicJSONStorage(Storage):
             pass
 
     def close(self) -> None:
+        r"""Nothing to release: every write is complete when :meth:`write` returns."""
         pass
 
 
@@ -243,6 +253,7 @@ class JobQueue:
             self._lock.release()
 
     def exists(self) -> bool:
+        r"""Whether the queue's database file exists."""
         return self.path.exists()
 
     def purge_lock(self) -> bool:
@@ -280,15 +291,18 @@ class JobQueue:
                 "error": None, "claim_token": None, "run_dir": None, "manager": None}
 
     def all_jobs(self) -> List[Dict[str, Any]]:
+        r"""Every job record (copies, as dicts), in insertion order, read under the lock."""
         with self.transaction() as db:
             return [dict(d) for d in db.table(JOBS).all()]
 
     def get(self, job_id: str) -> Optional[Dict[str, Any]]:
+        r"""The record of ``job_id`` (a copy), or ``None`` when there is no such job."""
         with self.transaction() as db:
             d = db.table(JOBS).get(Query().job_id == job_id)
             return dict(d) if d else None
 
     def counts(self) -> Dict[str, int]:
+        r"""The number of jobs in each status, ``{status: count}``, every status of ``STATUSES`` present."""
         out = {s: 0 for s in STATUSES}
         for d in self.all_jobs():
             out[d["status"]] = out.get(d["status"], 0) + 1
@@ -453,11 +467,13 @@ class JobQueue:
         return out
 
     def update_jobs(self, job_ids: Sequence[str], fields: Dict[str, Any]) -> int:
+        r"""Set ``fields`` on the records of ``job_ids`` in one transaction; returns the number updated."""
         with self.transaction() as db:
             t = db.table(JOBS)
             return len(t.update(fields, Query().job_id.one_of(list(job_ids))))
 
     def delete_jobs(self, job_ids: Sequence[str]) -> int:
+        r"""Remove the records of ``job_ids`` in one transaction; returns the number removed."""
         with self.transaction() as db:
             t = db.table(JOBS)
             return len(t.remove(Query().job_id.one_of(list(job_ids))))
@@ -479,10 +495,12 @@ class JobQueue:
         return mid
 
     def manager_heartbeat(self, manager: str) -> None:
+        r"""Refresh the heartbeat time of the live manager ``manager`` (an id of :meth:`register_manager`)."""
         with self.transaction() as db:
             db.table(MANAGERS).update({"heartbeat": _now()}, Query().manager == manager)
 
     def unregister_manager(self, manager: str) -> None:
+        r"""Remove the manager ``manager`` from the table of live managers (at its exit)."""
         with self.transaction() as db:
             db.table(MANAGERS).remove(Query().manager == manager)
 

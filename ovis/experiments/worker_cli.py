@@ -17,6 +17,14 @@ from ovis.experiments.workers import WorkerConfig, worker_loop
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    r"""The worker process: parse the options the local backend passes (``--exp``, ``--exp_dir``,
+    ``--root``, ``--data_root``, ``--snapshot``, ``--device``, ...), install the ``SIGTERM`` /
+    ``SIGINT`` handlers and run :func:`ovis.experiments.workers.worker_loop` until the queue is
+    drained, ``--max_jobs`` jobs ran, or a signal arrives.
+
+    Returns:
+        ``0``.
+    """
     p = argparse.ArgumentParser(prog="ovis.experiments.worker_cli", description=__doc__)
     p.add_argument("--exp", required=True)
     p.add_argument("--exp_dir", required=True)

@@ -120,6 +120,16 @@ class WorkerConfig:
 
 @dataclass
 class JobOutcome:
+    r"""How a claimed job ended (:func:`run_claimed_job`).
+
+    Attributes:
+        status: ``success``, ``failed`` or ``aborted``; ``""`` when the claim was lost (nothing
+            recorded).
+        exit_code: the process's exit code (``None`` when it did not run to an exit).
+        error: the error text recorded in the queue, or ``None``.
+        run_dir: the run directory the job reported, or ``None``.
+    """
+
     status: str  # success | failed | aborted | "" (claim lost: nothing recorded)
     exit_code: Optional[int]
     error: Optional[str]
@@ -135,6 +145,11 @@ def build_command(rec: Dict[str, Any], cfg: WorkerConfig) -> List[str]:
 
 
 def job_env(rec: Dict[str, Any], cfg: WorkerConfig) -> Dict[str, str]:
+    r"""The environment of a job's process: this process's, plus ``OVIS_JOB_ID``,
+    ``CUDA_VISIBLE_DEVICES`` (empty on the CPU, else the device), ``PYTHONPATH`` starting with the
+    code snapshot, ``PYTHONUNBUFFERED=1`` and, for CPU jobs with ``cfg.threads``, the OMP/MKL thread
+    counts (unless already set).
+    """
     env = dict(os.environ)
     env["OVIS_JOB_ID"] = rec["job_id"]
     env["CUDA_VISIBLE_DEVICES"] = "" if cfg.device == "cpu" else str(cfg.device)

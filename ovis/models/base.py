@@ -91,9 +91,37 @@ class TemplateModel(nn.Module):
     """
 
     def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
+        r"""Encode ``x``, sample the latents of every stochastic layer and decode (the model protocol).
+
+        Args:
+            x: observations ``[N, *x_shape]`` (for the estimators, ``N = B*M*K`` expanded copies; a
+                model with ``supports_particles = True`` also accepts ``particles=n`` and the un-expanded
+                batch, returning ``B*n`` rows).
+            zgrads: draw ``z ~ q(z|x)`` with ``rsample`` (reparameterised) instead of ``sample``.
+            **kwargs: model-specific options (e.g. ``tau``, the relaxation temperature).
+
+        Returns:
+            ``{'px': p(x|z), 'z': [z_1..z_L], 'qz': [q(z_l|...)], 'pz': [p(z_l|...)]}``: distributions
+            with batch shape starting with ``N``, one list item per stochastic layer.
+
+        Raises:
+            NotImplementedError: in the base class, or (some models) ``zgrads=True`` without ``rsample``.
+        """
         raise NotImplementedError
 
     def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
+        r"""Draw ``bs`` samples from the generative model: ``z ~ p(z)`` layer by layer, then ``p(x|z)``.
+
+        Args:
+            bs: the number of samples ``N``.
+            **kwargs: model-specific options.
+
+        Returns:
+            ``{'px': p(x|z), 'z': [z_1..z_L], 'pz': [p(z_l|...)]}`` with batch shape ``[bs]``.
+
+        Raises:
+            NotImplementedError: in the base class.
+        """
         raise NotImplementedError
 
     @property
@@ -124,23 +152,35 @@ class SingleLayerModel(TemplateModel):
     """
 
     def posterior(self, x: Tensor) -> Distribution:
+        r"""The inference distribution ``q(z|x)`` for ``x`` ``[n, *x_shape]``, batch shape ``[n]``
+        (every subclass implements it).
+        """
         raise NotImplementedError
 
     def prior(self, n: int) -> Distribution:
+        r"""The prior ``p(z)`` with batch shape ``[n]`` (every subclass implements it)."""
         raise NotImplementedError
 
     def observation_model(self, z: Tensor) -> Distribution:
+        r"""The likelihood ``p(x|z)`` for latents ``z`` ``[n, ...]``, batch shape ``[n]`` (every subclass
+        implements it).
+        """
         raise NotImplementedError
 
     def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
+        r"""``z ~ posterior(x)`` (``rsample`` when ``zgrads``), then the protocol's mapping
+        ``{'px', 'z', 'qz', 'pz'}`` with one layer (see :meth:`TemplateModel.forward`).
+        """
         qz = self.posterior(x)
         z = qz.rsample() if zgrads else qz.sample()
         return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [self.prior(x.shape[0])]}
 
     def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
+        r"""``[q(z|x)]``: the posterior does not depend on ``z`` for a single layer (``z`` is ignored)."""
         return [self.posterior(x)]
 
     def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
+        r"""``z ~ prior(bs)``; returns ``{'px': observation_model(z), 'z': [z], 'pz': [prior]}``."""
         pz = self.prior(bs)
         z = pz.sample()
         return {"px": self.observation_model(z), "z": [z], "pz": [pz]}

@@ -131,6 +131,12 @@ class HalfImageBernoulli(Distribution):
         return out.view(n, *self._x_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
+        r"""The log-mass of the bottom half of full observations ``value`` ``[n, *x_shape]`` -> ``[n]``
+        (the top half is ignored).
+
+        Raises:
+            ValueError: ``value`` is not ``[n, *x_shape]`` with this distribution's ``n``.
+        """
         n = self.logits.shape[0]
         if value.shape[0] != n or value[0].numel() != self.top.numel() + self.bottom.numel():
             raise ValueError(f"HalfImageBernoulli.log_prob expects full observations [{n}, "
@@ -140,10 +146,17 @@ class HalfImageBernoulli(Distribution):
 
     @property
     def mean(self) -> Tensor:
+        r"""Full images ``[n, *x_shape]``: the conditioning top half and the Bernoulli means of the bottom."""
         return self._assemble(torch.sigmoid(self.logits))
 
     # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
+        r"""A full image sample ``[n, *x_shape]``: the conditioning top half and a Bernoulli draw of the
+        bottom (no gradient).
+
+        Raises:
+            NotImplementedError: ``sample_shape`` other than ``()``.
+        """
         if len(sample_shape) != 0:
             raise NotImplementedError("HalfImageBernoulli.sample supports sample_shape=() only")
         with torch.no_grad():

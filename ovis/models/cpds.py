@@ -109,6 +109,9 @@ class PriorNet(nn.Module):
     event_shape: torch.Size
 
     def forward(self, batch_shape: int | Sequence[int] = ()) -> Distribution:  # pragma: no cover
+        r"""The prior with batch shape ``batch_shape`` (an int or a sequence) and event shape
+        ``event_shape`` (every subclass implements it).
+        """
         raise NotImplementedError
 
 
@@ -123,6 +126,7 @@ class StandardNormalPrior(PriorNet):
         self.log_scale = nn.Parameter(torch.zeros(self.N), requires_grad=bool(learn))
 
     def forward(self, batch_shape: int | Sequence[int] = ()) -> Distribution:
+        r"""``Independent(Normal(loc, exp(log_scale)), 1)`` with batch shape ``batch_shape``, event ``[N]``."""
         shape = (*_batch_shape(batch_shape), self.N)
         return Independent(Normal(self.loc.expand(shape), self.log_scale.exp().expand(shape)), 1)
 
@@ -140,6 +144,7 @@ class MixtureOfGaussiansPrior(PriorNet):
         self.log_scales = nn.Parameter(torch.zeros(self.C, self.N))
 
     def forward(self, batch_shape: int | Sequence[int] = ()) -> Distribution:
+        r"""The ``MixtureSameFamily`` of the ``C`` diagonal Gaussians, batch shape ``batch_shape``, event ``[N]``."""
         b = _batch_shape(batch_shape)
         mix = Categorical(logits=self.logits.expand(*b, self.C))
         comp = Independent(Normal(self.locs.expand(*b, self.C, self.N),
@@ -159,6 +164,16 @@ class BernoulliPrior(PriorNet):
 
     def forward(self, batch_shape: int | Sequence[int] = (), relaxed: bool = False,
                 tau: Optional[Tensor | float] = None) -> Distribution:
+        r"""``Independent(Bernoulli(logits), 1)`` with batch shape ``batch_shape`` and event ``[N]``.
+
+        Args:
+            batch_shape: the batch shape (an int or a sequence).
+            relaxed: return the ``RelaxedBernoulli`` at temperature ``tau`` instead.
+            tau: the temperature (``> 0``), required when ``relaxed``.
+
+        Raises:
+            ValueError: ``relaxed`` without a temperature, or ``tau <= 0``.
+        """
         logits = self.logits.expand(*_batch_shape(batch_shape), self.N)
         t = _relaxation(relaxed, tau, logits)
         return Independent(RelaxedBernoulli(t, logits=logits) if t is not None else Bernoulli(logits=logits), 1)
@@ -178,6 +193,17 @@ class CategoricalPrior(PriorNet):
 
     def forward(self, batch_shape: int | Sequence[int] = (), relaxed: bool = False,
                 tau: Optional[Tensor | float] = None) -> Distribution:
+        r"""``Independent(OneHotCategorical(logits), 1)`` with batch shape ``batch_shape`` and event
+        ``[N, K]``.
+
+        Args:
+            batch_shape: the batch shape (an int or a sequence).
+            relaxed: return the ``RelaxedOneHotCategorical`` at temperature ``tau`` instead.
+            tau: the temperature (``> 0``), required when ``relaxed``.
+
+        Raises:
+            ValueError: ``relaxed`` without a temperature, or ``tau <= 0``.
+        """
         logits = self.logits.expand(*_batch_shape(batch_shape), self.N, self.K)
         t = _relaxation(relaxed, tau, logits)
         d = RelaxedOneHotCategorical(t, logits=logits) if t is not None else OneHotCategorical(logits=logits)
@@ -214,9 +240,14 @@ class CPDNet(nn.Module):
                          f"[*batch, {', '.join(map(str, self.param_shape))}] or [*batch, {p}] parameters")
 
     def forward(self, h: Tensor) -> Distribution:
+        r"""``p(y|h)``: :meth:`distribution` of :meth:`params` (``h`` ``[*batch, *in_shape]``; batch shape
+        ``batch``)."""
         return self.distribution(self.params(h))
 
     def distribution(self, params: Tensor) -> Distribution:  # pragma: no cover
+        r"""The distribution of parameters ``[*batch, *param_shape]``, batch shape ``batch`` (every subclass
+        implements it).
+        """
         raise NotImplementedError
 
 
@@ -229,6 +260,7 @@ class GaussianMeanFieldCPD(CPDNet):
         self.param_shape = (2 * self.N,)
 
     def distribution(self, params: Tensor) -> Distribution:
+        r"""``Independent(Normal(mu, exp(log sigma)), 1)`` from parameters ``[*batch, 2N]``; event ``[N]``."""
         loc, log_scale = params.chunk(2, dim=-1)
         return Independent(Normal(loc, log_scale.exp()), 1)
 
@@ -243,6 +275,9 @@ class MixtureOfGaussianMeanFieldsCPD(CPDNet):
         self.param_shape = (self.C * (1 + 2 * self.N),)
 
     def distribution(self, params: Tensor) -> Distribution:
+        r"""The ``MixtureSameFamily`` from parameters ``[*batch, C (1 + 2N)]`` (``C`` logits, then ``C`` blocks
+        ``(mu_c, log sigma_c)``); event ``[N]``.
+        """
         C, N = self.C, self.N
         logits, rest = params[..., :C], params[..., C:].reshape(*params.shape[:-1], C, 2 * N)
         loc, log_scale = rest.chunk(2, dim=-1)
@@ -259,10 +294,23 @@ class BernoulliCPD(CPDNet):
         self.param_shape = (self.N,)
 
     def forward(self, h: Tensor, relaxed: bool = False, tau: Optional[Tensor | float] = None) -> Distribution:
+        r"""``p(z|h)``: ``Independent(Bernoulli(logits=net(h)), 1)``, event ``[N]``.
+
+        Args:
+            h: the conditioning input ``[*batch, *in_shape]``.
+            relaxed: return the ``RelaxedBernoulli`` at temperature ``tau`` instead.
+            tau: the temperature (``> 0``), required when ``relaxed``.
+
+        Raises:
+            ValueError: ``relaxed`` without a temperature, ``tau <= 0``, or a network output of the
+                wrong shape.
+        """
         return self.distribution(self.params(h), relaxed, tau)
 
     def distribution(self, params: Tensor, relaxed: bool = False,
                      tau: Optional[Tensor | float] = None) -> Distribution:
+        r"""The (relaxed, with ``relaxed`` and ``tau``) Bernoulli of logits ``params`` ``[*batch, N]``,
+        event ``[N]``."""
         t = _relaxation(relaxed, tau, params)
         return Independent(RelaxedBernoulli(t, logits=params) if t is not None else Bernoulli(logits=params), 1)
 
@@ -279,10 +327,24 @@ class CategoricalCPD(CPDNet):
         self.param_shape = (self.N, self.K)
 
     def forward(self, h: Tensor, relaxed: bool = False, tau: Optional[Tensor | float] = None) -> Distribution:
+        r"""``p(z|h)``: ``Independent(OneHotCategorical(logits=net(h)), 1)``, event ``[N, K]``.
+
+        Args:
+            h: the conditioning input ``[*batch, *in_shape]``.
+            relaxed: return the ``RelaxedOneHotCategorical`` at temperature ``tau`` instead.
+            tau: the temperature (``> 0``), required when ``relaxed``.
+
+        Raises:
+            ValueError: ``relaxed`` without a temperature, ``tau <= 0``, or a network output of the
+                wrong shape.
+        """
         return self.distribution(self.params(h), relaxed, tau)
 
     def distribution(self, params: Tensor, relaxed: bool = False,
                      tau: Optional[Tensor | float] = None) -> Distribution:
+        r"""The (relaxed, with ``relaxed`` and ``tau``) one-hot categorical of logits ``params``
+        ``[*batch, N, K]``, event ``[N, K]``.
+        """
         t = _relaxation(relaxed, tau, params)
         d = RelaxedOneHotCategorical(t, logits=params) if t is not None else OneHotCategorical(logits=params)
         return Independent(d, 1)
@@ -301,6 +363,7 @@ class BernoulliImageCPD(_ImageCPD):
     r"""``prod_i Bern(x_i; sigmoid(eta_i(h)))`` over ``x_shape`` (binary images); ``net(h)`` the logits."""
 
     def distribution(self, params: Tensor) -> Distribution:
+        r"""``Independent(Bernoulli(logits=params), len(x_shape))`` for logits ``[*batch, *x_shape]``."""
         return Independent(Bernoulli(logits=params), len(self.x_shape))
 
 
@@ -309,4 +372,5 @@ class ContinuousBernoulliImageCPD(_ImageCPD):
     normalising constant; ``net(h)`` the logits of ``lambda``.  Its ``mean`` is not ``lambda``."""
 
     def distribution(self, params: Tensor) -> Distribution:
+        r"""``Independent(ContinuousBernoulli(logits=params), len(x_shape))`` for logits ``[*batch, *x_shape]``."""
         return Independent(ContinuousBernoulli(logits=params), len(self.x_shape))

@@ -135,6 +135,7 @@ class DiscreteVAE(TemplateModel):
 
     @property
     def is_igr(self) -> bool:
+        r"""Whether the relaxation is one of the IGR family (``igr-i``, ``igr-sb``, ``igr-planar``), not ``gs``."""
         return self.relaxation != "gs"
 
     def _tau(self, kwargs: Dict[str, Any]) -> float:
@@ -159,6 +160,12 @@ class DiscreteVAE(TemplateModel):
         return IGRPlanar(loc, scale, tau, g.flow_u, g.flow_w, g.flow_b, self.delta, validate_args=False)
 
     def posterior_params(self, x: Tensor) -> Any:
+        r"""The encoder's parameters of ``q(.|x)`` for ``x`` ``[n, *x_shape]``.
+
+        Returns:
+            ``gs``: the logits ``[n, N, K]``; IGR: ``(loc, scale)``, each ``[n, N, K-1]``, of the
+            Gaussian noise that the IGR transform maps to the simplex.
+        """
         h = self._encode(x)
         if not self.is_igr:
             return h.reshape(h.shape[0], self.N, self.K)
@@ -166,6 +173,12 @@ class DiscreteVAE(TemplateModel):
         return loc, log_scale.exp()
 
     def prior_params(self, n: int, like: Tensor) -> Any:
+        r"""The prior's parameters for ``n`` samples, on ``like``'s dtype and device.
+
+        Returns:
+            ``gs``: zero logits ``[n, N, K]`` (uniform); IGR: ``(zeros, ones)``, each ``[n, N, K-1]``
+            (standard normal noise).
+        """
         if not self.is_igr:
             return torch.zeros(n, self.N, self.K, dtype=like.dtype, device=like.device)
         loc = torch.zeros(n, self.N, self.noise_dim, dtype=like.dtype, device=like.device)
@@ -178,6 +191,24 @@ class DiscreteVAE(TemplateModel):
 
     # ------------------------------------------------------------------ protocol
     def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
+        r"""The protocol's mapping for ``x`` ``[n, *x_shape]``, plus ``z_relaxed``.
+
+        ``gs``: ``z`` ``[n, N, K]`` is a Gumbel-softmax sample (``zgrads``) or a hard one-hot sample,
+        with ``qz``/``pz`` the matching ``GumbelSoftmax`` / ``OneHotCategorical``.  IGR: ``z`` is the
+        Gaussian noise ``[n, N, K-1]`` (``qz``/``pz`` Gaussians), and ``z_relaxed`` ``[n, N, K]`` its
+        image on the simplex, which the decoder sees.
+
+        Args:
+            x: observations ``[n, *x_shape]``.
+            zgrads: reparameterised samples.
+            **kwargs: ``tau``, the temperature (default: the constructor's).
+
+        Returns:
+            ``{'px', 'z', 'qz', 'pz', 'z_relaxed'}``, one latent layer.
+
+        Raises:
+            ValueError: ``tau <= 0``.
+        """
         tau = self._tau(kwargs)
         n = x.shape[0]
         if not self.is_igr:
@@ -207,6 +238,15 @@ class DiscreteVAE(TemplateModel):
         return [Independent(Normal(loc, scale), 2)]
 
     def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
+        r"""``bs`` samples of the generative model: ``z ~ p(z)`` (one-hot for ``gs``; Gaussian noise mapped
+        to the simplex at temperature ``tau`` for IGR), then ``p(x|z)``.
+
+        Returns:
+            ``{'px', 'z', 'pz', 'z_relaxed'}`` with batch shape ``[bs]``.
+
+        Raises:
+            ValueError: ``tau <= 0``.
+        """
         tau = self._tau(kwargs)
         like = next(self.parameters())
         if not self.is_igr:

@@ -94,15 +94,18 @@ class GaussianToyModel(SingleLayerModel):
             p.copy_(v)
 
     def posterior(self, x: Tensor) -> Distribution:
+        r"""``q(z|x) = N(A x + b, (2/3) I)``, batch ``[n]``, event ``[D]`` (``x``: ``[n, D]``)."""
         A, b = self.inference_network.A, self.inference_network.b
         loc = x @ A.T + b
         return Independent(Normal(loc, math.sqrt(Q_VARIANCE) * torch.ones_like(loc)), 1)
 
     def prior(self, n: int) -> Distribution:
+        r"""``p(z) = N(mu, I)``, batch ``[n]``, event ``[D]``."""
         mu = self.generative_model.mu.expand(n, self.D)
         return Independent(Normal(mu, torch.ones_like(mu)), 1)
 
     def observation_model(self, z: Tensor) -> Distribution:
+        r"""``p(x|z) = N(z, I)``, batch ``[n]``, event ``[D]`` (``z``: ``[n, D]``)."""
         return Independent(Normal(z, torch.ones_like(z)), 1)
 
 

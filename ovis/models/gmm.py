@@ -87,9 +87,12 @@ class GaussianMixtureModel(SingleLayerModel):
         return self.inference_network.phi(x.reshape(-1, 1))
 
     def posterior(self, x: Tensor) -> Distribution:
+        r"""``q(z|x) = OneHotCategorical(logits=phi(x))`` over the ``C`` components, batch ``[n]``
+        (``x``: ``[n, 1]``)."""
         return OneHotCategorical(logits=self.posterior_logits(x))
 
     def prior(self, n: int) -> Distribution:
+        r"""``p(z) = OneHotCategorical(logits=theta)`` with the learned mixing logits ``[C]``, batch ``[n]``."""
         return OneHotCategorical(logits=self.generative_model.mixture_logits.expand(n, self.C))
 
     def observation_model(self, z: Tensor) -> Distribution:

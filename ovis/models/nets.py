@@ -150,6 +150,12 @@ class StructuredNet(nn.Module):
         self.flatten_input = bool(flatten_input)
 
     def forward(self, x: Tensor) -> Tensor:
+        r"""``[*batch, *in_shape] -> [*batch, *out_shape]``.
+
+        Raises:
+            ValueError: ``x`` does not end with ``in_shape``, or the network returns a number of values
+                per row other than ``prod(out_shape)``.
+        """
         batch = split_batch_shape(x, self.in_shape, f"the input of {type(self).__name__}")
         n = int(math.prod(batch))
         h = x.reshape(n, -1) if self.flatten_input else x.reshape(n, *self.in_shape)
@@ -160,6 +166,7 @@ class StructuredNet(nn.Module):
         return y.reshape(*batch, *self.out_shape)
 
     def extra_repr(self) -> str:
+        r"""``in_shape`` and ``out_shape``, for ``repr(net)``."""
         return f"in_shape={self.in_shape}, out_shape={self.out_shape}"
 
 

@@ -251,6 +251,9 @@ class SigmoidBeliefNetwork(TemplateModel):
         return log_px, torch.stack(log_pz, dim=-1)
 
     def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
+        r"""Ancestral sampling: ``z_L ~ p(z_L)``, then ``z_l ~ p(z_l | z_{l+1})`` down to ``z_1``;
+        returns ``{'px': p(x|z_1), 'z': [z_1..z_L], 'pz': [p(z_l|z_{l+1})..p(z_L)]}``, batch ``[bs]``.
+        """
         zl = sample_bernoulli(self.prior(bs))
         z = [zl]
         for l in range(self.depth - 1, 0, -1):

@@ -82,12 +82,15 @@ class GaussianVAE(SingleLayerModel):
         return self._x_shape
 
     def prior(self, n: int) -> Distribution:
+        r"""``p(z) = N(m, diag s^2)`` (``N(0, I)`` unless ``learn_prior``), batch ``[n]``, event ``[N]``."""
         return self.generative_model.prior(n)
 
     def observation_model(self, z: Tensor) -> Distribution:
+        r"""``p(x|z) = Bernoulli(logits(z))`` for ``z`` ``[n, N]``: batch ``[n]``, event ``x_shape``."""
         return self.generative_model.observation(z)
 
     def posterior(self, x: Tensor) -> Distribution:
+        r"""``q(z|x) = N(mu(x), diag sigma(x)^2)`` for ``x`` ``[n, *x_shape]``: batch ``[n]``, event ``[N]``."""
         return self.inference_network(x)
 
 
@@ -221,6 +224,15 @@ class VAE(TemplateModel):
         return self.generative_model.observation(z)
 
     def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
+        r"""The protocol's mapping ``{'px', 'z', 'qz', 'pz'}`` (one layer) for ``x`` ``[n, *x_shape]``.
+
+        With ``zgrads`` and discrete latents, ``q`` and ``p`` are both relaxed at the temperature
+        ``tau`` (keyword, default the model's) and ``z`` is a relaxed ``rsample``; otherwise ``z`` is
+        ``rsample`` (Gaussian, ``zgrads``) or ``sample`` (hard).
+
+        Raises:
+            ValueError: ``tau <= 0``.
+        """
         relaxed = zgrads and self.discrete
         tau = self._tau(kwargs) if relaxed else None
         qz = self.posterior(x, relaxed=relaxed, tau=tau)
@@ -233,6 +245,7 @@ class VAE(TemplateModel):
         return [self.posterior(x)]
 
     def sample_from_prior(self, bs: int, **kwargs: Any) -> Dict[str, Any]:
+        r"""``z ~ p(z)`` (hard samples), then ``{'px': p(x|z), 'z': [z], 'pz': [p(z)]}``, batch ``[bs]``."""
         pz = self.prior(bs)
         z = pz.sample()
         return {"px": self.observation_model(z), "z": [z], "pz": [pz]}

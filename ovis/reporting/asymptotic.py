@@ -206,6 +206,23 @@ def _distributions(stats: pd.DataFrame, samples: Dict[Tuple[str, int], Path], co
 
 def report_asymptotic(root: str, exps: Sequence[str], output: str, experiment_files: Optional[str] = None,
                       group: str = "b") -> Path:
+    r"""Write the Figure 1 report of the experiments ``exps`` under ``root`` (see the module docstring):
+    the runs table and grid status, ``figure1``, the slopes and statistics tables, the distributions
+    of the saved gradient coordinates, and ``index.html``.
+
+    Args:
+        root: root of the run directories.
+        exps: experiment names, combined into one report.
+        output: where the report folder (named after the experiments) goes.
+        experiment_files: grid files, comma-separated in the order of ``exps``, to list missing jobs.
+        group: the parameters whose statistics are drawn: ``"b"``, ``"A"`` or ``"all"``.
+
+    Returns:
+        The report folder.
+
+    Raises:
+        ovis.reporting.runs.NoRunsError: an experiment has no run directory.
+    """
     stats, runs, samples = load_statistics(root, exps)
     outdir = Path(output) / safe_name("+".join(exps))
     outdir.mkdir(parents=True, exist_ok=True)
@@ -263,6 +280,11 @@ def report_asymptotic(root: str, exps: Sequence[str], output: str, experiment_fi
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""``report_asymptotic_variance.py``: parse the command line and call :func:`report_asymptotic`.
+
+    Returns:
+        The exit code: ``0``; ``1`` when an experiment has no run; ``2`` on invalid arguments.
+    """
     p = argparse.ArgumentParser(prog="report_asymptotic_variance.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--exp", default="asymptotic-variance", help="experiment(s), comma-separated")
     p.add_argument("--root", default="runs/")

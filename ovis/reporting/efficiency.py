@@ -81,6 +81,28 @@ def _saved_bytes(fn: Any) -> int:
 
 def measure_step(model: torch.nn.Module, estimator_id: str, K: int, x: torch.Tensor, steps: int,
                  device: torch.device) -> Dict[str, Any]:
+    r"""Time and memory of a training step of ``estimator_id`` at ``K`` on the batch ``x``.
+
+    A step is the surrogate loss (``mc = 1``, ``iw = K``), ``backward`` and an Adam step on the
+    model's and the estimator's parameters; one warm-up step, then ``steps`` timed ones.
+
+    Args:
+        model: the model (on ``device``).
+        estimator_id: an estimator id.
+        K: the number of particles.
+        x: the batch ``[bs, 1, 28, 28]`` (on ``device``).
+        steps: timed steps.
+        device: the device (``cuda``: synchronised around each step, peak memory recorded).
+
+    Returns:
+        ``{'estimator', 'iw', 'time_per_step_s', 'cpu_time_per_step_s', 'saved_MB', 'cuda_peak_MB',
+        'steps'}``: the median wall and CPU times, the bytes saved for backward (MiB), the CUDA peak
+        (MiB, ``None`` on the CPU).
+
+    Raises:
+        ValueError: the estimator refuses the id, ``K`` or the model (likewise ``TypeError`` and
+            ``NotImplementedError``, which :func:`measure` also catches).
+    """
     from ovis.estimators import build_estimator
 
     extra = {"x_shape": x.shape[1:]} if estimator_id == "reinforce-baseline" else {}
@@ -123,6 +145,13 @@ def measure_step(model: torch.nn.Module, estimator_id: str, K: int, x: torch.Ten
 
 def measure(model_name: str, estimators: Sequence[str], Ks: Sequence[int], steps: int, bs: int, N: int,
             device: torch.device, log: Any = print) -> pd.DataFrame:
+    r""":func:`measure_step` for every estimator and ``K``, each on a fresh model (:func:`build_efficiency_model`,
+    ``N`` units) and one fixed random binary batch ``[bs, 1, 28, 28]``; a combination the estimator
+    refuses is logged (``log``) and skipped.
+
+    Returns:
+        One row per measured combination (the columns of :func:`measure_step`).
+    """
     rows = []
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(bs, 1, 28, 28, generator=g) < 0.2).float().to(device)
@@ -187,6 +216,12 @@ def _ints(text: str) -> List[int]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""``measure_efficiency.py``: measure, then write the table, the figure and ``index.html`` (see the
+    module docstring).
+
+    Returns:
+        The exit code: ``0``; ``1`` when no estimator could be measured; ``2`` on invalid arguments.
+    """
     p = argparse.ArgumentParser(prog="measure_efficiency.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="sbm", choices=["sbm", "gaussian-vae"])
     p.add_argument("--estimators", default=None, help="comma-separated estimator ids")

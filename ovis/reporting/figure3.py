@@ -80,6 +80,24 @@ def mean_pm_std(mean: float, std: float) -> str:
 
 def report_figure3(root: str, exp: str, output: str, figure: str, metric: MetricSpec,
                    experiment_file: Optional[Path]) -> Tuple[Path, List[Config]]:
+    r"""Write one panel set of Figure 3 (see the module docstring) into ``<output>/<exp>-figure3-<figure>``.
+
+    Args:
+        root: root of the run directories.
+        exp: the experiment name.
+        output: where the report folder goes.
+        figure: ``"left"`` (runs tagged ``iwbound``) or ``"right"`` (``iwrbound``).
+        metric: the ``split:metric`` to draw.
+        experiment_file: the grid listing the expected configurations (``None`` or missing: none
+            can be listed).
+
+    Returns:
+        ``(report folder, missing configurations)``, each configuration a ``(dataset, estimator,
+        iw, seed)`` tuple of strings.
+
+    Raises:
+        ovis.reporting.runs.NoRunsError: the experiment has no run directory.
+    """
     import matplotlib.pyplot as plt
 
     tag = TAGS[figure]
@@ -162,6 +180,12 @@ def report_figure3(root: str, exp: str, output: str, figure: str, metric: Metric
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""``report_figure3.py``: parse the command line and call :func:`report_figure3`; missing
+    configurations are listed on ``stderr``.
+
+    Returns:
+        The exit code: ``0``; ``1`` when the experiment has no run; ``2`` on invalid arguments.
+    """
     p = argparse.ArgumentParser(prog="report_figure3.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--figure", required=True, choices=["left", "right"])
     p.add_argument("--exp", default="sigmoid-belief-network")

@@ -30,6 +30,22 @@ def write_fake_run(root: Union[str, Path], exp: str, run_id: str, estimator: str
                    metrics: Iterable[str] = ("loss/L_k", "loss/elbo", "grads/snr"),
                    dataset: str = "gmm", tag: str = "", extra_lines: Sequence[str] = (),
                    config: bool = True) -> Path:
+    r"""Write a synthetic run directory ``<root>/<exp>/<run_id>`` in ``run.py``'s format.
+
+    Args:
+        root, exp, run_id: where it goes.
+        estimator, iw, seed, dataset, tag: the configuration written to ``config.json`` (``tag``
+            as ``id``).
+        status: the ``status.json`` status (``None``: no status file).
+        steps: the logged steps; each has a ``train`` and a ``test`` line of ``metrics.jsonl``
+            with the values of :func:`fake_value`.
+        metrics: the metric names logged.
+        extra_lines: raw lines appended to ``metrics.jsonl`` (e.g. a truncated line).
+        config: write ``config.json``.
+
+    Returns:
+        The run directory.
+    """
     path = Path(root) / exp / run_id
     path.mkdir(parents=True, exist_ok=True)
     cfg: Dict[str, Any] = {"exp": exp, "estimator": estimator, "iw": iw, "seed": seed, "dataset": dataset,

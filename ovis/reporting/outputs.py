@@ -45,6 +45,10 @@ def safe_name(text: str) -> str:
 
 @dataclass
 class FigureItem:
+    r"""A figure on the page: the ``png`` and ``pdf`` file names (relative to the report folder) and its
+    ``caption`` (:func:`save_figure` returns one).
+    """
+
     png: str
     pdf: str
     caption: str
@@ -66,12 +70,18 @@ class TableItem:
 
 @dataclass
 class TextItem:
+    r"""A paragraph of plain text on the page (escaped by the page's template)."""
+
     text: str
     kind: str = "text"
 
 
 @dataclass
 class Section:
+    r"""A titled section of ``index.html``: its ``items`` (:class:`FigureItem`, :class:`TableItem`,
+    :class:`TextItem`) in order.
+    """
+
     title: str
     items: List[Any] = field(default_factory=list)
 

@@ -70,22 +70,30 @@ class ReportArgumentError(ValueError):
 
 @dataclass(frozen=True)
 class MetricSpec:
+    r"""A logged metric of one split, ``split:metric`` (e.g. ``test:loss/L_k``; :func:`parse_metric_spec`)."""
+
     split: str
     metric: str
 
     @property
     def name(self) -> str:
+        r"""The text form ``split:metric``."""
         return f"{self.split}:{self.metric}"
 
 
 @dataclass(frozen=True)
 class PivotSpec:
+    r"""A pivot-table entry ``agg:split:metric``: the aggregate ``agg`` (one of ``AGGREGATES``: max, min,
+    last, mean) of a metric's curve per run (:func:`parse_pivot_spec`).
+    """
+
     agg: str
     split: str
     metric: str
 
     @property
     def name(self) -> str:
+        r"""The text form ``agg:split:metric``."""
         return f"{self.agg}:{self.split}:{self.metric}"
 
 
@@ -132,6 +140,9 @@ def parse_ylims(text: Optional[str]) -> Dict[str, Tuple[float, float]]:
 
 
 def build_report_parser() -> argparse.ArgumentParser:
+    r"""The argument parser of ``report.py`` (``--exp``, ``--root``, ``--output``, ``--keys``,
+    ``--metrics``, ``--pivot_metrics``, ``--include``, ``--exclude``, ...).
+    """
     p = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp", required=True, help="experiment name (folder <root>/<exp>)")
@@ -181,6 +192,9 @@ def parse_report_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def output_folder(output: str, exp: str, include: Sequence[str], exclude: Sequence[str]) -> Path:
+    r"""The report folder ``<output>/<exp>[-inc=...][-exc=...]`` (made file-name safe), named after the
+    run filters so that filtered reports do not overwrite each other.
+    """
     name = exp
     if include:
         name += "-inc=" + "+".join(include)
@@ -327,6 +341,9 @@ class Styles:
 
     @classmethod
     def from_runs(cls, runs: pd.DataFrame, estimators: Sequence[str] = ()) -> "Styles":
+        r"""The styles of every estimator (of ``runs`` and ``estimators``) and every K of ``runs``, in
+        natural order: colours from the palette, line styles cycling through ``LINESTYLES``.
+        """
         ests = [str(e) for e in runs["estimator"].dropna().unique()] if "estimator" in runs.columns else []
         ests = sorted(set(ests) | {str(e) for e in estimators}, key=natural_key)
         iws = [_val(v) for v in runs["iw"].dropna().unique()] if "iw" in runs.columns else []
@@ -335,9 +352,11 @@ class Styles:
                    linestyles={k: LINESTYLES[i % len(LINESTYLES)] for i, k in enumerate(iws)})
 
     def color(self, estimator: Any) -> Any:
+        r"""The colour of ``estimator`` (grey for an unknown estimator or ``None``)."""
         return self.colors.get(str(estimator), (0.3, 0.3, 0.3)) if estimator is not None else (0.3, 0.3, 0.3)
 
     def linestyle(self, iw: Any) -> Any:
+        r"""The line style of K ``iw`` (solid for an unknown K or ``None``)."""
         return self.linestyles.get(_val(iw), "-") if iw is not None else "-"
 
     def for_labels(self, labels: pd.Series, runs: pd.DataFrame, use_iw: bool = True) -> Dict[str, Dict[str, Any]]:

@@ -84,16 +84,20 @@ class BernoulliToyModel(EnumerableModel):
                 p.copy_(torch.randn(p.shape, generator=g))
 
     def configurations(self) -> Tensor:
+        r"""The ``2^Dz`` binary vectors, ``[2^Dz, Dz]``, in ``itertools.product`` order."""
         return torch.tensor(list(itertools.product([0.0, 1.0], repeat=self.Dz)),
                             dtype=self.generative_model.prior_logits.dtype)
 
     def posterior(self, x: Tensor) -> Distribution:
+        r"""``q(z|x) = Bern(sigmoid(W_q x + b_q))``, batch ``[n]``, event ``[Dz]``."""
         return Independent(Bernoulli(logits=self.inference_network(x)), 1)
 
     def prior(self, n: int) -> Distribution:
+        r"""``p(z) = Bern(sigmoid(a))``, batch ``[n]``, event ``[Dz]``."""
         return Independent(Bernoulli(logits=self.generative_model.prior_logits.expand(n, self.Dz)), 1)
 
     def observation_model(self, z: Tensor) -> Distribution:
+        r"""``p(x|z) = Bern(sigmoid(W_p z + b_p))``, batch ``[n]``, event ``[Dx]``."""
         return Independent(Bernoulli(logits=self.generative_model.decoder(z)), 1)
 
     # discrete hooks (ovis.estimators.discrete): one layer; relaxed z in [0, 1] allowed
@@ -150,6 +154,7 @@ class CategoricalToyModel(EnumerableModel):
         return self.C
 
     def configurations(self) -> Tensor:
+        r"""The ``C^N`` one-hot configurations: ``[C, C]`` for ``N = 1``, else ``[C^N, N, C]``."""
         eye = torch.eye(self.C, dtype=self.generative_model.prior_logits.dtype)
         if self.N == 1:
             return eye
@@ -161,12 +166,15 @@ class CategoricalToyModel(EnumerableModel):
         return d if self.N == 1 else Independent(d, 1)
 
     def posterior(self, x: Tensor) -> Distribution:
+        r"""``q(z|x) = prod_i Cat(softmax(W_q x + b_q)_i)`` (one-hot), batch ``[n]``, event ``z_shape``."""
         return self._one_hot(self.inference_network(x).view(x.shape[0], *self.z_shape))
 
     def prior(self, n: int) -> Distribution:
+        r"""``p(z) = prod_i Cat(softmax(a_i))`` (one-hot), batch ``[n]``, event ``z_shape``."""
         return self._one_hot(self.generative_model.prior_logits.expand(n, *self.z_shape))
 
     def observation_model(self, z: Tensor) -> Distribution:
+        r"""``p(x|z) = Bern(sigmoid(W_p vec(z) + b_p))``, batch ``[n]``, event ``[Dx]``."""
         return Independent(Bernoulli(logits=self.generative_model.decoder(z.reshape(z.shape[0], -1))), 1)
 
     # discrete hooks (ovis.estimators.discrete): one categorical layer; relaxed z on the simplex allowed
@@ -218,6 +226,9 @@ class LinearGaussianModel(SingleLayerModel):
         self.generative_model.mu = nn.Parameter(torch.randn(D, generator=g))
 
     def posterior(self, x: Tensor) -> Distribution:
+        r"""``q(z|x) = N(A x + b, diag sigma_q^2)`` (``A`` diagonal), batch ``[n]``, event ``[D]``; without
+        ``reparameterised`` its ``rsample`` is hidden.
+        """
         i = self.inference_network
         q = Independent(Normal(i.A * x + i.b, i.log_sigma.exp().expand_as(x)), 1)
         if not self.reparameterised:
@@ -225,10 +236,12 @@ class LinearGaussianModel(SingleLayerModel):
         return q
 
     def prior(self, n: int) -> Distribution:
+        r"""``p(z) = N(mu, I)``, batch ``[n]``, event ``[D]``."""
         mu = self.generative_model.mu
         return Independent(Normal(mu.expand(n, self.D), torch.ones_like(mu).expand(n, self.D)), 1)
 
     def observation_model(self, z: Tensor) -> Distribution:
+        r"""``p(x|z) = N(z, I)``, batch ``[n]``, event ``[D]``."""
         return Independent(Normal(z, torch.ones_like(z)), 1)
 
 

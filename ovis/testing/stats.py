@@ -86,9 +86,13 @@ class Comparison:
 
     @property
     def max_abs_z(self) -> float:
+        r"""The largest ``|z|`` over the coordinates (compared with ``threshold``)."""
         return float(self.z.abs().max())
 
     def summary(self) -> str:
+        r"""One line for assertion messages: the number of draws, ``max|z|`` against the threshold and
+        the norms of the exact gradient and of the standard errors.
+        """
         return (f"draws={self.n_draws} max|z|={self.max_abs_z:.2f} (threshold {self.threshold:.2f}), "
                 f"|exact|={float(self.exact.norm()):.4g}, |stderr|={float(self.stderr.norm()):.3g}")
 

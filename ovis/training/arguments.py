@@ -45,6 +45,7 @@ def int_arg(value: str) -> int:
 
 
 def nonneg_int(value: str) -> int:
+    r"""An ``argparse`` type: an integer ``>= 0`` (``int_arg`` syntax); ``ArgumentTypeError`` otherwise."""
     v = int_arg(value)
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
@@ -52,6 +53,7 @@ def nonneg_int(value: str) -> int:
 
 
 def pos_int(value: str) -> int:
+    r"""An ``argparse`` type: an integer ``>= 1`` (``int_arg`` syntax); ``ArgumentTypeError`` otherwise."""
     v = int_arg(value)
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
@@ -59,6 +61,9 @@ def pos_int(value: str) -> int:
 
 
 def finite_float(value: str) -> float:
+    r"""An ``argparse`` type: a finite number; ``ArgumentTypeError`` for text that is not a number, ``inf``
+    or ``nan``.
+    """
     try:
         f = float(value)
     except ValueError:
@@ -69,6 +74,7 @@ def finite_float(value: str) -> float:
 
 
 def pos_float(value: str) -> float:
+    r"""An ``argparse`` type: a finite number ``> 0``; ``ArgumentTypeError`` otherwise."""
     f = finite_float(value)
     if f <= 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
@@ -76,6 +82,7 @@ def pos_float(value: str) -> float:
 
 
 def nonneg_float(value: str) -> float:
+    r"""An ``argparse`` type: a finite number ``>= 0``; ``ArgumentTypeError`` otherwise."""
     f = finite_float(value)
     if f < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
@@ -83,6 +90,7 @@ def nonneg_float(value: str) -> float:
 
 
 def unit_interval(value: str) -> float:
+    r"""An ``argparse`` type: a number in ``[0, 1)``; ``ArgumentTypeError`` otherwise."""
     f = finite_float(value)
     if not 0.0 <= f < 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}")
@@ -90,6 +98,7 @@ def unit_interval(value: str) -> float:
 
 
 def unit_interval_open(value: str) -> float:
+    r"""An ``argparse`` type: a number in ``(0, 1]`` (open at 0); ``ArgumentTypeError`` otherwise."""
     f = finite_float(value)
     if not 0.0 < f <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value!r}")

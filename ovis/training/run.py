@@ -243,11 +243,15 @@ class Trainer:
         save_checkpoint(self.rundir.last_path, self._state(), keep_previous=True)
 
     def save_last(self) -> None:
+        r"""Write the resumable checkpoint ``last.pt`` (the previous good one kept) and the status
+        ``running`` at the current step.
+        """
         self._save_last_checkpoint()
         self._last_ckpt_time = time.monotonic()
         self.rundir.write_status("running", self.step)
 
     def elapsed_now(self) -> float:
+        r"""Training seconds so far: those of earlier sessions (restored on resume) plus this session's."""
         return self.elapsed + (time.monotonic() - self._t0)
 
     # ------------------------------------------------------------------ training

@@ -132,6 +132,7 @@ class RunDirectory:
 
     # ----------------------------------------------------------------- lifecycle
     def exists(self) -> bool:
+        r"""Whether the run directory exists."""
         return self.path.exists()
 
     def delete(self) -> None:
@@ -140,10 +141,12 @@ class RunDirectory:
             shutil.rmtree(self.path)
 
     def create(self) -> None:
+        r"""Create the run directory (and its parents; no error when it exists)."""
         self.path.mkdir(parents=True, exist_ok=True)
 
     # ----------------------------------------------------------------- status
     def read_status(self) -> Optional[Dict[str, Any]]:
+        r"""The contents of ``status.json``, or ``None`` when it is missing, unreadable or not a JSON object."""
         try:
             with open(self.status_path, "r", encoding="utf-8") as f:
                 obj = json.load(f)
@@ -173,6 +176,9 @@ class RunDirectory:
         atomic_write_json(self.status_path, s)
 
     def start_status(self, job_id: Optional[str], step: int) -> None:
+        r"""Start a new session's status: ``running`` at ``step`` with a fresh ``started`` time, the job id
+        ``job_id`` and no error (written atomically).
+        """
         self._status = {"status": "running", "started": _now(), "ended": None, "step": int(step),
                         "job_id": job_id, "error": None, "traceback": None}
         self.write_status("running", step)

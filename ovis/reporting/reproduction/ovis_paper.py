@@ -1,39 +1,27 @@
-r"""``docs/reproduction.md``: the OVIS paper's Figures 1-4 and its efficiency claim, regenerated from
-the experiment system and set beside the paper's published numbers.
+r"""The OVIS paper's part of ``docs/reproduction.md``: its Figures 1-4 and its efficiency claim,
+regenerated from the experiment system and set beside the paper's published numbers.
 
-``python reproduce.py [--root runs/reproduce] [--data_root ../shared/data] [--output docs]
-[--processes 2] [--scale full|tiny] [--document_only]``
-
-1. *Runs* (resumable): each figure's grid ``experiments/reproduce-fig*.json`` is queued and drained
-   by ``manager.py`` (a first call creates the experiment; a later call continues it with
-   ``--resume``, so succeeded jobs are kept and interrupted runs resume from their checkpoints),
-   then ``measure_efficiency.py`` measures time and memory per step vs K (skipped when its table
-   exists).  The wall time of every call is added to ``<root>/reproduction-times.json``.
-2. *Document*: :func:`build_document` reads the run directories and writes
-   ``<output>/reproduction.md`` and its figures ``<output>/figures/*.png``.  For each figure: what
-   the paper ran, what this scale runs, the paper's numbers and ours side by side (every table has
-   a ``paper`` and an ``ours`` column), the figure and a verdict computed from the numbers
-   (:func:`ordering_verdict`, :func:`slope_verdict`).
-
-``--scale tiny`` shrinks every grid (:func:`shrink_grid`: two estimators, one seed, a few steps)
-into ``<root>/grids/``: a smoke test of the whole chain (the test suite uses it).
+Each figure's grid ``experiments/reproduce-fig*.json`` is drained by ``manager.py``, then
+``measure_efficiency.py`` measures time and memory per step vs K (:func:`run_efficiency`, skipped
+when its table exists).  For each figure the part says what the paper ran, what this scale runs,
+the paper's numbers and ours side by side (every table has a ``paper`` and an ``ours`` column), the
+figure and a verdict computed from the numbers
+(:func:`~ovis.reporting.reproduction.common.ordering_verdict`,
+:func:`~ovis.reporting.reproduction.common.slope_verdict`).
 
 The paper's numbers (:data:`PAPER`) are facts read off the paper's figures and tables (Liévin,
 Dittadi, Christensen, Winther, "Optimal Variance Control of the Score Function Gradient Estimator
-for Importance Weighted Bounds", NeurIPS 2020); everything else in the document comes from runs.
+for Importance Weighted Bounds", NeurIPS 2020); everything else in the part comes from runs.
 """
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import math
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -42,25 +30,27 @@ from ovis.analysis.asymptotic import STATISTICS, fit_slope, snr_floor
 from ovis.reporting.asymptotic import figure1, slopes_table
 from ovis.reporting.efficiency import efficiency_figure
 from ovis.reporting.outputs import to_markdown
-from ovis.reporting.runs import NoRunsError, read_experiment
-from ovis.utils.files import atomic_write_bytes
+from ovis.reporting.reproduction.common import (
+    VERDICTS,
+    Comparison,
+    FigureSection,
+    Paper,
+    _add_time,
+    _curves,
+    _drop_flag,
+    _fmt,
+    _ranking,
+    _read,
+    _save,
+    _seeds_cell,
+    _status_line,
+    _summary,
+    _verdict_md,
+    estimator_color,
+    ordering_verdict,
+    slope_verdict,
+)
 
-__all__ = [
-    "PAPER",
-    "EXPERIMENTS",
-    "Comparison",
-    "FigureSection",
-    "shrink_grid",
-    "prepare_grids",
-    "run_experiments",
-    "ordering_verdict",
-    "slope_verdict",
-    "estimator_color",
-    "build_document",
-    "main",
-]
-
-#: the paper's published numbers (read off its figures and tables), keyed by this project's ids
 PAPER: Dict[str, Any] = {
     "fig1": {
         # SNR of the gradient w.r.t. the encoder bias b, Gaussian toy (D = 20, 1024 points)
@@ -99,24 +89,6 @@ EFFICIENCY = {"model": "sbm", "estimators": "vimco-arithmetic,ovis-gamma1,ovis-S
               "iw": "5,50,500", "steps": 3}
 EFFICIENCY_TINY = {"model": "sbm", "estimators": "vimco-arithmetic,ovis-gamma1", "iw": "2,4", "steps": 1}
 
-_TEN = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-_COLORS = {"reinforce": "#7f7f7f", "vimco-arithmetic": "#d62728", "tvo-part5-beta2": "#9467bd",
-           "tvo-part5-config2": "#9467bd", "tvo-part2-config1": "#9467bd", "wake-wake": "#8c564b",
-           "ovis-gamma0": "#17becf", "ovis-gamma1": "#1f77b4", "ovis-S1-exclusive": "#bcbd22",
-           "ovis-S10-exclusive": "#2ca02c", "ovis-S50-exclusive": "#006400", "pathwise-iwae": "#ff7f0e",
-           "stl": "#e377c2", "dreg": "#000000"}
-
-
-def estimator_color(estimator: str) -> str:
-    r"""One colour per estimator id, the same in every figure of the document."""
-    if estimator in _COLORS:
-        return _COLORS[estimator]
-    return _TEN[sum(map(ord, estimator)) % len(_TEN)]
-
-
-# --------------------------------------------------------------------------------------------
-# grids and runs
-# --------------------------------------------------------------------------------------------
 
 def shrink_grid(grid: Mapping[str, Any], figure: str) -> Dict[str, Any]:
     r"""A tiny version of a figure's grid (two estimators, one seed, a few steps, small
@@ -148,180 +120,31 @@ def shrink_grid(grid: Mapping[str, Any], figure: str) -> Dict[str, Any]:
     return g
 
 
-def _drop_flag(tokens: List[str], flag: str) -> List[str]:
-    out, skip = [], False
-    for t in tokens:
-        if skip:
-            skip = False
-            continue
-        if t == flag:
-            skip = True
-            continue
-        out.append(t)
-    return out
-
-
-def prepare_grids(repo: Path, root: Path, scale: str) -> Dict[str, Path]:
-    r"""The grid file of each figure: ``experiments/<name>.json`` at ``scale='full'``, or its
-    :func:`shrink_grid` version written to ``<root>/grids/<name>.json`` at ``scale='tiny'``."""
-    files: Dict[str, Path] = {}
-    for fig, name in EXPERIMENTS.items():
-        src = repo / "experiments" / f"{name}.json"
-        if not src.is_file():
-            raise FileNotFoundError(f"grid file {src} is missing (it ships with the repository)")
-        if scale == "full":
-            files[fig] = src
-            continue
-        dst = root / "grids" / f"{name}.json"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(dst, (json.dumps(shrink_grid(json.loads(src.read_text()), fig), indent=2) + "\n").encode())
-        files[fig] = dst
-    return files
-
-
-def _add_time(root: Path, key: str, seconds: float) -> None:
-    path = root / "reproduction-times.json"
-    try:
-        times = json.loads(path.read_text())
-    except (OSError, ValueError):
-        times = {}
-    times[key] = float(times.get(key, 0.0)) + seconds
-    atomic_write_bytes(path, (json.dumps(times, indent=1, sort_keys=True) + "\n").encode())
-
-
-def run_experiments(repo: Path, root: Path, data_root: Path, grids: Mapping[str, Path], processes: int,
-                    efficiency: Mapping[str, Any], log: Callable[[str], None] = print) -> Dict[str, int]:
-    r"""Drain every figure's grid with ``manager.py`` (``--resume`` when the experiment exists), then
-    measure efficiency unless ``<root>/efficiency/efficiency-<model>/efficiency.csv`` exists.
-    Returns the exit code of each call, keyed by experiment (``efficiency`` for the last)."""
-    codes: Dict[str, int] = {}
-    for fig, grid in grids.items():
-        name = EXPERIMENTS[fig]
-        exists = (root / name / "queue.json").exists()
-        cmd = [sys.executable, str(repo / "manager.py"), "--exp", str(grid), "--processes", str(processes),
-               "--root", str(root), "--data_root", str(data_root), "--no_progress"]
-        if exists:
-            cmd += ["--resume", "--update_exp"]
-        log(f"[reproduce] {fig}: {'continuing' if exists else 'starting'} {name}")
-        t0 = time.time()
-        codes[name] = subprocess.run(cmd, cwd=repo).returncode
-        _add_time(root, name, time.time() - t0)
+def run_efficiency(repo: Path, root: Path, data_root: Path, scale: str,
+                   log: Callable[[str], None] = print) -> Dict[str, int]:
+    r"""Measure time and memory per step vs K with ``measure_efficiency.py`` into
+    ``<root>/efficiency/`` unless its ``efficiency.csv`` exists; ``{"efficiency": exit code}``.
+    ``scale``: ``full`` (:data:`EFFICIENCY`) or ``tiny`` (:data:`EFFICIENCY_TINY`)."""
+    efficiency = EFFICIENCY if scale == "full" else EFFICIENCY_TINY
     csv = root / "efficiency" / f"efficiency-{efficiency['model']}" / "efficiency.csv"
     if csv.exists():
         log(f"[reproduce] efficiency: {csv} exists, kept")
-        codes["efficiency"] = 0
-    else:
-        log("[reproduce] efficiency: measuring time and memory per step vs K")
-        t0 = time.time()
-        cmd = [sys.executable, str(repo / "measure_efficiency.py"), "--model", str(efficiency["model"]),
-               "--estimators", str(efficiency["estimators"]), "--iw", str(efficiency["iw"]),
-               "--steps", str(efficiency["steps"]), "--threads", "0", "--silent",
-               "--output", str(root / "efficiency")]
-        codes["efficiency"] = subprocess.run(cmd, cwd=repo).returncode
-        _add_time(root, "efficiency", time.time() - t0)
-    return codes
+        return {"efficiency": 0}
+    log("[reproduce] efficiency: measuring time and memory per step vs K")
+    t0 = time.time()
+    cmd = [sys.executable, str(repo / "measure_efficiency.py"), "--model", str(efficiency["model"]),
+           "--estimators", str(efficiency["estimators"]), "--iw", str(efficiency["iw"]),
+           "--steps", str(efficiency["steps"]), "--threads", "0", "--silent",
+           "--output", str(root / "efficiency")]
+    code = subprocess.run(cmd, cwd=repo).returncode
+    _add_time(root, "efficiency", time.time() - t0)
+    return {"efficiency": code}
 
 
 # --------------------------------------------------------------------------------------------
-# verdicts
+# the figures
 # --------------------------------------------------------------------------------------------
 
-#: the verdicts, from the best to the least informative (the worst of two is the later one)
-VERDICTS = ("reproduced", "same ordering", "not reproduced", "no result yet")
-
-
-@dataclass
-class Comparison:
-    r"""The outcome of comparing our orderings (or slopes) with the paper's."""
-
-    verdict: str  # "reproduced" | "same ordering" | "not reproduced" | "no result yet"
-    details: List[str] = field(default_factory=list)
-
-
-def ordering_verdict(paper: Mapping[str, float], ours: pd.DataFrame, higher_is_better: bool,
-                     tolerance: Optional[float] = None) -> Comparison:
-    r"""Compare our ordering of the estimators with the paper's.
-
-    ``ours``: indexed by estimator, columns ``mean``, ``std`` (NaN with one seed) and ``n``.  A pair
-    ``(a, b)`` is *discordant* when the paper ranks ``a`` above ``b`` and our means the other way;
-    it is *separated* when the difference of our means exceeds twice its standard error
-    (``sqrt(std_a^2 / n_a + std_b^2 / n_b)``; any difference counts as separated with one seed).
-    Verdict: ``reproduced`` when no pair is discordant and, if ``tolerance`` is given, every mean
-    is within ``tolerance`` (relative) of the paper's value; ``same ordering`` when no pair is
-    discordant, or only pairs that our seeds do not separate; ``not reproduced`` otherwise."""
-    common = [e for e in paper if e in ours.index and np.isfinite(ours.loc[e, "mean"])]
-    if len(common) < 2:
-        return Comparison("no result yet", ["fewer than two estimators have finished runs"])
-    sign = 1.0 if higher_is_better else -1.0
-    details: List[str] = []
-    separated = 0
-    unseparated = 0
-    for i, a in enumerate(common):
-        for b in common[i + 1:]:
-            pa, pb = sign * paper[a], sign * paper[b]
-            if pa == pb:
-                continue
-            hi, lo = (a, b) if pa > pb else (b, a)
-            diff = sign * (ours.loc[hi, "mean"] - ours.loc[lo, "mean"])
-            if diff >= 0:
-                continue
-            se = math.sqrt(sum((ours.loc[e, "std"] ** 2) / max(1, ours.loc[e, "n"])
-                               for e in (hi, lo) if np.isfinite(ours.loc[e, "std"])))
-            is_sep = se == 0 or abs(diff) > 2 * se
-            separated += is_sep
-            unseparated += not is_sep
-            details.append(f"the paper ranks {hi} above {lo}; here {lo} is ahead by {abs(diff):.4g}"
-                           + (f" (more than twice its standard error {se:.2g}: separated)" if is_sep and se > 0 else
-                              " (one seed each: not tested)" if se == 0 else
-                              f" (within twice its standard error {se:.2g}: not separated by our seeds)"))
-    if separated:
-        return Comparison("not reproduced", details)
-    if tolerance is not None and not unseparated:
-        off = [e for e in common if abs(ours.loc[e, "mean"] - paper[e]) > tolerance * abs(paper[e])]
-        if not off:
-            return Comparison("reproduced", details or ["every estimator in the paper's order, values within "
-                                                        f"{tolerance:.0%} of the paper's"])
-        details.append("values differ from the paper's by more than " f"{tolerance:.0%} for " + ", ".join(off))
-    if unseparated:
-        return Comparison("same ordering", details + ["every swapped pair is within our seeds' spread"])
-    return Comparison("same ordering", details or ["every pair of estimators in the paper's order"])
-
-
-def slope_verdict(paper: Mapping[str, float], ours: Mapping[str, float], tolerance: float = 0.2) -> Comparison:
-    r"""``reproduced`` when every slope is within ``tolerance`` of the paper's, ``same ordering``
-    when the signs agree (a slope within ``tolerance`` of 0 counts as flat on both sides),
-    ``not reproduced`` otherwise."""
-    common = [e for e in paper if e in ours and math.isfinite(ours[e])]
-    if not common:
-        return Comparison("no result yet", ["no slope could be fitted"])
-
-    def kind(v: float) -> int:
-        return 0 if abs(v) <= tolerance else (1 if v > 0 else -1)
-
-    details = [f"{e}: {ours[e]:+.2f} (paper {paper[e]:+.1f})" for e in common]
-    if all(abs(ours[e] - paper[e]) <= tolerance for e in common):
-        return Comparison("reproduced", details)
-    if all(kind(ours[e]) == kind(paper[e]) for e in common):
-        return Comparison("same ordering", details)
-    return Comparison("not reproduced", details)
-
-
-# --------------------------------------------------------------------------------------------
-# the document
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class FigureSection:
-    r"""One figure of the document: its Markdown and its verdict."""
-
-    key: str
-    title: str
-    verdict: str
-    markdown: str
-    ours: str = "no result yet"  # our result in one line (the summary's "ours" column)
-
-
-#: the paper's claim of each figure in one line (the summary's "paper" column)
 CLAIMS = {
     "fig1": "SNR(b) slope vs K: -1/2 for pathwise IWAE, +1/2 for OVIS gamma=1",
     "fig2": "min posterior error at K=10: OVIS-MC S50 .012 < OVIS gamma=1 .0125 < gamma=0 .023 < RWS .030 < "
@@ -333,85 +156,6 @@ CLAIMS = {
 }
 
 
-def _ranking(ours: pd.DataFrame, higher_is_better: bool, digits: int = 3) -> str:
-    r"""Our estimators from best to worst with their means (one line)."""
-    if ours.empty:
-        return "no result yet"
-    o = ours.sort_values("mean", ascending=not higher_is_better)
-    return (" > " if higher_is_better else " < ").join(f"{e} {r['mean']:.{digits}g}" for e, r in o.iterrows())
-
-
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "not run"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
-def _seeds_cell(r: Mapping[str, Any], mean_fmt: str, std_fmt: str) -> str:
-    r"""A :func:`_summary` row as a table cell: ``mean ± std (n seeds)``, or ``mean (1 seed)`` when
-    ``n <= 1``; ``mean_fmt`` / ``std_fmt`` are format specs (``".3g"``, ``".2f"``)."""
-    if r["n"] > 1:
-        return f"{r['mean']:{mean_fmt}} ± {r['std']:{std_fmt}} ({int(r['n'])} seeds)"
-    return f"{r['mean']:{mean_fmt}} (1 seed)"
-
-
-def _summary(per_run: pd.Series) -> pd.DataFrame:
-    r"""``per_run`` indexed by ``(estimator, run_id)`` -> ``mean``, ``std``, ``n`` per estimator."""
-    g = per_run.groupby(level=0)
-    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()})
-
-
-def _read(root: Path, exp: str) -> Tuple[Optional[Any], str]:
-    try:
-        data = read_experiment(root, exp)
-    except NoRunsError as e:
-        return None, str(e)
-    return data, ""
-
-
-def _status_line(data: Any) -> str:
-    counts = data.runs["status"].value_counts().to_dict()
-    text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    failed = data.runs[data.runs["status"].isin(["failed", "corrupt"])]
-    reasons = [f"`{r.run_id}`: {r.error or r.problems}" for r in failed.itertuples()]
-    return f"Runs: {len(data.runs)} ({text})." + (" Failures: " + "; ".join(reasons) + "." if reasons else "")
-
-
-def _save(fig: Any, fig_dir: Path, name: str) -> str:
-    r"""Write ``fig`` atomically as ``fig_dir/name.png`` (110 dpi, tight box), close it, return the
-    document's relative link.  Figures use the Agg backend that :mod:`ovis.reporting.outputs`
-    selects on import (the document is written headless)."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    atomic_write_bytes(fig_dir / f"{name}.png", buf.getvalue())
-    return f"figures/{name}.png"
-
-
-def _verdict_md(c: Comparison) -> str:
-    lines = [f"**Verdict: {c.verdict}.**"]
-    lines += [f"- {d}" for d in c.details]
-    return "\n".join(lines)
-
-
-def _curves(ax: Any, table: pd.DataFrame, split: str, metric: str, label_fmt: str = "{est}") -> None:
-    r"""Mean over seeds (line) and range (band) of ``metric`` vs step, one colour per estimator
-    (every run, finished or not)."""
-    t = table[(table["split"] == split) & (table["metric"] == metric)]
-    for est, g in t.groupby("estimator", sort=False):
-        piv = g.pivot_table(index="step", columns="run_id", values="value")
-        color = estimator_color(str(est))
-        style = dict(marker="o", markersize=4) if len(piv) == 1 else {}
-        ax.plot(piv.index, piv.mean(axis=1), color=color, label=label_fmt.format(est=est), **style)
-        if piv.shape[1] > 1:
-            ax.fill_between(piv.index, piv.min(axis=1), piv.max(axis=1), color=color, alpha=0.15, linewidth=0)
-
-
-# ---- Figure 1 ------------------------------------------------------------------------------
 
 def _fig1(root: Path, fig_dir: Path) -> FigureSection:
     title = "Figure 1: gradient SNR vs K on the Gaussian toy model"
@@ -758,76 +502,27 @@ def _table_eff(paper: Mapping[str, float], slopes: Mapping[str, float], df: pd.D
     return to_markdown(pd.DataFrame(rows))
 
 
-# ---- the whole document ------------------------------------------------------------------------
-
-def build_document(root: Path, output: Path, model: str = "sbm") -> Path:
-    r"""Write ``<output>/reproduction.md`` and ``<output>/figures/*.png`` from the runs under
-    ``root``; returns the document's path.  Works on whatever subset has finished."""
-    root, output = Path(root), Path(output)
-    fig_dir = output / "figures"
-    sections = [_fig1(root, fig_dir), _fig2(root, fig_dir), _bound_section(root, fig_dir, "fig3"),
-                _bound_section(root, fig_dir, "fig4"), _efficiency(root, fig_dir, model)]
-    try:
-        times = json.loads((root / "reproduction-times.json").read_text())
-    except (OSError, ValueError):
-        times = {}
-    total = sum(float(v) for v in times.values())
-    summary = to_markdown(pd.DataFrame([{"figure": s.title, "paper": CLAIMS[s.key], "ours": s.ours,
-                                         "verdict": s.verdict} for s in sections]))
-    timing = ("Wall time of the runs (all calls of `make reproduce` added up): "
-              + (f"{total / 60:.0f} min (" + ", ".join(f"{k} {v / 60:.1f} min" for k, v in sorted(times.items()))
-                 + ")." if times else "not recorded."))
-    doc = "\n\n".join([
-        "# Reproducing the OVIS paper on a laptop",
-        "Liévin, Dittadi, Christensen and Winther, *Optimal Variance Control of the Score Function Gradient "
-        "Estimator for Importance Weighted Bounds*, NeurIPS 2020. The paper's numbers below are read off its "
-        "figures and tables (facts, cited); every other number, table and figure is generated by `make reproduce` "
-        "from the runs of this repository's experiment system (grids `experiments/reproduce-*.json`, "
-        "`manager.py`, `measure_efficiency.py`) and written by `ovis/reporting/reproduction.py`. "
-        "The paper's experiments take GPU-weeks; this document sizes them to about 90 minutes on 2 CPU cores, "
-        "so it compares orderings and trends, not final values: a verdict says *reproduced* (the paper's "
-        "ordering or slope, and values close to the paper's), *same ordering* (the paper's ordering or trend at "
-        "our scale, values differ) or *not reproduced* (with what was found).",
-        "## Summary", summary, timing,
-        *[f"## {s.title}\n\n{s.markdown}" for s in sections],
-        "## Regenerate\n\n```bash\nmake reproduce   # runs (resumable: a rerun continues where the last stopped), "
-        "then this document\n```",
-    ]) + "\n"
-    path = output / "reproduction.md"
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, doc.encode())
-    return path
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="reproduce.py", description="Run the reproduction grids (resumable) and "
-                                "write docs/reproduction.md with its figures.")
-    p.add_argument("--root", default="runs/reproduce", help="where the runs go (default runs/reproduce)")
-    p.add_argument("--data_root", default="../shared/data", help="where the data sets are")
-    p.add_argument("--output", default="docs", help="folder of reproduction.md and figures/ (default docs)")
-    p.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--scale", choices=["full", "tiny"], default="full",
-                   help="full: the grids of experiments/reproduce-*.json; tiny: a smoke test of the chain")
-    p.add_argument("--document_only", action="store_true", help="write the document from the runs there are")
-    a = p.parse_args(sys.argv[1:] if argv is None else list(argv))
-    if a.processes < 1:
-        p.error(f"--processes must be >= 1, got {a.processes}")
-    repo = Path(__file__).resolve().parents[2]
-    root = Path(a.root).resolve()
-    data_root = Path(a.data_root).resolve()
-    efficiency = EFFICIENCY if a.scale == "full" else EFFICIENCY_TINY
-    if not a.document_only:
-        if not data_root.is_dir():
-            print(f"reproduce.py: error: --data_root {a.data_root} is not a folder (point it at the MNIST IDX files, "
-                  "e.g. ../shared/data)", file=sys.stderr)
-            return 2
-        root.mkdir(parents=True, exist_ok=True)
-        grids = prepare_grids(repo, root, a.scale)
-        codes = run_experiments(repo, root, data_root, grids, a.processes, efficiency)
-        bad = {k: v for k, v in codes.items() if v != 0}
-        if bad:
-            print(f"reproduce.py: warning: some calls failed ({bad}); the document reports what finished",
-                  file=sys.stderr)
-    path = build_document(root, Path(a.output), efficiency["model"])
-    print(f"document written to {path}")
-    return 0
+def sections(root: Path, fig_dir: Path, scale: str = "full") -> List[FigureSection]:
+    r"""The OVIS paper's figure sections from the runs under ``root`` (figures into ``fig_dir``)."""
+    model = (EFFICIENCY if scale == "full" else EFFICIENCY_TINY)["model"]
+    return [_fig1(root, fig_dir), _fig2(root, fig_dir), _bound_section(root, fig_dir, "fig3"),
+            _bound_section(root, fig_dir, "fig4"), _efficiency(root, fig_dir, model)]
+
+
+INTRO = (
+    "Liévin, Dittadi, Christensen and Winther, *Optimal Variance Control of the Score Function Gradient "
+    "Estimator for Importance Weighted Bounds*, NeurIPS 2020. The paper's numbers below are read off its "
+    "figures and tables (facts, cited); every other number, table and figure is generated by `make reproduce` "
+    "from the runs of this repository's experiment system (grids `experiments/reproduce-*.json`, "
+    "`manager.py`, `measure_efficiency.py`) and written by `ovis/reporting/reproduction/ovis_paper.py`. "
+    "The paper's experiments take GPU-weeks; this part sizes them to about 90 minutes on 2 CPU cores, "
+    "so it compares orderings and trends, not final values: a verdict says *reproduced* (the paper's "
+    "ordering or slope, and values close to the paper's), *same ordering* (the paper's ordering or trend at "
+    "our scale, values differ) or *not reproduced* (with what was found).")
+
+#: the OVIS paper's part of the document
+OVIS_PAPER = Paper(key="ovis", title="The OVIS paper (Liévin et al., NeurIPS 2020)", intro=INTRO,
+                   experiments=EXPERIMENTS, shrink=shrink_grid, sections=sections, claims=CLAIMS,
+                   extra_runs=run_efficiency)
