@@ -15,9 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# The tutorials run in the kernel of this interpreter (the project's .venv); keep them on one
-# thread per worker like the tests, and headless for matplotlib.
-os.environ.setdefault("MPLBACKEND", "Agg")
+# The tutorials run in a kernel of this interpreter (the project's .venv), which imports ovis from
+# the repository. (No MPLBACKEND here: the kernel's inline backend must keep the plots.)
 os.environ.setdefault("PYTHONPATH", str(ROOT))
 
 import ovis  # noqa: E402

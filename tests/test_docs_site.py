@@ -97,12 +97,14 @@ class Browser:
                 "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1", "--window-size=1280,900",
                 "about:blank"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.log = open(Path(self.profile) / "chromium.log", "w+")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
         port_file = Path(self.profile) / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not port_file.is_file() or len(port_file.read_text().split()) < 2:
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+                self.log.seek(0)
+                err = self.log.read()
                 self.close()
                 pytest.fail(f"Chromium did not start its DevTools endpoint: {err[-2000:]}")
             time.sleep(0.1)
@@ -172,6 +174,7 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.log.close()
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
@@ -280,7 +283,9 @@ def check_page(browser: Browser, base: str, log: List[Tuple[str, int]], rel: str
             problems.append(f"JS exception: {details.get('exception', {}).get('description', details.get('text'))}")
     images = browser.eval(_IMAGES_JS)
     problems += [f"image not displayed: {src}" for src in images["broken"]]
-    problems += [f"HTTP {status} for {path}" for path, status in log[start:] if status >= 400]
+    # (the browser's own request for /favicon.ico is no link of the page)
+    problems += [f"HTTP {status} for {path}" for path, status in log[start:] if status >= 400
+                 and path != "/favicon.ico"]
     title = browser.eval("document.title")
     if not title or "404" in title:
         problems.append(f"no title ({title!r})")

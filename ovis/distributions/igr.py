@@ -333,11 +333,12 @@ class IGRSB(IGRBase):
         threshold: the precision in ``(0, 1]`` (default 0.99); ``1`` disables the threshold
             truncation (only the maximum truncates, and the map is invertible).
 
+    :attr:`max_truncations` counts the samples drawn so far (``rsample`` / ``sample``) in which the
+    ``M-1`` sticks did not reach the threshold, i.e. the maximum number of categories truncated
+    the stick-breaking (the last category took the rest).  A large count means
+    ``max_categories`` is too small for the distribution.
+
     Attributes:
-        max_truncations: number of samples drawn so far (``rsample`` / ``sample``) in which the
-            ``M-1`` sticks did not reach the threshold, i.e. the maximum number of categories
-            truncated the stick-breaking (the last category took the rest).  A large count means
-            ``max_categories`` is too small for the distribution.
         num_samples: number of samples drawn so far (for the rate ``max_truncations / num_samples``).
     """
 

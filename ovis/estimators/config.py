@@ -5,23 +5,35 @@ r"""Estimator identifiers: a strict grammar and an explicit registry.
 (:data:`REGISTRY`: full match, never a substring); numbers are parsed as numbers, never evaluated.
 The family's class is looked up in :data:`ESTIMATOR_CLASSES`.
 
-=========================================  ====================================================
-grammar                                    family
-=========================================  ====================================================
-``reinforce``                              score function, no control variate
-``reinforce-baseline``                     score function + neural baseline
-``vimco-arithmetic|geometric``             VIMCO
-``ovis-gamma{g}[-arithmetic|-geometric]``  OVIS~ (``g`` a decimal number >= 0)
-``ovis-S{n}[-exclusive]``                  OVIS-MC, ``n`` integer >= 1: ``S = n``
-``ovis-S{r}[-exclusive]``                  OVIS-MC, ``r`` decimal in (0, 1): ``S = max(1, floor(r*K))``
-``wake-wake``, ``wake-sleep``              reweighted wake-sleep
-``tvo[-part{n}][-beta{m}][-config1|2][-left|right|trapz]``   thermodynamic variational objective
-``pathwise-vae``, ``pathwise-iwae``        reparameterised ELBO / IW bound
-``stl``, ``dreg``                          sticking the landing, doubly reparameterised
-``nvil``, ``muprop``, ``simple-muprop``, ``concrete``, ``gumbel-softmax``, ``straight-through``,
-``rebar``, ``dynamic-rebar``, ``relax``, ``arm``, ``disarm``   the REBAR line (discrete latents)
-``hybrid-mixture``                         ELBO of a mixture-of-Gaussians q (score function + reparameterisation)
-=========================================  ====================================================
+.. list-table::
+   :header-rows: 1
+
+   * - grammar
+     - family
+   * - ``reinforce``
+     - score function, no control variate
+   * - ``reinforce-baseline``
+     - score function + neural baseline
+   * - ``vimco-arithmetic|geometric``
+     - VIMCO
+   * - ``ovis-gamma{g}[-arithmetic|-geometric]``
+     - OVIS~ (``g`` a decimal number >= 0)
+   * - ``ovis-S{n}[-exclusive]``
+     - OVIS-MC, ``n`` integer >= 1: ``S = n``
+   * - ``ovis-S{r}[-exclusive]``
+     - OVIS-MC, ``r`` decimal in (0, 1): ``S = max(1, floor(r*K))``
+   * - ``wake-wake``, ``wake-sleep``
+     - reweighted wake-sleep
+   * - ``tvo[-part{n}][-beta{m}][-config1|2][-left|right|trapz]``
+     - thermodynamic variational objective
+   * - ``pathwise-vae``, ``pathwise-iwae``
+     - reparameterised ELBO / IW bound
+   * - ``stl``, ``dreg``
+     - sticking the landing, doubly reparameterised
+   * - ``nvil``, ``muprop``, ``simple-muprop``, ``concrete``, ``gumbel-softmax``, ``straight-through``, ``rebar``, ``dynamic-rebar``, ``relax``, ``arm``, ``disarm``
+     - the REBAR line (discrete latents)
+   * - ``hybrid-mixture``
+     - ELBO of a mixture-of-Gaussians q (score function + reparameterisation)
 """
 from __future__ import annotations
 

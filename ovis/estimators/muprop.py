@@ -20,7 +20,7 @@ class MuProp(DiscreteLatentEstimator):
 
     With the mean-field point :math:`\bar\mu = \mathbb{E}_q[b]` (Bernoulli :math:`\sigma(a)`,
     categorical :math:`\mathrm{softmax}(a)` per variable: the deterministic mean-field forward pass,
-    the model evaluated at the means through :meth:`log_joint_at`) and :math:`\bar f'(\bar\mu)` its
+    the model evaluated at the means through ``log_joint_at``) and :math:`\bar f'(\bar\mu)` its
     gradient, the first-order Taylor control variate
     :math:`h(b) = \bar f(\bar\mu) + \bar f'(\bar\mu)^\top (b - \bar\mu)` (with :math:`\bar\mu` held
     fixed) has the analytic mean gradient :math:`J^\top \bar f'(\bar\mu)`, ``J`` the Jacobian of

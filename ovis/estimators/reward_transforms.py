@@ -6,18 +6,25 @@ score :math:`h_k = \nabla_\phi \log q(z_k|x)` by the learning signal
 ``alpha = 0``, :math:`d_1 = \log w_1 - 1`, the "reward").  A *reward transform* maps the signal
 ``r`` (``[B, M, K]``) to a new one before it multiplies the score:
 
-=================  =================================================================  =============
-name               transform (``r -> r'``)                                             unbiased?
-=================  =================================================================  =============
-``centred``        :math:`r - \bar m`, :math:`\bar m` the running mean of ``r``           yes
-``scaled``         :math:`r / \max(\bar s, 1)`, :math:`\bar s` the running std of ``r``   up to the
-                                                                                      positive
-                                                                                      factor
-                                                                                      :math:`1/\max(\bar s,1)`
-``self-critic``    :math:`r - r^\star`, :math:`r^\star` the signal of a fresh,           yes
-                   independent set of ``K`` particles for the same ``x``
-``baseline``       :math:`r - b_\psi(x)`, an MLP trained by MSE to ``r``                  yes
-=================  =================================================================  =============
+.. list-table::
+   :header-rows: 1
+
+   * - name
+     - transform (``r -> r'``)
+     - unbiased?
+   * - ``centred``
+     - :math:`r - \bar m`, :math:`\bar m` the running mean of ``r``
+     - yes
+   * - ``scaled``
+     - :math:`r / \max(\bar s, 1)`, :math:`\bar s` the running std of ``r``
+     - up to the positive factor :math:`1/\max(\bar s,1)`
+   * - ``self-critic``
+     - :math:`r - r^\star`, :math:`r^\star` the signal of a fresh, independent set of ``K``
+       particles for the same ``x``
+     - yes
+   * - ``baseline``
+     - :math:`r - b_\psi(x)`, an MLP trained by MSE to ``r``
+     - yes
 
 **Order.**  The chain applies the transforms *in the order given*, each to the output of the
 previous one (``("centred", "scaled")`` is :math:`(d - \bar m)/\max(\bar s, 1)`, the usual

@@ -14,6 +14,7 @@ r"""Inspect and edit an experiment's queue (``dbutils.py``).
   ``--key`` ``old`` by ``new``: the rewritten job is a new job (id recomputed, status ``queued``,
   no attempt, the old outcome dropped); running jobs only with ``--force`` (their process is killed).
 * ``--delete PATTERN``: delete the matching jobs; running and succeeded ones only with ``--force``.
+
 Changes are printed before they are made.
 """
 from __future__ import annotations

@@ -45,7 +45,7 @@ class LikelihoodVAE(VAE):
         likelihood: ``bernoulli`` or ``cbernoulli`` (see the module docstring).
         posterior: ``normal`` or ``mog`` (needs ``prior`` ``normal`` or ``mog`` and the MLP encoder).
         posterior_components: ``C >= 1`` for ``posterior="mog"``.
-        *args, **kwargs: those of :class:`~ovis.models.vae.VAE` (``prior="mog"`` with ``K``
+        \*args, \*\*kwargs: those of :class:`~ovis.models.vae.VAE` (``prior="mog"`` with ``K``
             components gives a learned mixture prior).
     """
 

@@ -13,6 +13,7 @@ r"""Figure 1 of the OVIS paper, from the runs of ``asymptotic_variance.py``.
 * ``slopes``: the least-squares log-log slope of every statistic vs K per estimator, through
   the points clear of the floor (CSV, Markdown, LaTeX), and ``statistics`` (every estimator x K row);
 * the runs and their status (failed / running / unfinished runs are listed), and ``index.html``.
+
 Several experiments can be combined: ``--exp asymptotic-variance,asymptotic-variance-extended``.
 """
 from __future__ import annotations

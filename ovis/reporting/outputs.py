@@ -111,7 +111,7 @@ def _fmt(v: Any) -> str:
 
 def _text(df: pd.DataFrame, index: bool = False) -> Tuple[List[str], List[List[str]]]:
     r"""``(header, rows)``: the column labels of ``df`` (its index first when ``index``) through
-    ``str`` and every cell through :func:`_fmt`, one list per row. The Markdown, LaTeX and HTML
+    ``str`` and every cell through ``_fmt``, one list per row. The Markdown, LaTeX and HTML
     tables all show these strings."""
     d = df.reset_index() if index else df
     return [str(c) for c in d.columns], [[_fmt(v) for v in row] for row in d.itertuples(index=False)]
@@ -124,7 +124,7 @@ def _markdown_cell(s: str) -> str:
 
 def to_markdown(df: pd.DataFrame, index: bool = False) -> str:
     r"""A GitHub-flavoured Markdown table (pandas' ``DataFrame.to_markdown``, i.e. tabulate's
-    ``github`` format), the cells as written by :func:`_fmt`, unaligned and not re-parsed as numbers."""
+    ``github`` format), the cells as written by ``_fmt``, unaligned and not re-parsed as numbers."""
     header, rows = _text(df, index)
     cells = pd.DataFrame([[_markdown_cell(v) for v in row] for row in rows],
                          columns=[_markdown_cell(c) for c in header], dtype=object)

@@ -111,6 +111,7 @@ DATASETS = ("binmnist", "mnist", "fashion", "mnist-grey", "fashion-grey", "omnig
 GREY_DATASETS = ("mnist-grey", "fashion-grey")
 MODELS = ("sbm", "vae", "gaussian-vae", "conv-vae", "gmm", "gaussian-toy", "discrete-vae")
 PRIORS = ("normal", "bernoulli", "categorical", "mog")
+#: the optimisers ``--optimizer`` accepts
 OPTIMIZERS = ("adam", "sgd", "adamax", "rmsprop")
 
 
@@ -331,6 +332,7 @@ def parse_tracked_estimators(text: str, mc: Optional[int] = None, iw: Optional[i
 
 # Flags that never change what a run computes (where it is stored, how it is displayed):
 # they are left out of the run id.
+#: flags that never change what a run computes; they are left out of the run id
 NON_IDENTITY_FLAGS = frozenset(
     {"root", "data_root", "exp", "silent", "rf", "workers", "device", "deterministic",
      "checkpoint_every", "checkpoint_steps", "log_freq", "eval_chunk", "no_tensorboard",

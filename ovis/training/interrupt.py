@@ -1,6 +1,6 @@
 r"""Interruption of a run by SIGTERM / SIGINT: a flag set by the handler, checked between steps.
 
-The first signal sets :attr:`StopSignal.signum`; :meth:`StopSignal.check` (called between
+The first signal sets ``StopSignal.signum``; :meth:`StopSignal.check` (called between
 training steps and between evaluation batches) then raises :class:`RunInterrupted`, from a
 consistent state, so that the run saves a checkpoint and stops with status ``aborted``.  A second
 signal raises at once (``forced``: the state may be mid-step, no checkpoint is saved).

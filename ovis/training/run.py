@@ -384,7 +384,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ main loop
     def loop(self) -> None:
-        r"""Train to ``total_steps``, evaluating, recording and checkpointing as :attr:`schedule` says."""
+        r"""Train to ``total_steps``, evaluating, recording and checkpointing as ``self.schedule`` says."""
         a, schedule = self.args, self.schedule
         self._last_ckpt_time = time.monotonic()
         self._t_log, self._steps_since_log = time.monotonic(), 0

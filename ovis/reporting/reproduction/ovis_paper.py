@@ -51,6 +51,7 @@ from ovis.reporting.reproduction.common import (
     slope_verdict,
 )
 
+#: the paper's numbers per figure, read off its figures and tables
 PAPER: Dict[str, Any] = {
     "fig1": {
         # SNR of the gradient w.r.t. the encoder bias b, Gaussian toy (D = 20, 1024 points)
@@ -87,6 +88,7 @@ EXPERIMENTS: Dict[str, str] = {"fig2": "reproduce-fig2-gmm", "fig3": "reproduce-
 #: the efficiency measurement (``measure_efficiency.py``): model, estimators, K values, steps
 EFFICIENCY = {"model": "sbm", "estimators": "vimco-arithmetic,ovis-gamma1,ovis-S10-exclusive,tvo-part2-config1,reinforce",
               "iw": "5,50,500", "steps": 3}
+#: the efficiency measurement of ``--scale tiny``
 EFFICIENCY_TINY = {"model": "sbm", "estimators": "vimco-arithmetic,ovis-gamma1", "iw": "2,4", "steps": 1}
 
 
