@@ -34,6 +34,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    "sphinx-mathjax-offline",  # MathJax 3 copied into _static: the maths renders without a network
 ]
 
 exclude_patterns = ["_build", "jupyter_execute", ".jupyter_cache", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
@@ -47,8 +48,6 @@ html_title = f"ovis {release}"
 html_static_path: list[str] = []
 html_show_sourcelink = False
 html_last_updated_fmt = None  # reproducible pages
-# MathJax is bundled with nothing: the pages load it from a CDN when one is reachable; the maths
-# is kept as TeX text otherwise (no request is needed to read the site).
 
 # -- MyST / notebooks -----------------------------------------------------------------------------
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]

@@ -308,6 +308,24 @@ def test_every_page_loads_and_shows_its_images(site, served, browser):
     assert sum(r["images"] for r in results.values()) >= 5
 
 
+def test_the_maths_is_typeset_offline(served, browser):
+    r"""MathJax is served by the site itself (every other host is unresolvable here) and typesets
+    the formulas of the concepts page and of a docstring."""
+    base, _ = served
+    for rel, least in (("concepts.html", 30), ("api/generated/ovis.estimators.importance.html", 3)):
+        browser.load(base + rel)
+        typeset = browser.eval("""(async () => {
+            for (let i = 0; i < 200 && !(window.MathJax && MathJax.startup && MathJax.startup.promise); i++)
+              await new Promise(ok => setTimeout(ok, 50));
+            if (!(window.MathJax && MathJax.startup)) return -1;
+            await MathJax.startup.promise;
+            return document.querySelectorAll('mjx-container').length; })()""")
+        assert typeset >= least, f"{rel}: {typeset} formulas typeset"
+        local = browser.eval("Array.from(document.scripts).filter(s => /mathjax/i.test(s.src))"
+                             ".every(s => s.src.startsWith(location.origin))")
+        assert local, f"{rel}: MathJax is not served by the site"
+
+
 def test_the_browser_check_finds_a_broken_image(site, browser, tmp_path):
     copy = tmp_path / "site"
     shutil.copytree(site, copy, ignore=shutil.ignore_patterns("generated", "_sources"))
