@@ -361,3 +361,35 @@ def test_the_search_box_finds_an_estimator_by_name(served, browser):
     time.sleep(2)
     none = browser.eval("Array.from(document.querySelectorAll('#search-results li a')).length")
     assert none == 0
+
+
+# ------------------------------------------------------------------------------- the build's checks
+def _tiny_build(tmp_path: Path, page: str) -> subprocess.CompletedProcess:
+    r"""Build a one-page site with the project's ``docs/conf.py`` (nitpicky, warnings as errors)."""
+    src = tmp_path / "src"
+    src.mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "docs" / "conf.py", src / "conf.py")
+    (src / "index.md").write_text(page, encoding="utf-8")
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html",
+                           str(src), str(tmp_path / "html")], capture_output=True, text=True, timeout=300)
+
+
+def test_a_broken_cross_reference_fails_the_build(tmp_path):
+    page = """# Tiny
+
+```{eval-rst}
+.. py:class:: ovis.estimators.base.GradientEstimator
+
+   The documented target.
+```
+
+See {class}`ovis.estimators.base.GradientEstimator`, {class}`ovis.estimators.GradientEstimator` (a
+re-export), {class}`GradientEstimator` (a short name) and {class}`torch.Tensor` (external).
+"""
+    good = _tiny_build(tmp_path / "good", page)
+    assert good.returncode == 0, good.stderr[-3000:]
+    bad = _tiny_build(tmp_path / "bad", page + "\nAnd {class}`ovis.estimators.base.NoSuchEstimator`.\n")
+    assert bad.returncode != 0
+    assert "reference target not found: ovis.estimators.base.NoSuchEstimator" in bad.stderr, bad.stderr[-3000:]
