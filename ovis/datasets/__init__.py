@@ -99,7 +99,7 @@ def locate_dataset(name: str, data_root: str | os.PathLike = "data/") -> Dict[st
             folders searched and the files to place there).
     """
     from ovis.datasets.files import find_files
-    from ovis.datasets.mnist import BINMNIST_NOT_FOUND, IDX_FILES, IDX_FOLDERS, IDX_SYSTEM_DIRS, _find_amat
+    from ovis.datasets.mnist import IDX_FILES, IDX_FOLDERS, IDX_SYSTEM_DIRS, _find_amat, binmnist_not_found
 
     if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; valid names are {list(DATASETS)}")
@@ -116,7 +116,7 @@ def locate_dataset(name: str, data_root: str | os.PathLike = "data/") -> Dict[st
         try:
             return idx("mnist")
         except DatasetNotFoundError as e:
-            raise DatasetNotFoundError(BINMNIST_NOT_FOUND.format(e)) from None
+            raise binmnist_not_found(data_root, e) from None
     if name == "omniglot":
         return find_files("omniglot", data_root, ("omniglot", "."), ["chardata.mat"], allow_gz=False)
     return {}
