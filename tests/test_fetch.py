@@ -588,5 +588,32 @@ def test_fetch_command_names_and_quoting(tmp_path):
     assert fetch_command("binmnist") == "python -m ovis.datasets fetch binmnist"
     assert fetch_command("fashion-grey", tmp_path / "a b") == \
         f"python -m ovis.datasets fetch fashion --data_root '{tmp_path / 'a b'}'"
+    assert fetch_command(["binmnist", "mnist-grey", "mnist"]) == "python -m ovis.datasets fetch binmnist mnist"
     with pytest.raises(ValueError, match="no fetch command"):
         fetch_command("gmm")
+
+
+def test_manager_preflight_names_one_fetch_command_for_every_missing_data_set_then_passes(tmp_path, serve,
+                                                                                          small_tree, monkeypatch):
+    from ovis.experiments.grid import load_and_expand
+
+    monkeypatch.setattr("ovis.datasets.mnist.IDX_SYSTEM_DIRS", {"mnist": (), "fashion": ()})
+    from ovis.experiments.preflight import PreflightError, check_data
+
+    exp, jobs, _ = load_and_expand(REPO / "experiments" / "sigmoid-belief-network.json", validate=False)
+    root = tmp_path / "data"
+    with pytest.raises(PreflightError) as e:
+        check_data(exp, jobs, root)
+    msg = str(e.value)
+    assert "\n" not in msg and f"needed by {len(jobs)} job(s)" in msg
+    assert f"fetch them with: python -m ovis.datasets fetch binmnist fashion omniglot --data_root {root};" in msg
+    # one fetch (here from a local mirror, small files; Fashion-MNIST linked from ../shared/data), then it passes
+    m = serve(small_tree)
+    res = fetch(["binmnist", "omniglot"], root, mirrors=[m.url], mirrors_only=True,
+                catalog=_small_catalog(small_tree), out=io.StringIO(), err=io.StringIO())
+    assert {r.status for r in res} == {"fetched"}
+    with pytest.raises(PreflightError, match=r"data set 'fashion'.*fetch it with: python -m ovis.datasets fetch "
+                                             r"fashion --data_root"):
+        check_data(exp, jobs, root)
+    (root / "fashion-mnist").symlink_to(SHARED / "fashion-mnist")
+    check_data(exp, jobs, root)

@@ -30,19 +30,24 @@ class DatasetCorruptError(ValueError):
     r"""A data file exists but is truncated, of the wrong format, shape, size or checksum."""
 
 
-def fetch_command(name: str, data_root: Optional[os.PathLike | str] = None) -> str:
-    r"""The shell command that downloads data set ``name`` into ``data_root``.
+def fetch_command(name: str | Sequence[str], data_root: Optional[os.PathLike | str] = None) -> str:
+    r"""The shell command that downloads data set ``name`` (or every one of a list of names) into
+    ``data_root``.
 
-    ``python -m ovis.datasets fetch NAME``, followed by ``--data_root DIR`` unless ``data_root``
-    is ``None`` or the default data root (:data:`DEFAULT_DATA_ROOT`, relative to the current
-    folder).  ``name`` is a loader's data set name (``mnist-grey`` fetches ``mnist``).
+    ``python -m ovis.datasets fetch NAME [NAME ...]``, followed by ``--data_root DIR`` unless
+    ``data_root`` is ``None`` or the default data root (:data:`DEFAULT_DATA_ROOT`, relative to the
+    current folder).  Names are the loaders' (``mnist-grey`` fetches ``mnist``).
 
     Raises:
-        ValueError: ``name`` is not a data set the fetch command knows (see :data:`FETCHABLE`).
+        ValueError: a name the fetch command does not know (see :data:`FETCHABLE`), or no name.
     """
-    if name not in FETCHABLE:
-        raise ValueError(f"no fetch command for data set {name!r}; it knows {sorted(FETCHABLE)}")
-    cmd = f"python -m ovis.datasets fetch {FETCHABLE[name]}"
+    names = [name] if isinstance(name, str) else list(name)
+    for n in names:
+        if n not in FETCHABLE:
+            raise ValueError(f"no fetch command for data set {n!r}; it knows {sorted(FETCHABLE)}")
+    if not names:
+        raise ValueError("fetch_command needs at least one data set name")
+    cmd = "python -m ovis.datasets fetch " + " ".join(dict.fromkeys(FETCHABLE[n] for n in names))
     if data_root is not None:
         root = Path(data_root).expanduser()
         if root.resolve() != Path(DEFAULT_DATA_ROOT).resolve():
