@@ -3,10 +3,11 @@ r"""Data sets: ``binmnist``, ``mnist``, ``fashion``, ``mnist-grey``, ``fashion-g
 
 Use :func:`load_dataset`; every loader returns a :class:`DataSplits`.  File-based sets are
 looked for under the data root (layout: ``mnist/``, ``fashion-mnist/``, ``binarized_mnist/``,
-``omniglot/``), then in well-known system folders; nothing is downloaded.  A missing file raises
+``omniglot/``), then in well-known system folders; loading never downloads.  A missing file raises
 :class:`DatasetNotFoundError` (a ``FileNotFoundError``), a truncated or wrong one
 :class:`DatasetCorruptError` (a ``ValueError``), each naming the data set, the paths searched /
-read and the exact files expected.
+read and the exact files expected; a missing one also names the command that downloads it,
+``python -m ovis.datasets fetch NAME`` (:mod:`ovis.datasets.fetch`).
 """
 from __future__ import annotations
 
