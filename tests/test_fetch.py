@@ -617,3 +617,16 @@ def test_manager_preflight_names_one_fetch_command_for_every_missing_data_set_th
         check_data(exp, jobs, root)
     (root / "fashion-mnist").symlink_to(SHARED / "fashion-mnist")
     check_data(exp, jobs, root)
+
+
+def test_an_oversized_response_is_refused_without_keeping_it(tmp_path, serve, small_tree):
+    rel = "binarized_mnist/binarized_mnist_valid.amat"
+    big = serve({rel: small_tree[rel] * 50})
+    good = serve(small_tree)
+    root = tmp_path / "data"
+    res = fetch(["binmnist"], root, mirrors=[big.url, good.url], mirrors_only=True,
+                catalog=_small_catalog(small_tree), out=io.StringIO(), err=io.StringIO())
+    by = {r.file.relpath: r for r in res}
+    assert by[rel].status == "fetched" and by[rel].source == good.url + rel
+    assert "more than the file can hold" in by[rel].tried[0][1]
+    assert [rng for p, rng in good.requests() if p == rel] == [None]  # nothing of the big one resumed

@@ -418,6 +418,7 @@ def _download(url: str, part: Path, *, timeout: float, retries: int, max_bytes: 
                         written += len(buf)
                         bar.update(len(buf))
                         if written > max_bytes:
+                            out.truncate(0)  # not this file: nothing of it is kept to resume
                             raise _SourceFailed(f"the server sent more than {max_bytes} B, more than "
                                                 "the file can hold")
                     out.flush()
