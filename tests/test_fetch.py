@@ -621,7 +621,7 @@ def test_manager_preflight_names_one_fetch_command_for_every_missing_data_set_th
 
 def test_an_oversized_response_is_refused_without_keeping_it(tmp_path, serve, small_tree):
     rel = "binarized_mnist/binarized_mnist_valid.amat"
-    big = serve({rel: small_tree[rel] * 50})
+    big = serve({rel: small_tree[rel] * 400})  # over the size + 1 MiB a gzip of the file could take
     good = serve(small_tree)
     root = tmp_path / "data"
     res = fetch(["binmnist"], root, mirrors=[big.url, good.url], mirrors_only=True,
