@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo reproduce lint test test-quick bench clean
+.PHONY: install data demo reproduce lint test test-quick bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ install: $(STAMP)
 DATA_ROOT ?= ../shared/data
 DEMO_REPORT := --keys estimator,iw --metrics test:loss/L_k,test:gmm/posterior_mse,test:gmm/prior_mse,train:grads/snr \
 	--pivot_metrics max:test:loss/L_k,last:test:gmm/posterior_mse,last:test:gmm/prior_mse,last:train:grads/snr
+
+# The paper's data sets (MNIST, Fashion-MNIST, Larochelle's binarized MNIST, IWAE Omniglot), downloaded,
+# verified and placed where run.py / manager.py read them: ./data (their default data root), or
+# DATA_ROOT when given (make data DATA_ROOT=/shared/datasets). MIRROR=URL tries that mirror first.
+FETCH_ROOT := $(if $(filter file,$(origin DATA_ROOT)),data,$(DATA_ROOT))
+data: install
+	$(PY) -m ovis.datasets fetch all --data_root $(FETCH_ROOT) $(if $(MIRROR),--mirror $(MIRROR))
 
 # The main job: experiments/demo.json (the Gaussian mixture model of Figure 2, five estimators,
 # two values of K) drained by 2 worker processes, then its report (reports/demo/index.html).

@@ -122,6 +122,7 @@ def test_manager_refuses_a_grid_whose_data_set_is_missing_nothing_queued(tmp_pat
     lines = _error_lines(r.stderr)
     assert len(lines) == 1, r.stderr
     assert "'binmnist'" in lines[0] and "--data_root" in lines[0] and str(tmp_path / "data") in lines[0]
+    assert f"fetch it with: python -m ovis.datasets fetch binmnist --data_root {tmp_path / 'data'}" in lines[0]
     assert "8 job(s)" in lines[0] and "nothing queued" in lines[0]
     assert not root.exists() and not starts(tmp_path / "c")  # nothing queued, nothing started
     assert time.monotonic() - t0 < 60
@@ -248,6 +249,7 @@ def test_run_py_missing_data_is_one_line_without_traceback(tmp_path, capsys):
     assert code == 1
     err = _error_lines(out.err)
     assert len(err) == 1 and "binmnist" in err[0] and "--data_root" in err[0], out.err
+    assert f"python -m ovis.datasets fetch binmnist --data_root {tmp_path / 'nodata'}" in err[0]
     assert "Traceback" not in out.out + out.err
     st = json.loads(next((tmp_path / "runs" / "t").glob("*/status.json")).read_text())
     assert st["status"] == "failed" and st["error"].startswith("DatasetNotFoundError")

@@ -3,10 +3,11 @@ r"""Data sets: ``binmnist``, ``mnist``, ``fashion``, ``mnist-grey``, ``fashion-g
 
 Use :func:`load_dataset`; every loader returns a :class:`DataSplits`.  File-based sets are
 looked for under the data root (layout: ``mnist/``, ``fashion-mnist/``, ``binarized_mnist/``,
-``omniglot/``), then in well-known system folders; nothing is downloaded.  A missing file raises
+``omniglot/``), then in well-known system folders; loading never downloads.  A missing file raises
 :class:`DatasetNotFoundError` (a ``FileNotFoundError``), a truncated or wrong one
 :class:`DatasetCorruptError` (a ``ValueError``), each naming the data set, the paths searched /
-read and the exact files expected.
+read and the exact files expected; a missing one also names the command that downloads it,
+``python -m ovis.datasets fetch NAME`` (:mod:`ovis.datasets.fetch`).
 """
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def locate_dataset(name: str, data_root: str | os.PathLike = "data/") -> Dict[st
             folders searched and the files to place there).
     """
     from ovis.datasets.files import find_files
-    from ovis.datasets.mnist import BINMNIST_NOT_FOUND, IDX_FILES, IDX_FOLDERS, IDX_SYSTEM_DIRS, _find_amat
+    from ovis.datasets.mnist import IDX_FILES, IDX_FOLDERS, IDX_SYSTEM_DIRS, _find_amat, binmnist_not_found
 
     if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; valid names are {list(DATASETS)}")
@@ -116,7 +117,7 @@ def locate_dataset(name: str, data_root: str | os.PathLike = "data/") -> Dict[st
         try:
             return idx("mnist")
         except DatasetNotFoundError as e:
-            raise DatasetNotFoundError(BINMNIST_NOT_FOUND.format(e)) from None
+            raise binmnist_not_found(data_root, e) from None
     if name == "omniglot":
         return find_files("omniglot", data_root, ("omniglot", "."), ["chardata.mat"], allow_gz=False)
     return {}

@@ -2,7 +2,8 @@ r"""Locating data files (data root, then well-known system folders) and caching 
 
 Loading order for a file-based data set: ``<data_root>/<folder>`` for each of the data set's
 folder names, then the well-known system locations (e.g. ``/usr/share/datasets/fashion-mnist``
-from the Debian package ``dataset-fashion-mnist``).  Nothing is ever downloaded.  When no
+from the Debian package ``dataset-fashion-mnist``).  Loading never downloads; the message of a
+missing data set names the command that does (``python -m ovis.datasets fetch NAME``).  When no
 candidate folder holds every expected file, :class:`DatasetNotFoundError` names the data set,
 the folders searched and the exact file names.
 
@@ -62,7 +63,7 @@ def find_files(dataset: str, data_root: os.PathLike | str, folders: Sequence[str
         hint = f"the data root {root} does not exist"
         existing = [c for c in candidates[len(folders):] if c.is_dir()]
         if not existing:
-            raise DatasetNotFoundError(not_found_message(dataset, candidates, expected, hint))
+            raise DatasetNotFoundError(not_found_message(dataset, candidates, expected, hint, data_root=root))
     for folder in candidates:
         if not folder.is_dir():
             continue
@@ -75,4 +76,4 @@ def find_files(dataset: str, data_root: os.PathLike | str, folders: Sequence[str
             found[name] = hit
         if len(found) == len(filenames):
             return found
-    raise DatasetNotFoundError(not_found_message(dataset, candidates, expected))
+    raise DatasetNotFoundError(not_found_message(dataset, candidates, expected, data_root=root))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ovis.datasets.core import DataSplits, TensorImageDataset
-from ovis.datasets.errors import DatasetCorruptError, DatasetNotFoundError
+from ovis.datasets.errors import DatasetCorruptError, DatasetNotFoundError, fetch_command
 from ovis.datasets.files import cached, find_files
 from ovis.datasets.idx import read_bytes, read_idx, sha256_hex
 
@@ -223,9 +223,13 @@ def read_amat(path: os.PathLike | str, dataset: str = "binmnist", expected_rows:
     return x.astype(np.uint8), digest
 
 
-#: the message of a missing binmnist: neither the Larochelle files nor the MNIST ones
-BINMNIST_NOT_FOUND = ("data set 'binmnist' not found: it reads <data_root>/binarized_mnist/"
-                      "binarized_mnist_{{train,valid,test}}.amat, or else the MNIST IDX files: {}")
+def binmnist_not_found(data_root: os.PathLike | str, mnist_error: DatasetNotFoundError) -> DatasetNotFoundError:
+    r"""The error of a missing binmnist (neither the Larochelle files nor the MNIST ones): one line
+    naming the fetch command, the files read and ``mnist_error``'s message."""
+    return DatasetNotFoundError(
+        f"data set 'binmnist' not found; fetch it with: {fetch_command('binmnist', data_root)} "
+        "(it reads <data_root>/binarized_mnist/binarized_mnist_{train,valid,test}.amat, or else the "
+        f"MNIST IDX files: {mnist_error})")
 
 
 def _find_amat(data_root: os.PathLike | str) -> Optional[Dict[str, Path]]:
@@ -271,7 +275,7 @@ def load_binmnist(data_root: os.PathLike | str, mini: bool = False, seed: int = 
         try:
             idx_arrays, info = load_idx_set("mnist", data_root)
         except DatasetNotFoundError as e:
-            raise DatasetNotFoundError(BINMNIST_NOT_FOUND.format(e)) from None
+            raise binmnist_not_found(data_root, e) from None
 
         def build_fixed() -> Tuple[torch.Tensor, torch.Tensor]:
             g = torch.Generator().manual_seed(int(seed))

@@ -43,19 +43,33 @@ def check_data(exp: Experiment, jobs: Sequence[Job], data_root: os.PathLike | st
 
     Generated data sets (``gmm``, ``gaussian-toy``, ``shapes``) need no file.  The message names the
     data set, how many jobs need it, the folders searched, the files to place there and the flag
-    to change (``--data_root``).
+    to change (``--data_root``); when several are missing, one line names them all and the one
+    fetch command that gets them (``python -m ovis.datasets fetch A B ... --data_root DIR``).
     """
     from ovis.datasets import DatasetNotFoundError, locate_dataset
+    from ovis.datasets.errors import FETCHABLE, fetch_command
 
+    missing: List[tuple] = []
     for name, users in sorted(_datasets_of(exp, jobs).items()):
         try:
             locate_dataset(name, data_root)
         except DatasetNotFoundError as e:
-            raise PreflightError(
-                f"data set {name!r}, needed by {len(users)} job(s) of {exp.path}, is not under --data_root "
-                f"{Path(data_root)}: {e}") from None
+            missing.append((name, users, e))
         except ValueError:  # an unknown name: the job script's parser refuses it
             continue
+    if len(missing) == 1:
+        name, users, e = missing[0]
+        raise PreflightError(
+            f"data set {name!r}, needed by {len(users)} job(s) of {exp.path}, is not under --data_root "
+            f"{Path(data_root)}: {e}")
+    if missing:
+        names = [m[0] for m in missing]
+        n_jobs = sum(len(m[1]) for m in missing)
+        fetchable = [n for n in names if n in FETCHABLE]
+        how = f"fetch them with: {fetch_command(fetchable, data_root)}; " if fetchable else ""
+        raise PreflightError(
+            f"data sets {', '.join(map(repr, names))}, needed by {n_jobs} job(s) of {exp.path}, are not under "
+            f"--data_root {Path(data_root)}: {how}the first: {missing[0][2]}")
 
 
 def preflight(exp: Experiment, jobs: Sequence[Job], data_root: os.PathLike | str) -> None:
