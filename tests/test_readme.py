@@ -23,3 +23,10 @@ def test_readme_estimator_example_runs(tmp_path):
 def test_readme_names_the_two_commands():
     text = README.read_text()
     assert "make demo" in text and "make test" in text
+
+
+def test_readme_says_where_the_documentation_is():
+    text = README.read_text()
+    assert "make docs" in text and "docs/_build/html/index.html" in text
+    # the long reference moved to the documentation pages, which tests/test_docs_pages.py checks
+    assert len(text) < 8000
