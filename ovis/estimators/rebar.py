@@ -197,7 +197,8 @@ class Rebar(DiscreteLatentEstimator):
             ce_z, cf_z = self.control_variate(fsmooth, z, alpha, tau, a_leaf)
             ce_zt, cf_zt = self.control_variate(fsmooth, zt, alpha, tau, a_leaf)
             score = (b - theta).detach()
-            (dce,) = torch.autograd.grad((ce_z - ce_zt).sum(), a_leaf, create_graph=train_cv)
+            (dce,) = torch.autograd.grad((ce_z - ce_zt).sum(), a_leaf, create_graph=train_cv,
+                                         retain_graph=train_cv or cf_z is not None)  # (relax: shared nodes)
             scaled = dce - self.per_unit(ce_zt, shape, a) * score
             fixed = self.per_unit(fb, shape, a) * score
             if cf_z is not None and cf_zt is not None:
