@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 
-from ovis.analysis.gradients import gradient_samples
 from ovis.training.arguments import RunArgumentError, parse_run_args
 from ovis.training.run import main
 from ovis.training.rundir import compute_run_id

@@ -35,23 +35,31 @@ In both cases the estimate of :math:`\nabla_a E[\bar f(b)]` is
 
 unbiased for any control variate ``c`` (:math:`\nabla_a E[c(z)] = E[c(\tilde z)\nabla_a\log q(b)]
 + E[\nabla_a c(\tilde z)]`).  REBAR: :math:`c(z) = \eta\,\bar f(\sigma_\lambda(z))` (the
-objective's integrand at the relaxed sample, with the continuously extended log mass).  RELAX:
-:math:`c(z) = \eta\,\bar f(\sigma_\lambda(z)) + \sum_{j} r_\psi(\sigma_\lambda(z)_j, \alpha_j)`,
-``r_psi`` a small MLP shared by all units ``j`` (bits; for categorical latents, the classes of every
-variable, with :math:`\alpha = \log\theta`; Bernoulli: :math:`\alpha = a`), dimension-free, so it is
-built at construction (Grathwohl et al. use an MLP on the whole ``z``).
+objective's integrand at the relaxed sample, with the continuously extended log mass), with the
+paper's *modified* relaxation for Bernoulli latents,
+:math:`\sigma_\lambda(z) = \sigma\big((\frac{\lambda^2+\lambda+1}{\lambda+1} a + \mathrm{logit}\,u)/\lambda\big)`
+for :math:`z = a + \mathrm{logit}\,u` (the original code's ``muprop_relaxation``; ``rebar-plain``:
+:math:`\sigma(z/\lambda)`).  RELAX: :math:`c(z) = \eta\,\bar f(\sigma_\lambda(z)) + \sum_{j}
+r_\psi(\sigma_\lambda(z)_j, \alpha_j)`, ``r_psi`` a small MLP shared by all units ``j`` (bits; for
+categorical latents, the classes of every variable, with :math:`\alpha = \log\theta`; Bernoulli:
+:math:`\alpha = a`), dimension-free, so it is built at construction (Grathwohl et al. use an MLP on
+the whole ``z``), with the plain relaxation.
 
-The control-variate parameters (``eta``; ``log_tau`` for ``dynamic-rebar`` and ``relax``; ``psi``)
-are parameters of the estimator (``estimator.parameters()``; ``run.py`` optimises them with
-``--baseline_lr``).  They are trained to minimise the variance of the estimator, through the
-gradient of its squared norm :math:`E\|g_a\|^2` (the logits-level gradient of each data point,
-averaged over the batch; a proxy for the parameter-level variance that Tucker et al. minimise):
-the surrogate loss carries a term whose gradient w.r.t. these parameters is
-:math:`\nabla \mathrm{mean}\|g_a\|^2` and which is zero-valued for the model's parameters.
+**As the REBAR paper defines them** (Tucker et al. 2017 and its code): ``eta`` is one scalar per
+parameter tensor of the inference network and a learned input-dependent baseline
+:math:`b_\psi(x)` is subtracted from :math:`\bar f(b)`
+(:class:`~ovis.estimators.discrete_base.LearnedControlVariates`; the estimate is returned as a
+:class:`~ovis.estimators.discrete_base.SplitScore` and combined per tensor by
+:meth:`~ovis.estimators.discrete_base.DiscreteLatentEstimator.score_surrogate`); unbiased for any of
+their values.  The estimator's own parameters (``eta``'s, baseline; ``log_tau`` for
+``dynamic-rebar`` and ``relax``; ``psi``) are ``estimator.parameters()`` (``run.py`` binds the
+estimator to the model, then optimises them at ``lr * --estimator_lr_ratio`` or ``--baseline_lr``)
+and minimise the squared norm of the minibatch estimate of the inference network's gradient (the
+paper's variance objective: its mean does not depend on them).
 
-``rebar`` adapts ``eta`` only and uses the runtime temperature ``tau`` (default 0.5);
-``dynamic-rebar`` also adapts the temperature (``log_tau``, initialised at ``tau_init``; the
-runtime ``tau`` is then ignored).  ``relax`` adapts ``eta``, ``log_tau`` and ``psi``.
+``rebar`` uses the runtime temperature ``tau`` (default 0.5); ``dynamic-rebar`` also adapts the
+temperature (``log_tau``, initialised at ``tau_init``; the runtime ``tau`` is then ignored).
+``relax`` adapts ``eta``'s, ``log_tau`` and ``psi``.
 
 Tests: ``tests/test_discrete_estimators.py`` (exact gradients on the Bernoulli and categorical toy
 models and on two-layer models of both kinds, a replay of one categorical draw against the formula

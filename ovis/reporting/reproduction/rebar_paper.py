@@ -162,9 +162,12 @@ def _claim_tables(ours_by_config: Mapping[str, pd.DataFrame], ranks: Mapping[str
     rows = []
     for cfg, ours in ours_by_config.items():
         for est in list(ranks) + [e for e in extra if e not in ranks]:
-            role = ("below" if ranks.get(est) == 0 else "above") if est in ranks else "not ranked by the claim"
-            if claim == "convergence" and est in ranks:
-                role = "higher (better)" if ranks[est] == 0 else "lower"
+            if est not in ranks:
+                role = "not ranked by the claim"
+            elif claim == "variance":
+                role = "lower than MuProp's and NVIL's" if ranks[est] == 0 else "higher than REBAR's"
+            else:
+                role = "at least MuProp's and NVIL's" if ranks[est] == 0 else "at most REBAR's"
             o = _seeds_cell(ours.loc[est], ".3f", ".3f") if est in ours.index else "not run"
             rows.append({"model": CONFIGS.get(cfg, cfg), "estimator": est, "paper (claim)": role, f"ours {label}": o})
     return to_markdown(pd.DataFrame(rows))
