@@ -19,8 +19,8 @@ from ovis.reporting.reproduction.document import PAPERS, prepare_grids
 from ovis.reporting.reproduction.rebar_paper import (
     CONFIGS,
     EXPERIMENTS,
-    REBAR_PAPER,
     RANKS,
+    REBAR_PAPER,
     claim_verdict,
     shrink_grid,
 )
@@ -53,6 +53,10 @@ def test_claim_verdict():
     close = _ours({"rebar": [-3.0, -2.0, -2.5], "dynamic-rebar": [-3.2, -3.1, -3.15], "muprop": [-2.6, -2.7, -2.4],
                    "nvil": [1, 1.1, 0.9]})
     assert claim_verdict(ranks, close, higher_is_better=False).verdict == "same ordering"
+    in_order_close = _ours({"rebar": [-3.0, -2.0, -2.6], "dynamic-rebar": [-3.2, -3.1, -3.15],
+                            "muprop": [-2.6, -2.5, -2.4], "nvil": [1, 1.1, 0.9]})
+    c = claim_verdict(ranks, in_order_close, higher_is_better=False)
+    assert c.verdict == "same ordering" and any(d.startswith("rebar vs muprop") for d in c.details)
     # higher is better (training ELBO): the same ranks read the other way
     elbo = _ours({"rebar": [-100, -101], "muprop": [-110, -111], "nvil": [-120, -119], "dynamic-rebar": [-99, -100]})
     assert claim_verdict(RANKS["convergence"], elbo, higher_is_better=True).verdict == "reproduced"
@@ -164,7 +168,7 @@ def test_part_from_run_directories(tmp_path):
     for rel in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", part):
         assert (path.parent / rel).is_file() and rel.startswith("figures/rebar_")
     # the differences from the paper are stated
-    for text in ("fixed-seed binarisation", "paraphrased", "conditional", "2x - 1", "360 steps"):
+    for text in ("fixed-seed binarisation", "paraphrased", "conditional", "2x - 1", "360 steps", "wall time"):
         assert text in part, text
     assert set(CONFIGS.values()) <= set(re.findall(r"\d-layer \w+ SBN", part))
 

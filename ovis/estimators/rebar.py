@@ -132,12 +132,13 @@ class Rebar(DiscreteLatentEstimator):
             nn.Parameter(torch.tensor(math.log(tau_init))) if self.dynamic else None)
 
     # --------------------------------------------------------------- control variate
-    def temperature(self, params: RuntimeParams) -> Tensor:
+    def temperature(self, params: RuntimeParams, like: Optional[Tensor] = None) -> Tensor:
         r"""The temperature :math:`\lambda`: ``exp(log_tau)`` when adapted, else the runtime ``tau``
-        (default 0.5), a 0-dim tensor."""
+        (default 0.5), a 0-dim tensor (on ``like``'s device and dtype when given)."""
         if self.log_tau is not None:
             return self.log_tau.exp()
-        return torch.tensor(DEFAULT_TAU if params.tau is None else params.tau)
+        value = DEFAULT_TAU if params.tau is None else params.tau
+        return torch.tensor(value) if like is None else like.new_tensor(value)  # device: like, when given
 
     def relax(self, z: Tensor, tau: Tensor, a: Optional[Tensor] = None) -> Tensor:
         r""":math:`\sigma_\lambda(z)`: categorical (``[n, N, C]``), ``softmax(z / tau)`` over the
@@ -171,7 +172,7 @@ class Rebar(DiscreteLatentEstimator):
         The temperature is taken afresh in every relaxation: with an adapted temperature (dynamic
         REBAR, RELAX) no graph node (e.g. one ``exp(log_tau)``) is shared between the layers."""
         return self.layerwise_smooth(model, x, params, depth,
-                                     lambda a_m, omega_m: self.relax(a_m + omega_m, self.temperature(params), a_m))
+                                     lambda a_m, omega_m: self.relax(a_m + omega_m, self.temperature(params, a_m), a_m))
 
     # --------------------------------------------------------------- estimator
     def score_gradient(self, fbar, a, shape, params, fsmooth=None):  # type: ignore[no-untyped-def]
@@ -181,7 +182,7 @@ class Rebar(DiscreteLatentEstimator):
         function evaluated at relaxed samples in the control variate."""
         fsmooth = fbar if fsmooth is None else fsmooth
         categorical = a.dim() == 3
-        tau = self.temperature(params).to(device=a.device)
+        tau = self.temperature(params, a)
         u, v = uniform_noise(a.shape, a), uniform_noise(a.shape, a)
         with torch.no_grad():
             if categorical:
