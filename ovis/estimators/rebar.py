@@ -261,6 +261,8 @@ class Relax(Rebar):
 
     def control_variate(self, fbar: Any, z: Tensor, a: Tensor, tau: Tensor,
                         logits: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        r"""``(f(sigma(z)), sum_j r_psi(sigma(z)_j, alpha_j))`` per outer sample ``[B, M]``: REBAR's part
+        (scaled by the ``eta``'s) and the network's part (not scaled); the plain relaxation."""
         y = self.relax(z, tau)
         w = self.net[0].weight
         r = self.net(torch.stack([y, a.detach()], dim=-1).to(w.dtype)).squeeze(-1).to(y.dtype)  # z's shape
@@ -272,5 +274,6 @@ class Relax(Rebar):
         return r.reshape(B, M, -1).sum(-1)
 
     def score_gradient(self, fbar, a, shape, params, fsmooth=None):  # type: ignore[no-untyped-def]
+        r"""As :meth:`Rebar.score_gradient` (records ``shape`` for the network's per-sample sums)."""
         self._shape = shape
         return super().score_gradient(fbar, a, shape, params, fsmooth)
