@@ -209,7 +209,12 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
                            relaxation=str(relaxation or "gs"), tau=tau,
                            threshold=float(_get(args, "threshold", 0.99)), hdim=hdim,
                            nlayers=nlayers, x_mean=x_mean,
-                           architecture=str(_get(args, "architecture", "dense")))
+                           architecture=str(_get(args, "architecture", "dense")),
+                           prior=str(_get(args, "igr_prior", "uniform") or "uniform"),
+                           prior_tau=_get(args, "gs_prior_tau", None),
+                           closed_form_kl=bool(_get(args, "closed_form_kl", False)),
+                           evaluation="relaxed" if _get(args, "relaxed_evaluation", False) else "one-hot",
+                           relaxed_iw=int(_get(args, "relaxed_iw", 0) or 0))
     if name == "gaussian-vae":
         if learn_prior:
             raise ValueError("gaussian-vae has a fixed N(0, I) prior: drop --learn_prior "
