@@ -57,7 +57,8 @@ with in a one-hot evaluation, :mod:`ovis.models.discrete_vae`):
   :math:`P(K) = \prod_j \Phi(-\mu_j/\sigma_j)` and, for :math:`k < K`,
   :math:`P(k) = \int_0^\infty N(t; \mu_k, \sigma_k^2)\prod_{j \ne k}\Phi((t - \mu_j)/\sigma_j)\,dt`,
   computed by Gauss-Legendre quadrature after the change of variables that makes the truncated
-  normal uniform (:func:`igr_i_categorical_log_probs`; accurate to about 1e-5, then normalised);
+  normal uniform (:func:`igr_i_categorical_log_probs`; about 1e-3 from the exact value at worst with the default 32 nodes, 2e-4 with 64; normalised, so the
+  one-hot bound drawn from it is valid whatever the quadrature error);
 * IGR-SB: the first ``k`` with ``y_k > 0`` (the last category when there is none):
   :math:`P(k) = \Phi(\mu_k/\sigma_k)\prod_{j<k}\Phi(-\mu_j/\sigma_j)` (exact; the threshold does
   not matter at ``tau -> 0``);
@@ -482,7 +483,7 @@ def _legendre(n: int, like: Tensor) -> tuple:
     return x.to(like.device), w.to(like.device)
 
 
-def igr_i_categorical_log_probs(loc: Tensor, scale: Tensor, nodes: int = 64) -> Tensor:
+def igr_i_categorical_log_probs(loc: Tensor, scale: Tensor, nodes: int = 32) -> Tensor:
     r"""Log-probabilities ``[*batch, K]`` of ``argmax([y, 0])`` for independent
     ``y_k ~ N(loc_k, scale_k^2)`` (``[*batch, K-1]``): the categorical IGR-I relaxes.
 

@@ -327,14 +327,18 @@ class DiscreteVAE(TemplateModel):
         tau = self.tau if tau is None else float(tau)
         B = x.shape[0]
         x_exp = x.unsqueeze(1).expand(B, k, *x.shape[1:]).reshape(B * k, *x.shape[1:])
+        from ovis.estimators.base import distribution_validation
+
         was = self.closed_form_kl
         self.closed_form_kl = False
-        try:
-            out = self.forward(x_exp, zgrads=True, tau=tau)
+        try:  # the model's own samples (a float32 GS sample may round off the simplex's tolerance)
+            with distribution_validation(False):
+                out = self.forward(x_exp, zgrads=True, tau=tau)
+                (z,), (qz,), (pz,) = out["z"], out["qz"], out["pz"]
+                log_w = (out["px"].log_prob(x_exp) + pz.log_prob(z).reshape(B * k)
+                         - qz.log_prob(z).reshape(B * k))
         finally:
             self.closed_form_kl = was
-        (z,), (qz,), (pz,) = out["z"], out["qz"], out["pz"]
-        log_w = out["px"].log_prob(x_exp) + pz.log_prob(z).reshape(B * k) - qz.log_prob(z).reshape(B * k)
         return torch.logsumexp(log_w.view(B, k).double(), dim=1) - math.log(k)
 
     def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
