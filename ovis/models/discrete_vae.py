@@ -4,8 +4,12 @@ r"""The discrete VAE of the IGR paper (Potapczynski et al., NeurIPS 2020): GS vs
 a Bernoulli decoder, a dense (tanh MLPs) or convolutional (:func:`ovis.models.vae.conv_encoder` /
 :func:`ovis.models.vae.conv_decoder`, 28x28 images) architecture, and one of the relaxations
 
-* ``gs``: Gumbel-Softmax. ``q(z|x) = GS(logits(x), tau)``, ``p(z) = GS(0, tau)`` (uniform
-  categorical relaxed), ``z`` of shape ``[n, N, K]`` on the simplex.  ``forward(x, zgrads=False)``
+* ``gs``: Gumbel-Softmax. ``q(z|x) = GS(logits(x), tau)``, ``p(z) = GS(0, prior_tau)`` (uniform
+  categorical relaxed), ``z`` of shape ``[n, N, K]`` on the simplex.  With ``zgrads=True`` the
+  latent the estimators see is its logarithm, ``output['z'] = [log z]`` with ``qz`` / ``pz`` the
+  ``ExpRelaxedCategorical`` (ExpConcrete) distributions: ``log q - log p`` is the same as on the
+  simplex (common Jacobian) and stays finite at low temperatures, where float32 coordinates of
+  ``z`` underflow to 0; ``output['z_relaxed'] = [z]``.  ``forward(x, zgrads=False)``
   draws hard one-hot samples from the exact ``OneHotCategorical`` distributions (as
   :class:`ovis.models.vae.VAE` does), for score-function estimators and evaluation.
 * ``igr-i``, ``igr-planar``, ``igr-sb``: Gaussian noise ``y`` of ``d = K-1`` coordinates per variable,
@@ -75,7 +79,7 @@ also logs the relaxed model's bound with ``relaxed_iw`` particles as ``discrete-
 :math:`E_q[\log p(x|z)] - KL(q\|p)` with one reparameterised sample for the first term and the KL
 registered with :func:`torch.distributions.kl_divergence` for IGR (the Gaussian KL, exact for
 IGR-I / IGR-Planar, an upper bound with IGR-SB's truncation) or the Monte Carlo estimate
-:func:`ovis.distributions.gumbel_softmax_kl` for GS.  :meth:`extra_metrics` logs it at
+the Monte Carlo estimate of :func:`ovis.distributions.gumbel_softmax_kl` (in log space) for GS.  :meth:`extra_metrics` logs it at
 evaluation as ``discrete-vae/elbo_kl`` (and ``discrete-vae/kl``).
 """
 from __future__ import annotations
@@ -85,9 +89,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical, kl_divergence
+from torch.distributions import (
+    Bernoulli,
+    Distribution,
+    Independent,
+    Normal,
+    OneHotCategorical,
+    kl_divergence,
+)
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
-from ovis.distributions.gumbel import GumbelSoftmax, gumbel_softmax_kl
 from ovis.distributions.igr import IGRI, IGRSB, IGRBase, IGRPlanar, uniform_prior_params
 from ovis.models.base import TemplateModel
 from ovis.models.vae import conv_decoder, conv_encoder, init_output_bias, mlp
@@ -264,11 +275,17 @@ class DiscreteVAE(TemplateModel):
         if not self.is_igr:
             logits, prior_logits = self.posterior_params(x), self.prior_params(n, x)
             if zgrads:
-                qz = Independent(GumbelSoftmax(torch.tensor(tau, device=x.device, dtype=logits.dtype), logits=logits), 1)
+                # log space (the ExpConcrete of log z): a float32 sample at a low temperature has coordinates that
+                # underflow to 0, where the simplex density's log z is -inf; the Jacobian of z = exp(s) is
+                # common to q and p, so log q - log p is the same in both spaces
+                qz = Independent(ExpRelaxedCategorical(torch.tensor(tau, device=x.device, dtype=logits.dtype),
+                                                       logits=logits), 1)
                 p_tau = tau if self.prior_tau is None else self.prior_tau
-                pz = Independent(GumbelSoftmax(torch.tensor(p_tau, device=x.device, dtype=prior_logits.dtype),
-                                               logits=prior_logits), 1)
-                z = qz.rsample()
+                pz = Independent(ExpRelaxedCategorical(torch.tensor(p_tau, device=x.device, dtype=prior_logits.dtype),
+                                                       logits=prior_logits), 1)
+                s_log = qz.rsample()
+                z = s_log.exp()
+                return {"px": self.observation_model(z), "z": [s_log], "qz": [qz], "pz": [pz], "z_relaxed": [z]}
             else:
                 qz = Independent(OneHotCategorical(logits=logits), 1)
                 pz = Independent(OneHotCategorical(logits=prior_logits), 1)
@@ -415,10 +432,12 @@ class DiscreteVAE(TemplateModel):
         if not self.is_igr:
             logits = self.posterior_params(x)
             t = torch.tensor(tau, device=x.device, dtype=logits.dtype)
-            q = GumbelSoftmax(t, logits=logits)
             t_p = t if self.prior_tau is None else torch.tensor(self.prior_tau, device=x.device, dtype=logits.dtype)
-            p = GumbelSoftmax(t_p, logits=self.prior_params(n, x))
-            return gumbel_softmax_kl(q, p, num_samples).sum(-1)
+            # the Monte Carlo KL of gumbel_softmax_kl, in log space (see forward)
+            q = ExpRelaxedCategorical(t, logits=logits)
+            p = ExpRelaxedCategorical(t_p, logits=self.prior_params(n, x))
+            s_log = q.rsample((num_samples,))
+            return (q.log_prob(s_log) - p.log_prob(s_log)).mean(0).sum(-1)
         loc, scale = self.posterior_params(x)
         p_loc, p_scale = self.prior_params(n, x)
         return kl_divergence(self.relaxed(loc, scale, tau), self.relaxed(p_loc, p_scale, tau)).sum(-1)
