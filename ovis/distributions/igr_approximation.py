@@ -285,10 +285,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--experiment", default=None, metavar="OUT.json",
                    help="run the paper's experiment (Poisson(50), NegBin(50, 0.6), IGR-SB vs GS 20/40/100, "
                    "5 seeds; --steps, --samples apply) and write its results to OUT.json")
+    p.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated seeds of --experiment")
     p.add_argument("--json", action="store_true", help="print the full results as JSON")
     a = p.parse_args(argv)
     if a.experiment:
-        run_experiment(Path(a.experiment), steps=a.steps, num_samples=a.samples)
+        try:
+            seeds = [int(t) for t in a.seeds.split(",") if t.strip()]
+        except ValueError:
+            p.error(f"--seeds must be comma-separated integers, got {a.seeds!r}")
+        if not seeds:
+            p.error("--seeds needs at least one seed")
+        run_experiment(Path(a.experiment), seeds=seeds, steps=a.steps, num_samples=a.samples)
         return 0
     results = [
         fit_igr_sb(poisson_target(a.rate, a.max_categories), a.tau, a.threshold, a.steps, a.samples, a.lr,
