@@ -22,6 +22,7 @@ copied: the verdicts test the paper's orderings).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -122,7 +123,8 @@ def run_approximation(repo: Path, root: Path, data_root: Path, scale: str,
     t0 = time.time()
     cmd = [sys.executable, "-m", "ovis.distributions.igr_approximation", "--experiment", str(out),
            "--steps", str(size["steps"]), "--samples", str(size["samples"]), "--seeds", str(size["seeds"])]
-    code = subprocess.run(cmd, cwd=repo).returncode
+    # one thread: small tensors, and the machine is shared with the grid's workers
+    code = subprocess.run(cmd, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
     _add_time(Path(root), "igr-approximation", time.time() - t0)
     return {"igr-approximation": code}
 
