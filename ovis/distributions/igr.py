@@ -477,8 +477,9 @@ def _legendre(n: int, like: Tensor) -> tuple:
         import numpy as np
 
         x, w = np.polynomial.legendre.leggauss(n)
+        # device: cached on the CPU once, moved to the caller's device below
         _LEGENDRE[n] = (torch.as_tensor((x + 1) / 2, dtype=torch.float64),
-                        torch.as_tensor(w / 2, dtype=torch.float64))
+                        torch.as_tensor(w / 2, dtype=torch.float64))  # device: as above
     x, w = _LEGENDRE[n]
     return x.to(like.device), w.to(like.device)
 
@@ -539,15 +540,16 @@ def uniform_prior_params(kind: str, categories: int, dtype: torch.dtype = torch.
     K = int(categories)
     if K < 2:
         raise ValueError(f"categories must be >= 2, got {categories}")
+    # device: a few numbers computed on the CPU in float64, returned there (the caller moves them)
     if kind in ("igr-i", "igr-planar"):
-        q = torch.tensor(float(K) ** (-1.0 / (K - 1)), dtype=torch.float64)
-        loc = torch.full((K - 1,), -float(torch.special.ndtri(q)), dtype=torch.float64)
+        q = torch.tensor(float(K) ** (-1.0 / (K - 1)), dtype=torch.float64)  # device: as above
+        loc = torch.full((K - 1,), -float(torch.special.ndtri(q)), dtype=torch.float64)  # device: as above
     elif kind == "igr-sb":
-        k = torch.arange(1, K, dtype=torch.float64)
+        k = torch.arange(1, K, dtype=torch.float64)  # device: as above
         loc = torch.special.ndtri(1.0 / (K - k + 1))
     else:
         raise ValueError(f"kind must be igr-i, igr-planar or igr-sb, got {kind!r}")
-    return loc.to(dtype), torch.ones(K - 1, dtype=dtype)
+    return loc.to(dtype), torch.ones(K - 1, dtype=dtype)  # device: as above
 
 
 def _kl_igr(p: IGRBase, q: IGRBase) -> Tensor:

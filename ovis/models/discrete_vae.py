@@ -317,9 +317,15 @@ class DiscreteVAE(TemplateModel):
         ``kl = log q - log p``; ``pi`` computed once per data point."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        from ovis.estimators.base import distribution_validation
+
+        with distribution_validation(False):  # the model's own samples (as the estimators' evaluation)
+            return self._one_hot_log_weights(x, k, tau)
+
+    def _one_hot_log_weights(self, x: Tensor, k: int, tau: Optional[float]) -> tuple:
         log_pi = self.category_log_probs(x, tau)                       # [B, N, K]
         B = x.shape[0]
-        idx = torch.distributions.Categorical(logits=log_pi).sample((k,)).transpose(0, 1)  # [B, k, N]
+        idx = torch.distributions.Categorical(logits=log_pi, validate_args=False).sample((k,)).transpose(0, 1)  # [B, k, N]
         z = torch.nn.functional.one_hot(idx, self.K).to(log_pi.dtype)  # [B, k, N, K]
         log_q = log_pi.unsqueeze(1).expand(B, k, self.N, self.K).gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)
         log_p = -self.N * math.log(self.K)
