@@ -162,3 +162,10 @@ def test_reproduce_igr_tiny_chain(tmp_path: Path) -> None:
     assert (tmp_path / "runs" / APPROXIMATION_FILE).is_file()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0 and "exists, kept" in r.stdout
+
+
+def test_vae_verdict_waits_for_every_relaxation(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    _synthetic_vae(root, {ds: {k: v for k, v in d.items() if k != "igr-sb"} for ds, d in IGR_BETTER.items()})
+    vae = sections(root, tmp_path / "fig", "full")[0]
+    assert vae.verdict == "same ordering" and "no finished runs yet for igr-sb" in vae.markdown
