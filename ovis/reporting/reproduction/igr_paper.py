@@ -286,13 +286,31 @@ def _vae(root: Path, fig_dir: Path) -> FigureSection:
         rel = _save(_plot_vae(final, chosen), fig_dir, "igr_vae")
         md_parts.append(f"![{title}]({rel})\n\n*Validation L_100 (one-hot latents) vs temperature, mean over "
                         "seeds with their standard deviation; stars: the test L_100 at each method's chosen "
-                        "temperature.*")
+                        "temperature. The validation and test bounds are on different image subsets, so a star "
+                        "sits apart from its validation point by the subsets' difference, common to all "
+                        "methods.*")
+    edge = _edge_note(final, chosen)
+    if edge:
+        md_parts.append(edge)
     md_parts.append(_verdict_md(verdict))
     ours = "; ".join(f"{ds}: " + " > ".join(f"{r['relaxation']} {r['mean']:.1f}" for _, r in
                                              chosen[chosen["dataset"] == ds].sort_values("mean", ascending=False)
                                              .iterrows())
                      for ds in chosen["dataset"].unique()) or "no result yet"
     return FigureSection("vae", title, verdict.verdict, "\n\n".join(md_parts), ours)
+
+
+def _edge_note(final: pd.DataFrame, chosen: pd.DataFrame) -> str:
+    r"""A sentence naming the methods whose chosen temperature is the lowest or highest one swept
+    (a wider sweep could move them), or ``""``."""
+    if final.empty or chosen.empty:
+        return ""
+    lo, hi = float(final["tau"].min()), float(final["tau"].max())
+    at = [f"{r['relaxation']} on {r['dataset']} ({r['tau']:g})" for _, r in chosen.iterrows()
+          if r["tau"] in (lo, hi)]
+    if not at:
+        return ""
+    return ("Chosen at the edge of the swept temperatures (a wider sweep could move them): " + ", ".join(at) + ".")
 
 
 def _final_values_empty() -> pd.DataFrame:
