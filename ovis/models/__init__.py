@@ -203,7 +203,7 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
         from ovis.models.discrete_vae import DiscreteVAE
 
         if learn_prior:
-            raise ValueError("discrete-vae has a fixed prior (uniform GS / N(0, I) noise for IGR): "
+            raise ValueError("discrete-vae has a fixed prior (uniform GS; IGR: the noise prior of --igr_prior): "
                              "drop --learn_prior")
         return DiscreteVAE(x_shape, num_of_discrete_var=N, n_required=K,
                            relaxation=str(relaxation or "gs"), tau=tau,

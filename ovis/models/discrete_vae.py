@@ -13,7 +13,8 @@ a Bernoulli decoder, a dense (tanh MLPs) or convolutional (:func:`ovis.models.va
   draws hard one-hot samples from the exact ``OneHotCategorical`` distributions (as
   :class:`ovis.models.vae.VAE` does), for score-function estimators and evaluation.
 * ``igr-i``, ``igr-planar``, ``igr-sb``: Gaussian noise ``y`` of ``d = K-1`` coordinates per variable,
-  ``q(y|x) = N(mu(x), sigma(x)^2)``, ``p(y) = N(0, I)``, relaxed sample ``z = g_tau(y)`` through
+  ``q(y|x) = N(mu(x), sigma(x)^2)``, ``p(y) = N(m, I)`` (``m`` fitted so that the induced categorical is uniform, see
+  *Priors* below; ``prior="standard"``: ``m = 0``), relaxed sample ``z = g_tau(y)`` through
   the IGR map (:mod:`ovis.distributions.igr`; IGR-SB with ``max_categories = K`` and the given
   ``threshold``; IGR-Planar with ``num_flows`` planar flows whose parameters are shared by ``q``
   and ``p`` and live in ``generative_model.flow_*``).
