@@ -197,6 +197,16 @@ def _resolve_ovis_reference(app, env, node, contnode):  # type: ignore[no-untype
                                node, contnode)
 
 
+def _skip_namedtuple_field_aliases(app, what, name, obj, skip, options):  # type: ignore[no-untyped-def]
+    r"""A ``NamedTuple``'s fields carry Python's generated docstring ("Alias for field number 0");
+    the class docstring's ``Attributes:`` section documents them, once."""
+    doc = getattr(obj, "__doc__", None)
+    if isinstance(doc, str) and doc.startswith("Alias for field number "):
+        return True
+    return None
+
+
 def setup(app):  # type: ignore[no-untyped-def]
     app.connect("autodoc-process-bases", _public_bases)
+    app.connect("autodoc-skip-member", _skip_namedtuple_field_aliases)
     app.connect("missing-reference", _resolve_ovis_reference)

@@ -60,6 +60,7 @@ APPROXIMATION_FILE = Path("igr-approximation") / "approximation.json"
 APPROXIMATION = {"full": {"steps": 200, "samples": 1000, "seeds": "1,2,3,4,5"},
                  "tiny": {"steps": 3, "samples": 20, "seeds": "1"}}
 
+#: the IGR paper's statements, paraphrased or quoted, per part of the document
 PAPER_TEXT = {
     "abstract": (
         "The abstract says that the stick-breaking construction \"allows us to extend the reparameterization "
