@@ -243,9 +243,13 @@ def compile_estimator(estimator: "GradientEstimator", model: nn.Module, **compil
 class GradientEstimator(nn.Module):
     r"""Base class of every gradient estimator.
 
-    Subclasses implement :meth:`compute`.  Constructor arguments are explicit and validated;
-    runtime parameters (:class:`RuntimeParams`) are validated at every call, and an unknown
-    name is an error.
+    Called as ``loss, diagnostics, output = estimator(model, x, backward=False, **runtime)``
+    (:meth:`forward` documents the arguments, ``backward=True`` and the returned values); the model
+    follows the protocol of :mod:`ovis.models.protocol`, checked on the first call.
+
+    Subclasses implement :meth:`compute`.  Constructor arguments are explicit and validated
+    (:meth:`check_arguments`); runtime parameters (:class:`RuntimeParams`) are validated at every
+    call, and an unknown name is an error.
 
     Args:
         mc: number of outer Monte Carlo samples ``M >= 1``.

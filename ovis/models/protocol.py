@@ -27,8 +27,8 @@ asks that a reparameterised ``z`` reach ``inference_network``'s parameters.
 
     Shapes (``sample_shape + batch_shape + event_shape`` as in :mod:`torch.distributions`): every
     distribution has a batch shape starting with ``N``, one row per particle, and every other
-    dimension, batch or event, is summed (:func:`~ovis.models.base.batch_reduce`) as part of one particle's
-    log-density: ``px``'s full shape ``batch_shape + event_shape`` is ``x``'s ``[N, *x_shape]``,
+    dimension, batch or event, is summed (:func:`~ovis.models.base.batch_reduce`) as part of one
+    particle's log-density: ``px``'s full shape ``batch_shape + event_shape`` is ``x``'s ``[N, *x_shape]``,
     and ``qz[l]``'s and ``pz[l]``'s are ``z[l].shape``.  A prior built without the batch
     dimension (``Normal(torch.zeros(D), 1)``, batch ``[]``) must be expanded:
     ``Independent(Normal(torch.zeros(D), 1), 1).expand([N])``.  The README's example
@@ -44,8 +44,8 @@ asks that a reparameterised ``z`` reach ``inference_network``'s parameters.
 ``infer(x, z) -> [q(z_1|x), q(z_2|z_1), ...]`` (needed by ``wake-sleep`` only)
     The inference distributions conditioned along GIVEN latents ``z = [z_1..z_L]`` (not sampled):
     the sleep phase evaluates ``log q(z|x)`` at pairs ``(z, x) ~ p(x, z)`` drawn by
-    ``sample_from_prior``.  An estimator that needs a hook calls :func:`~ovis.models.base.require_hook`, which names
-    it when the model lacks it.
+    ``sample_from_prior``.  An estimator that needs a hook calls
+    :func:`~ovis.models.base.require_hook`, which names it when the model lacks it.
 
 How the estimators call a model
 -------------------------------
@@ -68,9 +68,10 @@ An estimator with ``mc = M`` outer samples and ``iw = K`` particles evaluates th
 
 Extra hooks of some estimator families
 --------------------------------------
-* The REBAR line (``nvil`` aside: ``arm``, ``disarm``, ``muprop``, ``simple-muprop``, ``rebar``,
-  ``dynamic-rebar``, ``relax``, ``concrete``, ``gumbel-softmax``, ``straight-through``) does not call
-  ``forward``; it needs Bernoulli or categorical latents and the *discrete hooks*
+* The estimators of the REBAR line for discrete latents (``arm``, ``disarm``, ``muprop``,
+  ``simple-muprop``, ``rebar``, ``dynamic-rebar``, ``relax``, ``concrete``, ``gumbel-softmax``,
+  ``straight-through``; not ``nvil``, which calls ``forward``) do not call ``forward``; they need
+  Bernoulli or categorical latents and the *discrete hooks*
   ``latent_depth``, ``latent_categories`` (optional), ``q_logits(l, h)`` and
   ``log_joint_at(x, z) -> (log_px [n], log_pz [n, L])``, specified in
   :mod:`ovis.estimators.discrete`.
@@ -87,8 +88,8 @@ true or false, expanded or ``particles``, fused), it checks the output with
 shapes above) and :func:`check_latent_gradients` (under ``zgrads=True`` every ``z_l`` whose
 ``q`` has ``rsample`` must carry a gradient path to ``inference_network``'s parameters; under
 ``zgrads=False`` none may), and raises :class:`ModelProtocolError`, one line naming the output
-key, what was found and the fix.  A failure of the model's own code on that first call is
-explained when ``x``'s dtype or device differs from the model's parameters.  Later calls cost a
+key, what was found and the fix.  A failure of the model's own code (at any call) is explained
+when ``x``'s dtype or device differs from the model's parameters'.  Later calls cost a
 dictionary look-up (``benchmarks/bench_step.py --only check`` measures it).  The check is on by
 default; :func:`set_model_checks` (``False``) switches it off, for a model known to be right.
 The discrete hooks' values are checked at every call (their shapes only: no synchronisation).
