@@ -1,4 +1,5 @@
-"""run.py --track_variance (REBAR's variance-tracking mode), its report figure, --architecture; the
+"""run.py --track_variance (REBAR's variance comparison: one trajectory, shadow-trained estimators,
+moving-average natural-log variance), its report figure, --architecture, the REBAR protocol flags; the
 log-variance helper ovis.analysis.variance_tracking.log_gradient_variances."""
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 
-from ovis.analysis.gradients import gradient_samples
 from ovis.training.arguments import RunArgumentError, parse_run_args
 from ovis.training.run import main
 from ovis.training.rundir import compute_run_id
@@ -48,7 +48,11 @@ def test_flags_parse_validate_and_keep_run_ids():
     # the new flags at their defaults leave the run id unchanged
     assert compute_run_id(a) == compute_run_id(parse_run_args(base + ["--track_variance", "",
                                                                      "--track_variance_draws", "10",
-                                                                     "--architecture", "dense"]))
+                                                                     "--architecture", "dense",
+                                                                     "--adam_beta2", "0.999",
+                                                                     "--track_variance_decay", "0.999"]))
+    assert compute_run_id(a) != compute_run_id(parse_run_args(base + ["--estimator_lr_ratio", "10"]))
+    assert compute_run_id(a) != compute_run_id(parse_run_args(base + ["--adam_beta2", "0.99999"]))
     assert compute_run_id(a) != compute_run_id(parse_run_args(base + ["--track_variance", "arm"]))
     b = parse_run_args(base + ["--track_variance", " arm, nvil ,arm,"])
     assert b.track_variance == "arm,nvil"
@@ -81,8 +85,7 @@ def test_architecture_flag_reaches_discrete_vae():
 @pytest.mark.slow
 def test_tracking_logs_every_estimator_and_leaves_training_unchanged(tmp_path, data_root):
     plain = _run(tmp_path, data_root, [], exp="plain")
-    tracked = _run(tmp_path, data_root, ["--track_variance", TRACKED, "--track_variance_draws", "3"],
-                   exp="tracked")
+    tracked = _run(tmp_path, data_root, ["--track_variance", TRACKED], exp="tracked")
     a, b = _lines(plain), _lines(tracked)
     assert len(a) == len(b) and len(a) == 3 * 2  # evaluations at steps 4 and 8, three splits each
     ids = ["rebar", *TRACKED.split(",")]
@@ -106,16 +109,50 @@ def test_tracking_logs_every_estimator_and_leaves_training_unchanged(tmp_path, d
     # a declared failure rate in test_discrete_estimators.py::test_lower_gradient_variance_than_reinforce)
 
 
-def test_tracked_value_is_the_log10_mean_variance(tmp_path, data_root):
-    r"""The logged number equals log10 of the mean per-coordinate variance of the draws of
-    gradient_samples under the same seed (recomputed independently from the trainer)."""
-    import ovis.estimators as estimators
-    from ovis.training.rng import eval_seed
+def test_tracker_logs_the_debiased_moving_average_variance():
+    r"""The logged number is the natural log of the mean over ALL the model's coordinates of
+    m2 - m1^2, m1 / m2 the moving averages (decay d, debiased by 1 - d^t) of the per-step gradient
+    and its square, recomputed here from known gradients (the training estimator's, read from .grad)."""
+    from ovis.estimators import build_estimator
+    from ovis.testing import BernoulliToyModel
+    from ovis.training.variance import VarianceTracker
+
+    model = BernoulliToyModel()
+    est = build_estimator("reinforce")
+    tracker = VarianceTracker({"reinforce": est}, est, model, lambda ps: torch.optim.Adam(ps), decay=0.6)
+    params = list(model.parameters())
+    P = sum(p.numel() for p in params)
+    g = torch.Generator().manual_seed(0)
+    steps = [torch.randn(P, generator=g, dtype=torch.float64) for _ in range(3)]
+    assert math.isnan(tracker.log_variances()["variance/reinforce"])
+    for t, flat in enumerate(steps):
+        offset = 0
+        for p in params:
+            p.grad = flat[offset:offset + p.numel()].view_as(p).to(p.dtype)
+            offset += p.numel()
+        tracker.observe(torch.zeros(2, 4), {}, t)
+    m1 = sum(0.4 * 0.6 ** (2 - t) * s for t, s in enumerate(steps)) / (1 - 0.6 ** 3)
+    m2 = sum(0.4 * 0.6 ** (2 - t) * s * s for t, s in enumerate(steps)) / (1 - 0.6 ** 3)
+    expected = math.log(float((m2 - m1 * m1).mean()))
+    assert tracker.log_variances()["variance/reinforce"] == pytest.approx(expected, rel=1e-5)
+    # resumable: the state round-trips
+    other = VarianceTracker({"reinforce": est}, est, model, lambda ps: torch.optim.Adam(ps), decay=0.6)
+    other.load_state_dict(tracker.state_dict())
+    assert other.log_variances() == tracker.log_variances()
+
+
+def test_shadows_train_their_own_parameters_and_nvil_is_unscaled(tmp_path, data_root):
+    r"""In a run with --track_variance, every shadow estimator's own parameters move at every step
+    (NVIL's baseline and running statistics, MuProp's eta's and baseline), the model and the
+    training estimator are stepped by the run's optimiser only, and NVIL's tracked gradient is its
+    phi-gradient multiplied back by the scale it applied."""
+    from ovis.estimators import build_estimator
     from ovis.training.run import Trainer
     from ovis.training.rundir import RunDirectory
+    from ovis.training.variance import unscaled_gradient
 
-    argv = SBN + _common(tmp_path, data_root) + ["--track_variance", "arm,reinforce",
-                                                  "--track_variance_draws", "4", "--nsteps", "2"]
+    argv = SBN + _common(tmp_path, data_root) + ["--track_variance", "nvil,muprop", "--nsteps", "3",
+                                                  "--estimator_lr_ratio", "10", "--adam_beta2", "0.99999"]
     args = parse_run_args(argv)
     rd = RunDirectory(tmp_path / "rd")
     rd.create()
@@ -123,23 +160,31 @@ def test_tracked_value_is_the_log10_mean_variance(tmp_path, data_root):
     tr.device = torch.device("cpu")
     tr.setup()
     try:
-        tr.train_step()
+        assert tr.optimizer.param_groups[1]["lr"] == pytest.approx(10 * args.lr)
+        assert tr.optimizer.defaults["betas"][1] == 0.99999
+        shadows = {k: v for k, v in tr.tracked.items() if v is not tr.estimator}
+        assert sorted(shadows) == ["muprop", "nvil"]
+        assert tr.tracker.optimizers["nvil"].param_groups[0]["lr"] == pytest.approx(10 * args.lr)
+        before = {k: [p.detach().clone() for p in v.parameters()] for k, v in shadows.items()}
+        assert len(before["muprop"]) > 2  # eta's (one per inference tensor) and the baseline
+        for _ in range(2):
+            tr.train_step()
+        for k, est in shadows.items():
+            moved = [not torch.equal(a, b) for a, b in zip(before[k], est.parameters())]
+            assert all(moved), (k, moved)
+        assert int(shadows["nvil"].updates) == 2  # trained in training mode, once a step
         got = tr.track_variance(tr.step)
-        assert sorted(got) == ["variance/arm", "variance/rebar", "variance/reinforce"]
-        with torch.random.fork_rng():
-            torch.manual_seed(eval_seed(args.seed, tr.step))
-            x = torch.stack([tr.data.train[int(i)] for i in tr.idx_grad])
-        est = estimators.build_estimator("arm", iw=1)
-        est.eval()
-        with torch.random.fork_rng():
-            torch.manual_seed(eval_seed(args.seed, tr.step) + 1)
-            g = gradient_samples(est, tr.model, x, 4, "inference_network", **tr.runtime(tr.step))
-        expected = math.log10(float(g.double().var(0).mean()))
-        assert got["variance/arm"] == pytest.approx(expected, rel=1e-9, abs=1e-9)
-        # the training estimator is the trained instance, others are built once
-        assert tr.tracked["rebar"] is tr.estimator
+        assert sorted(got) == ["variance/muprop", "variance/nvil", "variance/rebar"]
+        assert all(math.isfinite(v) for v in got.values())
     finally:
         tr._close_logger()
+    nvil = build_estimator("nvil", x_shape=(4,))
+    nvil._applied_scale = torch.tensor(3.0)
+    grads = [torch.ones(2), torch.ones(2)]
+    out = unscaled_gradient(nvil, grads, ["inference_network.weight", "generative_model.weight"])
+    assert torch.equal(out[0], 3 * torch.ones(2)) and torch.equal(out[1], torch.ones(2))
+    other = build_estimator("rebar")
+    assert unscaled_gradient(other, grads, ["inference_network.weight", "generative_model.weight"]) is grads
 
 
 @pytest.mark.usefixtures("float64", "one_thread")

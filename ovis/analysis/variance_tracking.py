@@ -1,6 +1,10 @@
-r"""REBAR's variance-tracking mode: the log-variance of several estimators' gradients at the same
-model parameters (:func:`log_gradient_variances`); :func:`mean_gradient_variance` is the measurement
-both it and ``run.py --track_variance`` (:mod:`ovis.training.variance`) take."""
+r"""The log-variance of several estimators' gradients at FIXED model parameters, from repeated draws
+on one batch (:func:`log_gradient_variances`, :func:`mean_gradient_variance`): a snapshot measurement
+with the estimators' own parameters as they are.
+
+The REBAR paper's variance comparison is not this: it follows one training trajectory with every
+estimator's own parameters trained online and a moving average of the per-step gradients; that is
+``run.py --track_variance`` (:mod:`ovis.training.variance`)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, Sequence

@@ -20,6 +20,7 @@ grammar                                    family
 ``stl``, ``dreg``                          sticking the landing, doubly reparameterised
 ``nvil``, ``muprop``, ``simple-muprop``, ``concrete``, ``gumbel-softmax``, ``straight-through``,
 ``rebar``, ``dynamic-rebar``, ``relax``, ``arm``, ``disarm``   the REBAR line (discrete latents)
+``rebar-plain``, ``dynamic-rebar-plain``   REBAR with the relaxation sigma(z / tau) (not the paper's)
 ``hybrid-mixture``                         ELBO of a mixture-of-Gaussians q (score function + reparameterisation)
 =========================================  ====================================================
 """
@@ -136,8 +137,10 @@ REGISTRY: List[EstimatorFamily] = [
             lambda m: {"simple": m.group("variant") is not None}),
     _family(Concrete, "concrete | gumbel-softmax", r"concrete|gumbel-softmax"),
     _family(StraightThrough, "straight-through", r"straight-through"),
-    _family(Rebar, "rebar | dynamic-rebar", r"(?P<variant>dynamic-)?rebar",
-            lambda m: {"dynamic": m.group("variant") is not None}),
+    _family(Rebar, "rebar | dynamic-rebar | rebar-plain | dynamic-rebar-plain  (-plain: sigma(z / tau))",
+            r"(?P<variant>dynamic-)?rebar(?P<plain>-plain)?",
+            lambda m: {"dynamic": m.group("variant") is not None,
+                       "relaxation": "plain" if m.group("plain") else "modified"}),
     _family(Relax, "relax", r"relax"),
     _family(ARM, "arm | disarm", r"(?P<variant>dis)?arm", lambda m: {"disarm": m.group("variant") is not None}),
     _family(HybridMixtureELBO, "hybrid-mixture", r"hybrid-mixture"),

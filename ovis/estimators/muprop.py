@@ -6,10 +6,12 @@ single-layer estimation, the layer-wise scheme and the surrogate those of
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 
 from ovis.estimators.discrete import check_latent_categories, gumbel_noise, one_hot_argmax
-from ovis.estimators.discrete_base import DiscreteLatentEstimator
+from ovis.estimators.discrete_base import DiscreteLatentEstimator, LearnedControlVariates, SplitScore
 
 __all__ = ["MuProp"]
 
@@ -36,17 +38,34 @@ class MuProp(DiscreteLatentEstimator):
     Unbiased.  ``simple-muprop`` (as in the REBAR code): the mean-field value only, as a baseline:
     :math:`g_a = (\bar f(b) - \bar f(\bar\mu))\,\nabla_a\log q(b)`.
 
+    **As in the REBAR paper** (Tucker et al. 2017, whose code runs MuProp with a learned baseline and
+    eta's): the estimate for the parameter tensor ``p`` of the inference network is
+    :math:`J_p^\top\big[(\bar f(b) - b_\psi(x))\nabla_a\log q(b) + \eta_p\,(J^\top\bar f'(\bar\mu)
+    - h(b)\nabla_a\log q(b))\big]` (simple: :math:`h(b) = \bar f(\bar\mu)`, no mean term), one
+    ``eta`` per tensor and an input-dependent baseline
+    (:class:`~ovis.estimators.discrete_base.LearnedControlVariates`); unbiased for any of their
+    values (``eta = 1`` and no baseline is the formula above).  They minimise the squared norm of
+    the minibatch gradient estimate in training mode
+    (:meth:`~ovis.estimators.discrete_base.DiscreteLatentEstimator.score_surrogate`).
+
     Args:
         simple: the simple variant.
+        eta_init: the initial ``eta``'s.
+        adapt: train the ``eta``'s and the baseline (``False``: keep them fixed).
+        baseline_hdim: hidden units of the baseline (0: none).
+        x_shape: shape of one observation (the baseline's input; ``None``: built at the first call).
     """
 
     family = "muprop"
 
-    def __init__(self, mc: int = 1, iw: int = 1, simple: bool = False) -> None:
+    def __init__(self, mc: int = 1, iw: int = 1, simple: bool = False, eta_init: float = 1.0,
+                 adapt: bool = True, baseline_hdim: int = 100, x_shape: Optional[Sequence[int]] = None) -> None:
         super().__init__(mc=mc, iw=iw)
         self.simple = bool(simple)
         if self.simple:
             self.family = "simple-muprop"
+        self.adapt = bool(adapt)
+        self.cv = LearnedControlVariates(eta_init=eta_init, hdim=baseline_hdim, x_shape=x_shape)
 
     def compute_layerwise(self, model, x, params, depth):  # type: ignore[no-untyped-def]
         r"""Layer-wise MuProp for ``L > 1`` layers
@@ -59,6 +78,9 @@ class MuProp(DiscreteLatentEstimator):
         return self.layerwise_smooth(model, x, params, depth, lambda a_m, omega_m: torch.sigmoid(a_m))
 
     def score_gradient(self, fbar, a, shape, params, fsmooth=None):  # type: ignore[no-untyped-def]
+        r"""As :meth:`DiscreteLatentEstimator.score_gradient`, the estimate split as a
+        :class:`~ovis.estimators.discrete_base.SplitScore` (``fixed``: :math:`\bar f(b)` times the
+        score; ``scaled``: the Taylor control variate's correction)."""
         fsmooth = fbar if fsmooth is None else fsmooth
         categorical = a.dim() == 3
         if categorical:
@@ -69,11 +91,13 @@ class MuProp(DiscreteLatentEstimator):
             b = torch.bernoulli(theta)
         with torch.no_grad():
             fb = fbar(b)
+        score = b - theta
+        fixed = self.per_unit(fb, shape, a) * score
         if self.simple:
             with torch.no_grad():
                 fm = fsmooth(theta)
-            g = self.per_unit(fb - fm, shape, a) * (b - theta)
-            return g, [b], None, {"signal_abs": (fb - fm).abs().mean(1)}
+            scaled = -self.per_unit(fm, shape, a) * score
+            return SplitScore(fixed, scaled, score), [b], None, {"signal_abs": (fb - fm).abs().mean(1)}
         with torch.enable_grad():
             mu = theta.clone().requires_grad_(True)
             fm_t = fsmooth(mu)
@@ -81,10 +105,9 @@ class MuProp(DiscreteLatentEstimator):
         fm = fm_t.detach()
         B, M, K = shape
         taylor = (fprime * (b - theta)).view(B, M, -1).sum(-1)
-        signal = fb - fm - taylor
         if categorical:
             mean_term = theta * (fprime - (theta * fprime).sum(-1, keepdim=True))
         else:
             mean_term = fprime * theta * (1 - theta)
-        g = self.per_unit(signal, shape, a) * (b - theta) + mean_term
-        return g, [b], None, {"signal_abs": signal.abs().mean(1)}
+        scaled = mean_term - self.per_unit(fm + taylor, shape, a) * score
+        return SplitScore(fixed, scaled, score), [b], None, {"signal_abs": (fb - fm - taylor).abs().mean(1)}

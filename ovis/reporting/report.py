@@ -580,8 +580,9 @@ def variance_tracking_table(data: ExperimentData, run_id: str) -> pd.DataFrame:
 def variance_tracking_items(data: ExperimentData, outdir: Path, exp: str, labels: pd.Series,
                             styles: Optional["Styles"] = None) -> List[Any]:
     r"""One figure (and its CSV, ``variance-tracking-<run_id>``) per run that logged
-    ``train:variance/*``: the log10 gradient variance of every tracked estimator against the step,
-    one curve per estimator (REBAR's variance plots, Tucker et al. 2017)."""
+    ``train:variance/*``: the log-variance (natural log) of the moving-average per-step gradient of
+    every tracked estimator along the run's one trajectory against the step, one curve per estimator,
+    as the REBAR paper's Figure 2 (Tucker et al. 2017; :mod:`ovis.training.variance`)."""
     import matplotlib.pyplot as plt
 
     m = data.metrics
@@ -595,7 +596,7 @@ def variance_tracking_items(data: ExperimentData, outdir: Path, exp: str, labels
     for rid in run_ids:
         table = variance_tracking_table(data, rid)
         name = f"variance-tracking-{rid}"
-        items.append(write_table(table, outdir, name, f"log10 gradient variance per estimator of run {rid}"))
+        items.append(write_table(table, outdir, name, f"log gradient variance (natural log, moving average over the steps) per estimator of run {rid}"))
         trained = cfg.at[rid, "estimator"] if "estimator" in cfg.columns and rid in cfg.index else None
         fig, ax = plt.subplots(figsize=(7, 4.5))
         ests = sorted(dict.fromkeys(table["estimator"]), key=natural_key)
@@ -605,7 +606,7 @@ def variance_tracking_items(data: ExperimentData, outdir: Path, exp: str, labels
                     **_line_kw({"color": styles.color(est)}, len(t)),
                     linewidth=2.0 if est == trained else 1.2)
         ax.set_xlabel("step")
-        ax.set_ylabel("log10 gradient variance")
+        ax.set_ylabel("log Var (natural log, moving average)")
         ax.set_title(f"{exp}: {labels.get(rid, rid)} [{rid[:10]}]", fontsize=9)
         ax.grid(alpha=0.3)
         _legend(ax, len(ests))

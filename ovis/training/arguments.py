@@ -22,6 +22,7 @@ __all__ = [
     "RUN_IDENTITY_DEFAULTS",
     "NON_IDENTITY_FLAGS",
     "parse_tracked_estimators",
+    "estimator_lr",
 ]
 
 
@@ -242,8 +243,24 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
                         "evaluation, at the same parameters and on the same batch as the training "
                         "estimator's (train line: variance/<id>; empty: off)")
     g.add_argument("--track_variance_draws", type=int_arg, default=10,
-                   help="gradient draws per tracked estimator (>= 2)")
+                   help="unused since the variance is tracked online (kept so that old command lines parse)")
+    # --- the REBAR paper's training protocol (Tucker et al. 2017; issue 27) ---
+    g = p.add_argument_group("REBAR protocol")
+    g.add_argument("--adam_beta2", type=unit_interval, default=0.999,
+                   help="Adam's second-moment decay (torch's 0.999; the REBAR code's 0.99999)")
+    g.add_argument("--estimator_lr_ratio", type=pos_float, default=None,
+                   help="learning rate of the estimator's own parameters (baselines, eta's, temperature) "
+                        "as a multiple of --lr (the REBAR code's 10); overrides --baseline_lr when set")
+    g.add_argument("--track_variance_decay", type=unit_interval, default=0.999,
+                   help="decay of the moving averages of the tracked per-step gradients (--track_variance)")
     return p
+
+
+def estimator_lr(args: argparse.Namespace) -> float:
+    r"""The learning rate of the estimator's own parameters: ``lr * estimator_lr_ratio`` when the
+    ratio is set, else ``baseline_lr``."""
+    ratio = getattr(args, "estimator_lr_ratio", None)
+    return float(args.lr) * float(ratio) if ratio is not None else float(args.baseline_lr)
 
 
 def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:

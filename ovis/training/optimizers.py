@@ -16,8 +16,10 @@ from ovis.training.arguments import OPTIMIZERS
 
 __all__ = ["build_optimizer"]
 
-def build_optimizer(name: str, groups: List[Dict[str, Any]]) -> torch.optim.Optimizer:
-    r"""The optimiser ``name`` (one of :data:`OPTIMIZERS`) over parameter ``groups``.
+def build_optimizer(name: str, groups: List[Dict[str, Any]], adam_beta2: float = 0.999) -> torch.optim.Optimizer:
+    r"""The optimiser ``name`` (one of :data:`OPTIMIZERS`) over parameter ``groups``; ``adam_beta2``
+    is Adam's (and Adamax's) second-moment decay (torch's default 0.999; the REBAR paper's code
+    0.99999).
 
     Adam and SGD are ``torch.optim.Adam(fused=True)`` / ``torch.optim.SGD(fused=True)`` where torch
     has a fused kernel for the parameters' device and dtype, the per-parameter loop otherwise.  Same
@@ -27,11 +29,14 @@ def build_optimizer(name: str, groups: List[Dict[str, Any]]) -> torch.optim.Opti
                "adamax": torch.optim.Adamax}
     if name not in classes:
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    if not 0.0 <= adam_beta2 < 1.0:
+        raise ValueError(f"adam_beta2 must lie in [0, 1), got {adam_beta2}")
+    kwargs: Dict[str, Any] = {"betas": (0.9, float(adam_beta2))} if name in ("adam", "adamax") else {}
     try:
         if name == "adam":
-            return torch.optim.Adam(groups, fused=True)
+            return torch.optim.Adam(groups, fused=True, **kwargs)
         if name == "sgd":
             return torch.optim.SGD(groups, fused=True)
     except (RuntimeError, TypeError, ValueError):  # a device/dtype without a fused kernel
         pass
-    return classes[name](groups)
+    return classes[name](groups, **kwargs)

@@ -77,7 +77,7 @@ from ovis.training.samples import image_shape, save_sample_grids
 from ovis.training.schedules import EventSchedule, alpha_at, lr_factor_at
 from ovis.training.sinks import JsonlSink, MetricSink, close_run_log, open_run_log, open_tensorboard
 from ovis.training.sums import RunningSums
-from ovis.training.variance import build_tracked_estimators, tracked_log_variances
+from ovis.training.variance import VarianceTracker, build_tracked_estimators
 
 __all__ = ["main", "Trainer", "KNOWN_FAILURES"]
 
@@ -153,7 +153,7 @@ class Trainer:
         import ovis.datasets as datasets
         import ovis.estimators as estimators
         import ovis.models as models
-        from ovis.training.arguments import parse_tracked_estimators
+        from ovis.training.arguments import estimator_lr, parse_tracked_estimators
 
         args = self.args
         torch.manual_seed(args.seed)
@@ -174,6 +174,9 @@ class Trainer:
             self.estimator = estimators.build_estimator(args.estimator, mc=args.mc, iw=args.iw,
                                                         x_shape=data.x_shape)
         self.estimator.to(self.device)
+        bind = getattr(self.estimator, "bind", None)
+        if callable(bind):  # parameters that depend on the model (the REBAR line's per-tensor eta's)
+            bind(self.model)
         # --compile: the training estimation (model pass, estimator maths, surrogate) as one compiled
         # graph; the modules themselves are not wrapped, so parameter names and checkpoints are
         # those of the eager run
@@ -183,11 +186,11 @@ class Trainer:
                    "lr": args.lr, "name": "model"}]
         est_params = [p for p in self.estimator.parameters() if p.requires_grad]
         if est_params:
-            groups.append({"params": est_params, "lr": args.baseline_lr, "name": "estimator"})
+            groups.append({"params": est_params, "lr": estimator_lr(args), "name": "estimator"})
         if not groups[0]["params"]:
             raise ValueError(f"model {type(self.model).__name__} has no trainable parameter")
         self.base_lrs = [g["lr"] for g in groups]
-        self.optimizer = build_optimizer(args.optimizer, groups)
+        self.optimizer = build_optimizer(args.optimizer, groups, adam_beta2=getattr(args, "adam_beta2", 0.999))
 
         n = len(data.train)
         self.batch_size = min(args.bs, n)
@@ -207,6 +210,14 @@ class Trainer:
             mc=args.mc, iw=args.iw, x_shape=data.x_shape, seed=args.seed, device=self.device, model=self.model,
             check_batch=lambda: batch_to_device(fetch_batch(data.train, self.idx_grad[:2]), self.device),
             runtime=self.runtime(self.step))
+        self.tracker: Optional[VarianceTracker] = None
+        if self.tracked:
+            shadow_lr = estimator_lr(args)
+            self.tracker = VarianceTracker(
+                self.tracked, self.estimator, self.model,
+                lambda ps: build_optimizer(args.optimizer, [{"params": ps, "lr": shadow_lr, "name": "estimator"}],
+                                           adam_beta2=getattr(args, "adam_beta2", 0.999)),
+                decay=getattr(args, "track_variance_decay", 0.999), seed=args.seed, device=self.device)
 
         self.last_eval_step = -1
         self.best: Dict[str, Any] = {"value": None, "step": None}
@@ -224,9 +235,12 @@ class Trainer:
             self.log.info(f"metrics.jsonl: dropped {dropped} line(s) beyond the checkpoint (step {self.step})")
 
     def _state(self) -> Dict[str, Any]:
-        return run_state(model=self.model, estimator=self.estimator, optimizer=self.optimizer, step=self.step,
-                         last_eval_step=self.last_eval_step, best=self.best, elapsed=self.elapsed_now(),
-                         sums=self.sums, log_sums=self.log_sums, run_id=self.run_id)
+        state = run_state(model=self.model, estimator=self.estimator, optimizer=self.optimizer, step=self.step,
+                          last_eval_step=self.last_eval_step, best=self.best, elapsed=self.elapsed_now(),
+                          sums=self.sums, log_sums=self.log_sums, run_id=self.run_id)
+        if getattr(self, "tracker", None) is not None:
+            state["variance_tracker"] = self.tracker.state_dict()  # type: ignore[union-attr]
+        return state
 
     def _check_owner(self, ckpt: Mapping[str, Any]) -> None:
         check_run_id(ckpt, self.run_id, self.rundir.last_path)
@@ -236,6 +250,8 @@ class Trainer:
         loop = restore_run_state(ckpt, model=self.model, estimator=self.estimator, optimizer=self.optimizer,
                                  sums=self.sums, log_sums=self.log_sums, device=self.device)
         self.step, self.last_eval_step = loop["step"], loop["last_eval_step"]
+        if getattr(self, "tracker", None) is not None and "variance_tracker" in ckpt:
+            self.tracker.load_state_dict(ckpt["variance_tracker"])  # type: ignore[union-attr]
         self.best, self.elapsed = loop["best"], loop["elapsed"]
         self.log.info(f"resumed from {path} at step {self.step}")
 
@@ -279,6 +295,8 @@ class Trainer:
             raise FloatingPointError(
                 f"non-finite surrogate loss ({loss.item()}) at step {step}: lower --lr, or check the "
                 "estimator / model settings")
+        if self.tracker is not None:  # the tracked estimators' gradients at this step (run.py --track_variance)
+            self.tracker.observe(x, self.runtime(step), step)
         self.optimizer.step()
         self.step += 1
         names, means = RunningSums.step_means(diagnostics)
@@ -339,17 +357,10 @@ class Trainer:
                 for s, m in (("train", train), ("valid", valid), ("test", test))]
 
     def track_variance(self, step: int) -> Dict[str, float]:
-        r"""``{"variance/<id>": log10 mean gradient variance}`` of every tracked estimator at the
-        current parameters, on the gradient-analysis batch (``--grad_bs`` fixed training points,
-        drawn under the evaluation's RNG fork), ``--track_variance_draws`` draws each under the
-        seed ``eval_seed(seed, step) + 1`` (:mod:`ovis.training.variance`)."""
-        a = self.args
-        self.model.eval()
-        with self._forked_rng(step):  # the batch of the gradient analysis (same binarisation draw)
-            x = batch_to_device(fetch_batch(self.data.train, self.idx_grad), self.device)
-        return tracked_log_variances(self.tracked, self.model, x, a.track_variance_draws, a.grad_key,
-                                     self.runtime(step), eval_seed(a.seed, step) + 1, self.device,
-                                     stop_check=self.check_stop)
+        r"""``{"variance/<id>": natural log of the moving-average gradient variance}`` of every
+        tracked estimator (:class:`~ovis.training.variance.VarianceTracker`, updated at every
+        training step)."""
+        return {} if self.tracker is None else self.tracker.log_variances()
 
     def _save_samples(self, step: int) -> None:
         if getattr(self.args, "no_samples", False):

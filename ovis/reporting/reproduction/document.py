@@ -36,10 +36,11 @@ from ovis.reporting.reproduction.common import (
     part_markdown,
 )
 from ovis.reporting.reproduction.ovis_paper import OVIS_PAPER
+from ovis.reporting.reproduction.rebar_paper import REBAR_PAPER
 from ovis.utils.files import atomic_write_bytes
 
 #: every paper of the document, in the document's order (``--papers`` picks among their keys)
-PAPERS: Dict[str, Paper] = {p.key: p for p in (OVIS_PAPER,)}
+PAPERS: Dict[str, Paper] = {p.key: p for p in (OVIS_PAPER, REBAR_PAPER)}
 
 
 def select_papers(keys: Optional[Sequence[str]]) -> List[Paper]:
