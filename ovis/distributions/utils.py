@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import distributions as D
 from torch.distributions import Distribution
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from ovis.distributions.bernoulli import BernoulliLogits
 
@@ -23,6 +24,8 @@ def detach_distribution(dist: Distribution) -> Distribution:
         return D.Independent(detach_distribution(dist.base_dist), dist.reinterpreted_batch_ndims)
     if isinstance(dist, D.RelaxedOneHotCategorical):
         return D.RelaxedOneHotCategorical(dist.temperature, logits=dist.logits.detach())
+    if isinstance(dist, ExpRelaxedCategorical):
+        return ExpRelaxedCategorical(dist.temperature, logits=dist.logits.detach())
     if isinstance(dist, D.RelaxedBernoulli):
         return D.RelaxedBernoulli(dist.temperature, logits=dist.logits.detach())
     kwargs = {}

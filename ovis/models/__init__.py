@@ -203,13 +203,18 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
         from ovis.models.discrete_vae import DiscreteVAE
 
         if learn_prior:
-            raise ValueError("discrete-vae has a fixed prior (uniform GS / N(0, I) noise for IGR): "
+            raise ValueError("discrete-vae has a fixed prior (uniform GS; IGR: the noise prior of --igr_prior): "
                              "drop --learn_prior")
         return DiscreteVAE(x_shape, num_of_discrete_var=N, n_required=K,
                            relaxation=str(relaxation or "gs"), tau=tau,
                            threshold=float(_get(args, "threshold", 0.99)), hdim=hdim,
                            nlayers=nlayers, x_mean=x_mean,
-                           architecture=str(_get(args, "architecture", "dense")))
+                           architecture=str(_get(args, "architecture", "dense")),
+                           prior=str(_get(args, "igr_prior", "uniform") or "uniform"),
+                           prior_tau=_get(args, "gs_prior_tau", None),
+                           closed_form_kl=bool(_get(args, "closed_form_kl", False)),
+                           evaluation="relaxed" if _get(args, "relaxed_evaluation", False) else "one-hot",
+                           relaxed_iw=int(_get(args, "relaxed_iw", 0) or 0))
     if name == "gaussian-vae":
         if learn_prior:
             raise ValueError("gaussian-vae has a fixed N(0, I) prior: drop --learn_prior "

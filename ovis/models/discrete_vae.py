@@ -4,12 +4,17 @@ r"""The discrete VAE of the IGR paper (Potapczynski et al., NeurIPS 2020): GS vs
 a Bernoulli decoder, a dense (tanh MLPs) or convolutional (:func:`ovis.models.vae.conv_encoder` /
 :func:`ovis.models.vae.conv_decoder`, 28x28 images) architecture, and one of the relaxations
 
-* ``gs``: Gumbel-Softmax. ``q(z|x) = GS(logits(x), tau)``, ``p(z) = GS(0, tau)`` (uniform
-  categorical relaxed), ``z`` of shape ``[n, N, K]`` on the simplex.  ``forward(x, zgrads=False)``
+* ``gs``: Gumbel-Softmax. ``q(z|x) = GS(logits(x), tau)``, ``p(z) = GS(0, prior_tau)`` (uniform
+  categorical relaxed), ``z`` of shape ``[n, N, K]`` on the simplex.  With ``zgrads=True`` the
+  latent the estimators see is its logarithm, ``output['z'] = [log z]`` with ``qz`` / ``pz`` the
+  ``ExpRelaxedCategorical`` (ExpConcrete) distributions: ``log q - log p`` is the same as on the
+  simplex (common Jacobian) and stays finite at low temperatures, where float32 coordinates of
+  ``z`` underflow to 0; ``output['z_relaxed'] = [z]``.  ``forward(x, zgrads=False)``
   draws hard one-hot samples from the exact ``OneHotCategorical`` distributions (as
   :class:`ovis.models.vae.VAE` does), for score-function estimators and evaluation.
 * ``igr-i``, ``igr-planar``, ``igr-sb``: Gaussian noise ``y`` of ``d = K-1`` coordinates per variable,
-  ``q(y|x) = N(mu(x), sigma(x)^2)``, ``p(y) = N(0, I)``, relaxed sample ``z = g_tau(y)`` through
+  ``q(y|x) = N(mu(x), sigma(x)^2)``, ``p(y) = N(m, I)`` (``m`` fitted so that the induced categorical is uniform, see
+  *Priors* below; ``prior="standard"``: ``m = 0``), relaxed sample ``z = g_tau(y)`` through
   the IGR map (:mod:`ovis.distributions.igr`; IGR-SB with ``max_categories = K`` and the given
   ``threshold``; IGR-Planar with ``num_flows`` planar flows whose parameters are shared by ``q``
   and ``p`` and live in ``generative_model.flow_*``).
@@ -40,11 +45,42 @@ models have Gaussian noise latents and no discrete hooks (``latent_depth`` is ``
 does a subclass that replaces :meth:`observation_model` without its own ``observation_at``
 (the conditional model has one: ``p(x_bot | z)`` given the top half).
 
+**Priors (matched).**  GS: the uniform categorical, relaxed at ``prior_tau`` (default ``tau``; the
+IGR paper fixes it at 0.5).  IGR (``prior="uniform"``, the default): the noise prior whose
+*induced categorical* (the ``tau -> 0`` limit of its relaxed samples,
+:meth:`ovis.distributions.igr.IGRBase.categorical_log_probs`) is the uniform over the ``K``
+categories, :func:`ovis.distributions.igr.uniform_prior_params` (closed form: the IGR paper fits
+these parameters numerically); ``prior="standard"`` keeps ``N(0, I)`` (IGR-I's induced
+categorical then puts about 0.2% on the last category for K = 10, IGR-SB's is geometric).
+
+**Closed-form KL in training** (``closed_form_kl=True``, IGR only, what the IGR paper trains with):
+in training mode with reparameterised latents, ``output['pz']`` is replaced by a distribution whose
+``log_prob(y)`` is ``log q(y|x) - KL(q(y|x) || p(y))`` (the registered Gaussian KL), so that the
+estimators' ``log p(x|z) + log p(z) - log q(z|x)`` is :math:`\log p(x|z) - KL` exactly: the ELBO
+with the analytic KL.  Valid for single-sample objectives only (``pathwise-vae``, ``iw = 1``): with
+``K > 1`` particles the average of :math:`p(x|z_k)e^{-KL}` is not a bound.
+
+**Evaluation: one-hot latents for every relaxation** (``evaluation="one-hot"``, the default; the
+IGR paper's ``test_with_one_hot``).  :meth:`evaluation_log_weights` (used by
+:func:`ovis.training.evaluation.evaluate_bound` for ``loss/L_k`` and the other bound statistics)
+scores the *discrete* model: ``N`` categorical latents with the uniform prior
+:math:`p(z) = K^{-N}`, the decoder applied to one-hot ``z``, and
+:math:`q(z|x) = \prod_i \mathrm{Cat}(z_i; \pi_i(x))` where :math:`\pi_i(x)` is the categorical the
+relaxation of ``q`` relaxes: ``softmax(logits)`` for GS, the induced categorical of the IGR
+distribution for IGR (exact for IGR-I by quadrature and IGR-SB in closed form, a Monte Carlo
+estimate from ``categorical_samples`` draws for IGR-Planar, which is itself a categorical and
+gives a valid bound).  GS and IGR are scored by the same code from their ``log pi`` ``[B, N, K]``:
+``z ~ Cat(pi)``, :math:`\log w = \log p(x|z) + \log p(z) - \log q(z|x)`, the importance-weighted
+bound :math:`\log\frac1S\sum_s w_s` over the evaluation's particles.  ``evaluation="relaxed"``
+scores the relaxed model instead (the continuous ``z``, densities in noise space for IGR): the
+number that is not comparable across relaxations.  With ``relaxed_iw > 0``, :meth:`extra_metrics`
+also logs the relaxed model's bound with ``relaxed_iw`` particles as ``discrete-vae/relaxed_L_k``.
+
 **ELBO with the closed-form / estimated KL.**  :meth:`DiscreteVAE.elbo` returns
 :math:`E_q[\log p(x|z)] - KL(q\|p)` with one reparameterised sample for the first term and the KL
 registered with :func:`torch.distributions.kl_divergence` for IGR (the Gaussian KL, exact for
 IGR-I / IGR-Planar, an upper bound with IGR-SB's truncation) or the Monte Carlo estimate
-:func:`ovis.distributions.gumbel_softmax_kl` for GS.  :meth:`extra_metrics` logs it at
+the Monte Carlo estimate of :func:`ovis.distributions.gumbel_softmax_kl` (in log space) for GS.  :meth:`extra_metrics` logs it at
 evaluation as ``discrete-vae/elbo_kl`` (and ``discrete-vae/kl``).
 """
 from __future__ import annotations
@@ -54,18 +90,46 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical, kl_divergence
+from torch.distributions import (
+    Bernoulli,
+    Distribution,
+    Independent,
+    Normal,
+    OneHotCategorical,
+    kl_divergence,
+)
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
-from ovis.distributions.gumbel import GumbelSoftmax, gumbel_softmax_kl
-from ovis.distributions.igr import IGRI, IGRSB, IGRBase, IGRPlanar
+from ovis.distributions.igr import IGRI, IGRSB, IGRBase, IGRPlanar, uniform_prior_params
 from ovis.models.base import TemplateModel
 from ovis.models.vae import conv_decoder, conv_encoder, init_output_bias, mlp
 
-__all__ = ["DiscreteVAE", "RELAXATIONS", "ARCHITECTURES"]
+__all__ = ["DiscreteVAE", "RELAXATIONS", "ARCHITECTURES", "IGR_PRIORS", "EVALUATIONS"]
 
 #: ``--relaxation`` values
 RELAXATIONS = ("gs", "igr-i", "igr-planar", "igr-sb")
 ARCHITECTURES = ("dense", "conv")
+#: ``prior`` values of the IGR models: the uniform-fitted noise prior, or N(0, I)
+IGR_PRIORS = ("uniform", "standard")
+#: ``evaluation`` values: one-hot latents (the discrete model) or the relaxed model
+EVALUATIONS = ("one-hot", "relaxed")
+
+
+class _ClosedFormKLPrior(Distribution):
+    r"""``log_prob(y) = q.log_prob(y) - kl``: makes ``log p - log q`` the closed-form ``-KL``
+    (see the module docstring); ``q``: ``Independent(Normal)`` over ``[N, K-1]``, ``kl`` ``[n]``."""
+
+    arg_constraints: Dict[str, Any] = {}
+
+    def __init__(self, q: Distribution, kl: Tensor) -> None:
+        self.q, self.kl = q, kl
+        super().__init__(q.batch_shape, q.event_shape, validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.q.log_prob(value) - self.kl
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
+        raise NotImplementedError("the closed-form-KL prior is a device for log p - log q; sample the real prior")
 
 
 class DiscreteVAE(TemplateModel):
@@ -82,6 +146,12 @@ class DiscreteVAE(TemplateModel):
         delta: the ``softmax++`` constant.
         architecture: ``dense`` (tanh MLPs, ``nlayers`` x ``hdim``) or ``conv``.
         x_mean: training mean (``x_shape``) to initialise the output bias at its logit.
+        prior: IGR noise prior, one of :data:`IGR_PRIORS` (module docstring).
+        prior_tau: the GS prior's temperature (default ``tau``).
+        closed_form_kl: train IGR with the closed-form KL (module docstring).
+        evaluation: one of :data:`EVALUATIONS` (module docstring).
+        categorical_samples: draws of IGR-Planar's induced categorical estimate.
+        relaxed_iw: particles of the relaxed bound :meth:`extra_metrics` logs (0: not logged).
 
     Parameters: ``inference_network.*`` (encoder) and ``generative_model.{decoder, flow_*}``.
     """
@@ -89,7 +159,9 @@ class DiscreteVAE(TemplateModel):
     def __init__(self, x_shape: Sequence[int], num_of_discrete_var: int = 20, n_required: int = 10,
                  relaxation: str = "igr-i", tau: float = 0.5, threshold: float = 0.99,
                  num_flows: int = 2, delta: float = 1.0, architecture: str = "dense",
-                 hdim: int = 200, nlayers: int = 2, x_mean: Tensor | None = None) -> None:
+                 hdim: int = 200, nlayers: int = 2, x_mean: Tensor | None = None,
+                 prior: str = "uniform", prior_tau: Optional[float] = None, closed_form_kl: bool = False,
+                 evaluation: str = "one-hot", categorical_samples: int = 1000, relaxed_iw: int = 0) -> None:
         super().__init__()
         if relaxation not in RELAXATIONS:
             raise ValueError(f"unknown relaxation {relaxation!r}; valid: {list(RELAXATIONS)}")
@@ -106,6 +178,23 @@ class DiscreteVAE(TemplateModel):
             raise ValueError(f"igr-planar needs num_flows >= 1, got {num_flows}")
         if not delta > 0:
             raise ValueError(f"delta must be > 0, got {delta}")
+        if prior not in IGR_PRIORS:
+            raise ValueError(f"unknown prior {prior!r}; valid: {list(IGR_PRIORS)}")
+        if evaluation not in EVALUATIONS:
+            raise ValueError(f"unknown evaluation {evaluation!r}; valid: {list(EVALUATIONS)}")
+        if prior_tau is not None and not prior_tau > 0:
+            raise ValueError(f"prior_tau must be > 0, got {prior_tau}")
+        if prior_tau is not None and relaxation != "gs":
+            raise ValueError("prior_tau is the Gumbel-Softmax prior's temperature: only with relaxation 'gs' "
+                             f"(got {relaxation!r}); the IGR prior shares q's map and temperature")
+        if closed_form_kl and relaxation == "gs":
+            raise ValueError("closed_form_kl is for the IGR relaxations (the Gaussian KL in noise space); "
+                             "the Gumbel-Softmax KL has no closed form")
+        if categorical_samples < 1 or relaxed_iw < 0:
+            raise ValueError(f"need categorical_samples >= 1 and relaxed_iw >= 0, got {categorical_samples}, "
+                             f"{relaxed_iw}")
+        self.prior, self.prior_tau, self.closed_form_kl = prior, prior_tau, bool(closed_form_kl)
+        self.evaluation, self.categorical_samples, self.relaxed_iw = evaluation, int(categorical_samples), int(relaxed_iw)
         self._x_shape = torch.Size(x_shape)
         self.N, self.K, self.relaxation, self.tau = N, K, relaxation, float(tau)
         self.threshold, self.delta, self.architecture = float(threshold), float(delta), architecture
@@ -181,8 +270,12 @@ class DiscreteVAE(TemplateModel):
         """
         if not self.is_igr:
             return torch.zeros(n, self.N, self.K, dtype=like.dtype, device=like.device)
-        loc = torch.zeros(n, self.N, self.noise_dim, dtype=like.dtype, device=like.device)
-        return loc, torch.ones_like(loc)
+        if self.prior == "standard":
+            loc = torch.zeros(n, self.N, self.noise_dim, dtype=like.dtype, device=like.device)
+            return loc, torch.ones_like(loc)
+        loc, scale = uniform_prior_params(self.relaxation, self.K, like.dtype)
+        shape = (n, self.N, self.noise_dim)
+        return loc.to(like.device).expand(shape), scale.to(like.device).expand(shape)
 
     def observation_model(self, z: Tensor) -> Distribution:
         r"""``p(x|z) = Bernoulli(logits(z))`` for a relaxed (or one-hot) ``z`` of shape ``[n, N, K]``."""
@@ -214,9 +307,17 @@ class DiscreteVAE(TemplateModel):
         if not self.is_igr:
             logits, prior_logits = self.posterior_params(x), self.prior_params(n, x)
             if zgrads:
-                qz = Independent(GumbelSoftmax(torch.tensor(tau, device=x.device, dtype=logits.dtype), logits=logits), 1)
-                pz = Independent(GumbelSoftmax(torch.tensor(tau, device=x.device, dtype=prior_logits.dtype), logits=prior_logits), 1)
-                z = qz.rsample()
+                # log space (the ExpConcrete of log z): a float32 sample at a low temperature has coordinates that
+                # underflow to 0, where the simplex density's log z is -inf; the Jacobian of z = exp(s) is
+                # common to q and p, so log q - log p is the same in both spaces
+                qz = Independent(ExpRelaxedCategorical(torch.tensor(tau, device=x.device, dtype=logits.dtype),
+                                                       logits=logits), 1)
+                p_tau = tau if self.prior_tau is None else self.prior_tau
+                pz = Independent(ExpRelaxedCategorical(torch.tensor(p_tau, device=x.device, dtype=prior_logits.dtype),
+                                                       logits=prior_logits), 1)
+                s_log = qz.rsample()
+                z = s_log.exp()
+                return {"px": self.observation_model(z), "z": [s_log], "qz": [qz], "pz": [pz], "z_relaxed": [z]}
             else:
                 qz = Independent(OneHotCategorical(logits=logits), 1)
                 pz = Independent(OneHotCategorical(logits=prior_logits), 1)
@@ -228,7 +329,72 @@ class DiscreteVAE(TemplateModel):
         pz = Independent(Normal(p_loc, p_scale), 2)
         y = qz.rsample() if zgrads else qz.sample()
         z = self.relaxed(loc, scale, tau).transform(y)
+        if zgrads and self.closed_form_kl and self.training:
+            pz = _ClosedFormKLPrior(qz, kl_divergence(qz, pz))
         return {"px": self.observation_model(z), "z": [y], "qz": [qz], "pz": [pz], "z_relaxed": [z]}
+
+    # ------------------------------------------------------------------ one-hot evaluation
+    def category_log_probs(self, x: Tensor, tau: Optional[float] = None) -> Tensor:
+        r"""``log pi(x)`` ``[n, N, K]``: the categorical ``q`` relaxes (GS: ``log_softmax(logits)``;
+        IGR: the induced categorical of ``q``'s IGR distribution, see the module docstring)."""
+        if not self.is_igr:
+            return torch.log_softmax(self.posterior_params(x), dim=-1)
+        loc, scale = self.posterior_params(x)
+        tau = self.tau if tau is None else float(tau)
+        return self.relaxed(loc, scale, tau).categorical_log_probs(self.categorical_samples)
+
+    def one_hot_log_weights(self, x: Tensor, k: int, tau: Optional[float] = None) -> tuple:
+        r"""``(log_w, kl)`` ``[B, k]`` of ``k`` one-hot particles per data point of the discrete model
+        (module docstring): ``z ~ Cat(pi(x))``, ``log w = log p(x|z) - N log K - log Cat(z; pi(x))``,
+        ``kl = log q - log p``; ``pi`` computed once per data point."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        from ovis.estimators.base import distribution_validation
+
+        with distribution_validation(False):  # the model's own samples (as the estimators' evaluation)
+            return self._one_hot_log_weights(x, k, tau)
+
+    def _one_hot_log_weights(self, x: Tensor, k: int, tau: Optional[float]) -> tuple:
+        log_pi = self.category_log_probs(x, tau)                       # [B, N, K]
+        B = x.shape[0]
+        idx = torch.distributions.Categorical(logits=log_pi, validate_args=False).sample((k,)).transpose(0, 1)  # [B, k, N]
+        z = torch.nn.functional.one_hot(idx, self.K).to(log_pi.dtype)  # [B, k, N, K]
+        log_q = log_pi.unsqueeze(1).expand(B, k, self.N, self.K).gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)
+        log_p = -self.N * math.log(self.K)
+        x_exp = x.unsqueeze(1).expand(B, k, *x.shape[1:]).reshape(B * k, *x.shape[1:])
+        log_px = self.observation_model(z.reshape(B * k, self.N, self.K)).log_prob(x_exp).view(B, k)
+        kl = log_q - log_p
+        return log_px - kl, kl
+
+    def evaluation_log_weights(self, x: Tensor, k: int, tau: Optional[float] = None) -> Optional[tuple]:
+        r"""The hook of :func:`ovis.training.evaluation.model_log_weights`: :meth:`one_hot_log_weights`
+        with ``evaluation="one-hot"`` on this class's own model; ``None`` (the generic relaxed-model
+        evaluation) with ``evaluation="relaxed"`` or in a subclass with its own likelihood or forward."""
+        own = (type(self).forward is DiscreteVAE.forward
+               and type(self).observation_model is DiscreteVAE.observation_model)
+        if self.evaluation != "one-hot" or not own:
+            return None
+        return self.one_hot_log_weights(x, k, tau)
+
+    def relaxed_bound(self, x: Tensor, k: int, tau: Optional[float] = None) -> Tensor:
+        r"""The relaxed model's importance-weighted bound with ``k`` particles, ``[B]`` (GS: concrete
+        densities with the prior at ``prior_tau``; IGR: noise-space densities)."""
+        tau = self.tau if tau is None else float(tau)
+        B = x.shape[0]
+        x_exp = x.unsqueeze(1).expand(B, k, *x.shape[1:]).reshape(B * k, *x.shape[1:])
+        from ovis.estimators.base import distribution_validation
+
+        was = self.closed_form_kl
+        self.closed_form_kl = False
+        try:  # the model's own samples (a float32 GS sample may round off the simplex's tolerance)
+            with distribution_validation(False):
+                out = self.forward(x_exp, zgrads=True, tau=tau)
+                (z,), (qz,), (pz,) = out["z"], out["qz"], out["pz"]
+                log_w = (out["px"].log_prob(x_exp) + pz.log_prob(z).reshape(B * k)
+                         - qz.log_prob(z).reshape(B * k))
+        finally:
+            self.closed_form_kl = was
+        return torch.logsumexp(log_w.view(B, k).double(), dim=1) - math.log(k)
 
     def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
         r"""``[q(.|x)]``: the noise Gaussian (IGR) or the hard ``OneHotCategorical`` (GS)."""
@@ -313,9 +479,12 @@ class DiscreteVAE(TemplateModel):
         if not self.is_igr:
             logits = self.posterior_params(x)
             t = torch.tensor(tau, device=x.device, dtype=logits.dtype)
-            q = GumbelSoftmax(t, logits=logits)
-            p = GumbelSoftmax(t, logits=self.prior_params(n, x))
-            return gumbel_softmax_kl(q, p, num_samples).sum(-1)
+            t_p = t if self.prior_tau is None else torch.tensor(self.prior_tau, device=x.device, dtype=logits.dtype)
+            # the Monte Carlo KL of gumbel_softmax_kl, in log space (see forward)
+            q = ExpRelaxedCategorical(t, logits=logits)
+            p = ExpRelaxedCategorical(t_p, logits=self.prior_params(n, x))
+            s_log = q.rsample((num_samples,))
+            return (q.log_prob(s_log) - p.log_prob(s_log)).mean(0).sum(-1)
         loc, scale = self.posterior_params(x)
         p_loc, p_scale = self.prior_params(n, x)
         return kl_divergence(self.relaxed(loc, scale, tau), self.relaxed(p_loc, p_scale, tau)).sum(-1)
@@ -329,6 +498,10 @@ class DiscreteVAE(TemplateModel):
 
     @torch.no_grad()
     def extra_metrics(self, x: Tensor) -> Dict[str, float]:
-        r"""``discrete-vae/elbo_kl`` (:meth:`elbo`) and ``discrete-vae/kl``, batch means."""
-        return {"discrete-vae/elbo_kl": float(self.elbo(x).mean()),
-                "discrete-vae/kl": float(self.kl(x).mean())}
+        r"""``discrete-vae/elbo_kl`` (:meth:`elbo`) and ``discrete-vae/kl``, batch means, and with
+        ``relaxed_iw > 0`` the relaxed model's bound ``discrete-vae/relaxed_L_k`` (:meth:`relaxed_bound`)."""
+        out = {"discrete-vae/elbo_kl": float(self.elbo(x).mean()),
+               "discrete-vae/kl": float(self.kl(x).mean())}
+        if self.relaxed_iw > 0:
+            out["discrete-vae/relaxed_L_k"] = float(self.relaxed_bound(x, self.relaxed_iw).mean())
+        return out

@@ -193,6 +193,20 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
                         "(--model sbm or discrete-vae; see ovis.models.conditional)")
     g.add_argument("--architecture", default="dense", choices=("dense", "conv"),
                    help="discrete-vae networks: dense (tanh MLPs) or conv (28x28 images)")
+    # --- discrete-vae: IGR vs Gumbel-Softmax, as the IGR paper runs them (ovis.models.discrete_vae)
+    g.add_argument("--igr_prior", default="uniform", choices=("uniform", "standard"),
+                   help="discrete-vae IGR noise prior: uniform (its induced categorical is uniform over the K "
+                        "categories, as the IGR paper) or standard (N(0, I))")
+    g.add_argument("--gs_prior_tau", type=pos_float, default=None,
+                   help="discrete-vae Gumbel-Softmax prior temperature (default --tau; the IGR paper: 0.5)")
+    g.add_argument("--closed_form_kl", action="store_true",
+                   help="discrete-vae IGR: train with the closed-form KL (ELBO; single-sample estimators only)")
+    g.add_argument("--relaxed_evaluation", action="store_true",
+                   help="discrete-vae: score the relaxed model as loss/L_k (default: one-hot latents for every "
+                        "relaxation, the discrete model)")
+    g.add_argument("--relaxed_iw", type=nonneg_int, default=0,
+                   help="discrete-vae: also log the relaxed model's bound with this many particles "
+                        "(discrete-vae/relaxed_L_k; 0: off)")
 
     g = p.add_argument_group("estimator")
     g.add_argument("--estimator", default="pathwise-iwae", help="estimator id (see estimators.md)")
@@ -314,6 +328,14 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             f"run.py: error: argument --dataset: {args.dataset} holds grey levels in [0, 1], which a "
             f"--likelihood {args.likelihood} decoder cannot model; add --likelihood cbernoulli (--model vae), "
             f"or use the binarised --dataset {args.dataset[:-len('-grey')]}")
+    if args.closed_form_kl and (args.iw > 1 or args.mc > 1 or args.relaxation == "gs"):
+        raise RunArgumentError(
+            "run.py: error: argument --closed_form_kl: the closed-form KL gives the single-sample ELBO of an IGR "
+            f"relaxation; it needs --relaxation igr-*, --iw 1 and --mc 1 (got --relaxation {args.relaxation}, "
+            f"--iw {args.iw}, --mc {args.mc})")
+    if args.gs_prior_tau is not None and args.relaxation != "gs":
+        raise RunArgumentError(f"run.py: error: argument --gs_prior_tau: only with --relaxation gs (got "
+                               f"{args.relaxation}): the IGR prior shares q's map and temperature")
     if args.reward_transforms:
         from ovis.estimators.reward_transforms import parse_reward_transforms
 

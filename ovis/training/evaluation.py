@@ -22,6 +22,12 @@ sums.  Memory is that of one chunk, whatever ``K``.  The same particles give the
 (``R`` sums every stochastic layer; ``log p(x|z_k) = log w_k + (log q - log p)``), logged as
 ``loss/distortion`` and ``loss/rate``; :math:`L = \mathcal{L}_K` is ``loss/L_k``.
 
+**Models that score a different model at evaluation.**  A model with a method
+``evaluation_log_weights(x, k, tau) -> (log_w, kl) | None`` supplies the particles' log-weights
+itself when it returns a pair (the discrete VAE scores its *discrete* model with one-hot latents
+for every relaxation, :mod:`ovis.models.discrete_vae`); ``None`` falls back to the estimators'
+evaluation of ``forward``.
+
 Evaluation bounds use ``beta = 1``, no free bits and ``alpha = 0`` (the true IW bound); ``loss/kl_q_p = L_K - ELBO`` estimates
 :math:`\mathrm{KL}(q(z|x) \| p(z|x))`.
 
@@ -168,7 +174,13 @@ _EVALUATOR = GradientEstimator(mc=1, iw=1)
 def model_log_weights(model: nn.Module, x: Tensor, k: int, tau: Optional[float] = None
                       ) -> Tuple[Tensor, Tensor]:
     r"""``(log_w, kl)`` of ``k`` particles ``z ~ q(z|x)`` per data point, ``[B, k]`` each
-    (``beta = 1``, no free bits)."""
+    (``beta = 1``, no free bits); the model's ``evaluation_log_weights`` when it has one that
+    returns a pair (module docstring)."""
+    hook = getattr(model, "evaluation_log_weights", None)
+    if callable(hook):
+        out = hook(x, k, tau)
+        if out is not None:
+            return out
     p = _EVALUATOR.evaluate(model, x, RuntimeParams(tau=tau), K=k, zgrads=False)
     log_w, kl = log_weights(p.log_px, p.log_qz, p.log_pz, beta=1.0, freebits=None)
     return log_w[:, 0], kl[:, 0]

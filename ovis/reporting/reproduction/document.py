@@ -35,12 +35,13 @@ from ovis.reporting.reproduction.common import (
     existing_blocks,
     part_markdown,
 )
+from ovis.reporting.reproduction.igr_paper import IGR_PAPER
 from ovis.reporting.reproduction.ovis_paper import OVIS_PAPER
 from ovis.reporting.reproduction.rebar_paper import REBAR_PAPER
 from ovis.utils.files import atomic_write_bytes
 
 #: every paper of the document, in the document's order (``--papers`` picks among their keys)
-PAPERS: Dict[str, Paper] = {p.key: p for p in (OVIS_PAPER, REBAR_PAPER)}
+PAPERS: Dict[str, Paper] = {p.key: p for p in (OVIS_PAPER, REBAR_PAPER, IGR_PAPER)}
 
 
 def select_papers(keys: Optional[Sequence[str]]) -> List[Paper]:
