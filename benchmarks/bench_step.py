@@ -34,9 +34,18 @@ floats flushed, ``torch.set_num_threads(--threads)``.
    GPU) and the peak memory of the steps (``torch.cuda.max_memory_allocated``; on the CPU the
    rise of the resident set).  ``--device cuda`` without CUDA stops at once (exit 2).
 
+8. **Model check** (``--only check``, in the default set): the protocol check of a model's output
+   (:mod:`ovis.models.protocol`), which runs on an estimator's first call on a model: the check
+   alone on the estimator's own output (min of 20 calls), and the training step once checked
+   against the step with the check off (alternated), for a score-function estimator on the SBN
+   (the fused path) and on the Gaussian VAE, and pathwise ones on the Gaussian VAE (with the
+   gradient-path walk); then the per-call costs, once checked, of the look-up and of the
+   ``backward=True`` spent-loss guard in microseconds.
+
 Freed memory is retained as by ``run.py`` (``--no-retain-memory``: glibc's default, to compare).
 
     python benchmarks/bench_step.py [--threads 2] [--repeats 30] [--denormal-steps 1000] [--only ...]
+    python benchmarks/bench_step.py --only check
     python benchmarks/bench_step.py --device cuda [--ks 5,50,500] [--repeats 20]
 """
 from __future__ import annotations
@@ -56,7 +65,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ovis.estimators import build_estimator  # noqa: E402
-from ovis.estimators.base import GradientEstimator, RuntimeParams, compile_estimator  # noqa: E402
+from ovis.estimators.base import GradientEstimator, RuntimeParams, _spent, compile_estimator  # noqa: E402
+from ovis.models.protocol import set_model_checks  # noqa: E402
 from ovis.models.sbm import SigmoidBeliefNetwork  # noqa: E402
 from ovis.models.vae import VAE  # noqa: E402
 from ovis.training.evaluation import evaluate_bound  # noqa: E402
@@ -284,6 +294,70 @@ def step_table(x: torch.Tensor, repeats: int) -> None:
               "(target <= 1.3; original 2.1 at K=5)")
 
 
+def check_table(x: torch.Tensor, repeats: int) -> None:
+    print("\n## 8. The model check (ovis.models.protocol): its cost on the first call, and on later steps")
+    print("   check: the first-call check alone on the estimator's own model output (keys, shapes, the")
+    print("   gradient-path walk), min of 20 (robust to a loaded machine); step: fwd + bwd + Adam once checked")
+    print("   vs the check switched off, alternated medians")
+    print(f"{'estimator':18s} {'model':12s} {'K':>4s} {'check ms':>9s} {'step on':>8s} {'step off':>8s} "
+          f"{'ratio':>6s}")
+    cases = [("vimco-arithmetic", "sbn"), ("ovis-gamma1", "gaussian-vae"), ("pathwise-iwae", "gaussian-vae"),
+             ("dreg", "gaussian-vae")]
+    try:
+        for K in (5, 50):
+            for eid, name in cases:
+                torch.manual_seed(0)
+                model = sbn(x) if name == "sbn" else gaussian_vae(x)
+                est = build_estimator(eid, iw=K)
+                zgrads = est.reparameterised
+                fused = not zgrads and getattr(model, "fused_log_densities", False)
+                if fused:
+                    out = model.particle_log_densities(x, particles=K)
+                    output, logs = out[0], out[1:]
+                else:
+                    output, logs = model(GradientEstimator.expand(x, 1, K), zgrads=zgrads), None
+                form = ("bench",)
+                times = []
+                for _ in range(20):
+                    t0 = time.perf_counter()
+                    est._check_output(model, output, x, (x.shape[0], 1, K), zgrads, form, "forward(x)", logs)
+                    times.append(time.perf_counter() - t0)
+                step_on = train_step(est, model, x)
+                step_on()  # the check, once
+                unchecked = train_step(build_estimator(eid, iw=K), model, x)
+
+                def step_off(s=unchecked) -> None:  # (bound now: B023)
+                    set_model_checks(False)
+                    s()
+                    set_model_checks(True)
+
+                s_on, s_off = paired_median_times(step_on, step_off, repeats)
+                print(f"{eid:18s} {name:12s} {K:4d} {min(times) * 1e3:9.3f} {s_on * 1e3:8.2f} {s_off * 1e3:8.2f} "
+                      f"{s_on / s_off:6.3f}", flush=True)
+    finally:
+        set_model_checks(True)
+    est, model = build_estimator("vimco-arithmetic", iw=5), sbn(x)
+    est(model, x)
+    form = ("fused", False, True)
+    n_calls = 10000
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(n_calls):
+            est._model_checks.needed(model, form)
+        times.append((time.perf_counter() - t0) / n_calls)
+    lookup = min(times)
+    loss = torch.zeros((), requires_grad=True) * 1.0
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(n_calls):
+            _spent(loss)
+        times.append((time.perf_counter() - t0) / n_calls)
+    print(f"  per call once checked (min of 5 x {n_calls}): the look-up {lookup * 1e6:.2f} us, the "
+          f"backward=True spent-loss guard {min(times) * 1e6:.2f} us")
+
+
 def _rss_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -444,7 +518,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-retain-memory", action="store_true",
                    help="glibc's default malloc behaviour instead of run.py's retained memory (to compare)")
     p.add_argument("--only", default=None,
-                   help="sections (default overhead,multipass,step,eval,denormal,memory; device with --device cuda)")
+                   help="sections (default overhead,multipass,step,eval,denormal,memory,check; device with "
+                        "--device cuda; compile on demand)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where section 7 (device) runs")
     p.add_argument("--ks", default="5,50,500", help="values of K of section 7")
     p.add_argument("--ids", default=None, help="section 7: only these estimator ids (comma-separated)")
@@ -455,7 +530,7 @@ def main(argv=None) -> int:
               f"(torch {torch.__version__}); use --device cpu", file=sys.stderr)
         return 2
     if args.only is None:
-        args.only = "device" if device.type == "cuda" else "overhead,multipass,step,eval,denormal,memory"
+        args.only = "device" if device.type == "cuda" else "overhead,multipass,step,eval,denormal,memory,check"
     retained = False if args.no_retain_memory else retain_freed_memory()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(not args.keep_denormals)
@@ -483,6 +558,8 @@ def main(argv=None) -> int:
         denormal_table(x, args.denormal_steps, args.keep_denormals)
     if "compile" in parts:
         compile_table(x, args.repeats)
+    if "check" in parts:
+        check_table(x, args.repeats)
     if "device" in parts:
         device_table(device, [int(k) for k in args.ks.split(",")], args.repeats,
                      args.ids.split(",") if args.ids else None)

@@ -193,7 +193,7 @@ def test_wake_wake_phi_gradient_is_the_expected_wake_phase_gradient(model_name, 
 
 
 def test_wake_wake_refuses_one_particle():
-    with pytest.raises(ValueError, match="iw >= 2"):
+    with pytest.raises(ValueError, match="iw=2 or more"):
         build("wake-wake", 1)
 
 

@@ -26,9 +26,11 @@ grammar                                    family
 """
 from __future__ import annotations
 
+import difflib
+import itertools
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Tuple, Type
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Type
 
 from ovis.estimators.arm import ARM
 from ovis.estimators.base import GradientEstimator
@@ -43,7 +45,8 @@ from ovis.estimators.tvo import ThermodynamicVO
 from ovis.estimators.vimco import Vimco
 from ovis.estimators.wake_sleep import WakeSleep, WakeWake
 
-__all__ = ["parse_estimator_id", "EstimatorFamily", "REGISTRY", "ESTIMATOR_CLASSES", "valid_forms"]
+__all__ = ["parse_estimator_id", "EstimatorFamily", "REGISTRY", "ESTIMATOR_CLASSES", "valid_forms",
+           "suggest_estimator_ids"]
 
 _DEC = r"(?:\d+(?:\.\d+)?|\.\d+)"  # a non-negative decimal number: 1, 0.5, 10.25, .5
 _INT = r"[1-9]\d*"
@@ -155,19 +158,91 @@ def valid_forms() -> str:
     return "\n".join(f"  {f.form}" for f in REGISTRY)
 
 
+_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+
+#: the ids the suggestions are drawn from: every fixed id, and the parameterised forms with ``{}``
+#: for a number (filled with the numbers of the mistyped id, else with these defaults)
+_SUGGESTION_FORMS: Tuple[str, ...] = (
+    "reinforce", "reinforce-baseline", "vimco-arithmetic", "vimco-geometric",
+    "ovis-gamma{}", "ovis-gamma{}-arithmetic", "ovis-gamma{}-geometric", "ovis-S{}", "ovis-S{}-exclusive",
+    "wake-wake", "wake-sleep",
+    *("tvo" + "".join(parts) for parts in itertools.product(
+        ("", "-part{}"), ("", "-beta{}"), ("", "-config1", "-config2"), ("", "-left", "-right", "-trapz"))),
+    "pathwise-vae", "pathwise-iwae", "stl", "dreg", "nvil", "muprop", "simple-muprop", "concrete",
+    "gumbel-softmax", "straight-through", "rebar", "dynamic-rebar", "relax", "arm", "disarm", "hybrid-mixture",
+)
+_DEFAULT_NUMBERS = ("1", "10", "0.5")
+
+
+def _valid(eid: str) -> bool:
+    r"""Whether ``eid`` matches a family and its numbers build (no suggestion: no recursion)."""
+    for f in REGISTRY:
+        m = f.pattern.fullmatch(eid)
+        if m is not None:
+            try:
+                f.build(m)
+            except ValueError:
+                return False
+            return True
+    return False
+
+
+def _candidate_ids(numbers: Sequence[str]) -> List[str]:
+    r"""Valid ids: :data:`_SUGGESTION_FORMS` with their ``{}`` filled by ``numbers`` (in order; the
+    defaults when there are none), keeping those the grammar accepts."""
+    fills = [list(numbers)] if numbers else [[d] * 2 for d in _DEFAULT_NUMBERS]
+    out: Dict[str, None] = {}
+    for form in _SUGGESTION_FORMS:
+        for fill in fills:
+            n = form.count("{}")
+            eid = form.format(*(list(fill) + [fill[-1]] * n)[:n]) if n else form
+            if _valid(eid):
+                out[eid] = None
+    return list(out)
+
+
+def suggest_estimator_ids(text: str, n: int = 3) -> List[str]:
+    r"""Up to ``n`` valid estimator ids near the mistyped ``text``, nearest first (``[]`` when none is
+    near): the same id with ``_`` for ``-`` or other capitals; the ids of which ``text`` is a
+    ``-``-separated part or a prefix (``iwae``: ``pathwise-iwae``; ``vimco``: ``vimco-arithmetic``,
+    ``vimco-geometric``); then :func:`difflib.get_close_matches` (``ovis-gama1``: ``ovis-gamma1``).
+    Parameterised forms are filled with the numbers of ``text`` (``ovis-gama0.5`` suggests
+    ``ovis-gamma0.5``)."""
+    if not isinstance(text, str) or not text.strip():
+        return []
+    norm = text.strip().lower().replace("_", "-").replace(" ", "-")
+    candidates = _candidate_ids(_NUMBER.findall(norm))
+    lower = {c.lower(): c for c in candidates}
+    out: Dict[str, None] = {}
+    if norm in lower:
+        out[lower[norm]] = None
+    parts = [c for c in candidates if norm in c.lower().split("-") or c.lower().startswith(norm + "-")]
+    parts.sort(key=lambda c: (-difflib.SequenceMatcher(None, norm, c.lower()).ratio(), c))
+    for c in parts:
+        out[c] = None
+    for c in difflib.get_close_matches(norm, list(lower), n=n, cutoff=0.6):
+        out[lower[c]] = None
+    return list(out)[:n]
+
+
 def parse_estimator_id(estimator_id: str) -> Tuple[Type[GradientEstimator], Dict[str, Any]]:
     r"""Map an estimator id to ``(EstimatorClass, config)``.
 
     Raises:
-        ValueError: the id is not a string or matches no family (the message lists the valid
-            forms), or a number in it is invalid (e.g. ``ovis-S1.5``).
+        ValueError: the id is not a string or matches no family (the message suggests the nearest
+            valid ids, :func:`suggest_estimator_ids`, then lists the valid forms), or a number in it
+            is invalid (e.g. ``ovis-S1.5``).
     """
     if not isinstance(estimator_id, str):
         raise ValueError(f"an estimator id must be a string, got {estimator_id!r}")
     matches = [(f, f.pattern.fullmatch(estimator_id)) for f in REGISTRY]
     matches = [(f, m) for f, m in matches if m is not None]
     if not matches:
-        raise ValueError(f"unknown estimator id {estimator_id!r}; valid forms:\n{valid_forms()}")
+        near = suggest_estimator_ids(estimator_id)
+        quoted = [repr(n) for n in near]
+        hint = (f"; did you mean {', '.join(quoted[:-1]) + ' or ' if len(quoted) > 1 else ''}{quoted[-1]}?"
+                if near else "")
+        raise ValueError(f"unknown estimator id {estimator_id!r}{hint} valid forms:\n{valid_forms()}")
     if len(matches) > 1:  # pragma: no cover - the grammar is unambiguous, tested
         raise ValueError(f"ambiguous estimator id {estimator_id!r}: {[f.name for f, _ in matches]}")
     family, match = matches[0]

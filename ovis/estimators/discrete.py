@@ -65,6 +65,7 @@ from ovis.distributions.bernoulli import bernoulli_log_mass
 from ovis.estimators.base import RuntimeParams
 from ovis.estimators.importance import log_mean_exp, log_weights
 from ovis.models.base import require_hook
+from ovis.models.protocol import check_discrete_values
 
 __all__ = ["bernoulli_log_prob", "categorical_log_prob", "discrete_log_prob", "check_discrete_model",
            "check_latent_categories", "uniform_noise", "logistic_noise", "gumbel_noise", "one_hot_argmax",
@@ -196,6 +197,7 @@ def bound_at(model: nn.Module, x: Tensor, z: Sequence[Tensor], logits: Sequence[
     depth = len(z)
     lq = torch.stack([discrete_log_prob(a, zl, categorical) for a, zl in zip(logits, z)], -1)
     log_px, log_pz = model.log_joint_at(x, list(z))
+    check_discrete_values(model, log_px, log_pz, B * M * K, depth)
     log_w, kl = log_weights(log_px.view(B, M, K), lq.view(B, M, K, depth), log_pz.view(B, M, K, depth),
                             params.beta, params.freebits)
     return BoundAt(log_mean_exp(log_w, -1), log_w, kl, log_px.view(B, M, K))

@@ -33,6 +33,7 @@ from ovis.distributions.mixture import DiagonalGaussianMixture
 from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
 from ovis.estimators.importance import log_weights
 from ovis.models.base import batch_reduce
+from ovis.models.protocol import check_model_output, describe_rows
 
 __all__ = ["HybridMixtureELBO"]
 
@@ -72,13 +73,19 @@ class HybridMixtureELBO(GradientEstimator):
         if not (isinstance(q, MixtureSameFamily) and isinstance(comp, Independent)
                 and isinstance(comp.base_dist, Normal) and comp.reinterpreted_batch_ndims == 1):
             raise TypeError(f"{self.family} needs q(z|x) = MixtureSameFamily(Categorical, Independent(Normal, 1)) "
-                            f"(e.g. --model vae --posterior mog), got {type(q).__name__}")
+                            "(e.g. ovis.models.likelihoods.LikelihoodVAE(posterior='mog'), run.py --model vae --posterior "
+                            f"mog), got {type(q).__name__}")
         mix = DiagonalGaussianMixture(q.mixture_distribution.logits, comp.base_dist.loc, comp.base_dist.scale)
         z, _, log_pi_c = mix.hybrid_sample(1)
         z, log_pi_c = z[0], log_pi_c[0]
         n = z.shape[0]
         px = model.observation_model(z)
         pz = model.prior(n)
+        output = {"px": px, "z": [z], "qz": [q], "pz": [pz]}
+        if self._model_checks.needed(model, ("hybrid",)):  # the protocol's shapes, on the first call only
+            check_model_output(output, rows=B * M * K, x_shape=tuple(x.shape[1:]), rows_note=describe_rows(B, M, K),
+                               source=f"{self.family}: {type(model).__name__}.posterior/prior/observation_model")
+            self._model_checks.done(model, ("hybrid",))
         log_px = batch_reduce(px.log_prob(x_exp)).view(B, M, K)
         log_qz = mix.log_prob(z).view(B, M, K, 1)
         log_pz = batch_reduce(pz.log_prob(z)).view(B, M, K, 1)
@@ -90,4 +97,4 @@ class HybridMixtureELBO(GradientEstimator):
         diagnostics = self.base_diagnostics(f.detach(), kl.detach(), log_px.detach())
         with torch.no_grad():
             diagnostics["estimator"] = {"cv_mse": (signal ** 2).mean(dim=(1, 2))}
-        return loss, diagnostics, {"px": px, "z": [z], "qz": [q], "pz": [pz]}
+        return loss, diagnostics, output

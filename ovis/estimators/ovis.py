@@ -47,7 +47,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ovis.estimators.base import Diagnostics, RuntimeParams
+from ovis.estimators.base import Diagnostics, EstimatorArgumentError, RuntimeParams
 from ovis.estimators.importance import (
     leave_one_out_logsumexp,
     log_weights,
@@ -189,9 +189,9 @@ class OvisMonteCarlo(ScoreFunctionEstimator):
                 raise ValueError(f"aux_fraction must lie in (0, 1), got {aux_fraction!r}")
             S = max(1, int(math.floor(aux_fraction * iw)))
         if not exclusive and S >= iw:
-            raise ValueError(
+            raise EstimatorArgumentError(
                 f"ovis-S without -exclusive takes its S={S} auxiliary particles from the budget "
-                f"K={iw}, so it needs S <= K-1; use K > {S} or the -exclusive form"
+                f"K={iw}, so it needs S <= K-1; use {{fix}} or more, or the -exclusive form", fix=("iw", S + 1)
             )
         return S
 

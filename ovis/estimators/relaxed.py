@@ -65,6 +65,7 @@ from ovis.estimators.discrete import (
     uniform_noise,
 )
 from ovis.estimators.importance import log_mean_exp, log_weights
+from ovis.models.protocol import check_discrete_values
 
 __all__ = ["Concrete", "StraightThrough", "DEFAULT_TAU"]
 
@@ -135,6 +136,7 @@ class Concrete(GradientEstimator):
             log_q.append(discrete_log_prob(a, y, categorical))
             h = y
         log_px, log_pz = model.log_joint_at(x_exp, zs)
+        check_discrete_values(model, log_px, log_pz, B * M * K, depth)
         log_w, kl = log_weights(log_px.view(B, M, K), torch.stack(log_q, -1).view(B, M, K, depth),
                                 log_pz.view(B, M, K, depth), params.beta, params.freebits)
         log_px = log_px.view(B, M, K)

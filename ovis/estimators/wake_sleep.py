@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ovis.estimators.base import Diagnostics, GradientEstimator, Particles, RuntimeParams
 from ovis.estimators.score_function import score_function_surrogate
 from ovis.models.base import batch_reduce, require_hook
+from ovis.models.protocol import check_model_output, describe_rows
 
 __all__ = ["WakeWake", "WakeSleep"]
 
@@ -54,7 +55,7 @@ class WakeWake(_ReweightedWakeSleep):
     family = "wake-wake"
     min_iw = 2
     min_iw_hint = (": at K = 1 its phi-gradient grad log q(z|x), z ~ q, has mean zero (pure noise); "
-                   "use iw >= 2, or wake-sleep (whose sleep phase needs no particles)")
+                   "use {fix} or more, or wake-sleep (whose sleep phase needs no particles)")
 
     def surrogate(self, model: nn.Module, x: Tensor, p: Particles, v: Tensor, bound: Tensor,
                   params: RuntimeParams) -> Tuple[Tensor, Tensor]:
@@ -86,6 +87,14 @@ class WakeSleep(_ReweightedWakeSleep):
             xs = prior["px"].sample()
             zs = [z.detach() for z in prior["z"]]
         qz = infer(xs, zs)
+        if self._model_checks.needed(model, ("sleep",)):  # the protocol check, on the first call only
+            name = type(model).__name__
+            check_model_output(prior, with_q=False, rows=B * M * K, x_shape=tuple(x.shape[1:]),
+                               rows_note=describe_rows(B, M, K),
+                               source=f"{self.family}: {name}.sample_from_prior({B * M * K})")
+            check_model_output({"px": prior["px"], "z": zs, "qz": qz, "pz": prior["pz"]}, rows=B * M * K,
+                               source=f"{self.family}: {name}.infer(x, z) (its list checked as output['qz'])")
+            self._model_checks.done(model, ("sleep",))
         log_q_sleep = sum(batch_reduce(q.log_prob(z)) for q, z in zip(qz, zs))
         phi_loss = -log_q_sleep.mean()
         no_score = v.new_zeros(B, M, 0)  # the wake phase carries no phi term

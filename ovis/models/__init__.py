@@ -1,4 +1,4 @@
-r"""Latent-variable models following the protocol of :mod:`ovis.models.base`.
+r"""Latent-variable models following the protocol of :mod:`ovis.models.protocol`.
 
 :func:`build_model` builds the model of a ``run.py`` command line (``--model``, ``--prior``,
 ``--N``, ``--K``, ``--hdim``, ``--nlayers``, ``--depth``, ``--learn_prior``, ``--tau``) for a
@@ -26,6 +26,7 @@ from ovis.models.cpds import (
     StandardNormalPrior,
 )
 from ovis.models.nets import FFNN, CNNDecoder, CNNEncoder, FFNNDecoder, FFNNEncoder, StructuredNet
+from ovis.models.protocol import ModelProtocolError, set_model_checks
 from ovis.models.sbm import SigmoidBeliefNetwork
 from ovis.models.utilities import (
     distortion_rate_likelihood,
@@ -43,6 +44,8 @@ __all__ = [
     "batch_reduce",
     "check_model_output",
     "require_hook",
+    "ModelProtocolError",
+    "set_model_checks",
     "build_model",
     "default_model_name",
     "GaussianVAE",

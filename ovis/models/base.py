@@ -1,46 +1,20 @@
-r"""The model protocol shared by every estimator.
+r"""The base classes of the models: :class:`TemplateModel` and :class:`SingleLayerModel`, and the
+helpers :func:`batch_reduce` and :func:`require_hook`.
 
-A model is a :class:`torch.nn.Module` with
-
-* ``forward(x, zgrads=False, **kwargs) -> output``: encode ``x`` (shape ``[N, *x_shape]``),
-  sample ``z ~ q(z|x)`` for each stochastic layer (``rsample`` when ``zgrads`` is true, else
-  ``sample``), decode, and return the mapping
-  ``{'px': p(x|z), 'z': [z_1..z_L], 'qz': [q(z_l|...)], 'pz': [p(z_l|...)]}``
-  whose distributions are :mod:`torch.distributions` objects with batch shape starting with
-  ``N`` (every other dimension is summed as part of the event);
-* ``sample_from_prior(bs, **kwargs) -> {'px', 'z', 'pz'}``.
-
-Parameters of the inference network live under a submodule named ``inference_network`` and those
-of the generative model under ``generative_model``: gradient analysis (``--grad_key``) and the
-estimators select parameters by these names.
-
-Optional hooks, used by the estimators that need them (an estimator calls
-:func:`require_hook`, which fails with a clear message when the model lacks one):
-
-* ``infer(x, z) -> [q(z_l|...)]``: the inference distributions evaluated along *given* latents
-  ``z`` (reweighted wake-sleep's sleep phase needs ``log q(z|x)`` on ``(z, x) ~ p``).
-
-Estimators evaluate a model on ``B*M*K`` expanded copies of ``x`` (see
-:mod:`ovis.estimators.base`): a model needs no knowledge of ``M`` or ``K``.  A model may set the
-class attribute ``supports_particles = True`` and accept ``forward(x, particles=n)`` with the
-un-expanded batch, returning ``B*n`` rows (row ``b*n + j`` for particle ``j`` of data point
-``b``); it can then evaluate its encoder once per data point (the SBN does).
-
-A model may also evaluate its own log-densities: with the class attribute
-``fused_log_densities = True`` it provides ``particle_log_densities(x, particles=n, **kwargs) ->
-(output, log_px [B*n], log_qz [B*n, L], log_pz [B*n, L])``, the output of ``forward(x, particles=n)``
-and the values its distributions give at ``x`` (expanded) and ``output['z']``, computed in fewer
-kernels (the SBN batches its ``2 L`` Bernoulli layers).  The estimators then use it for every
-evaluation without reparameterised latents; a subclass that changes the distributions must set the
-attribute back to ``False`` (the conditional SBN does).
+The model protocol itself (the keys and shapes of ``forward``'s output, ``zgrads``, ``particles``,
+``infer``, the hooks of the REBAR line) is written once, in :mod:`ovis.models.protocol`, with the
+check that the estimators run on a model's first call (:func:`check_model_output`, re-exported
+here).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
+
+from ovis.models.protocol import check_model_output
 
 __all__ = ["TemplateModel", "SingleLayerModel", "batch_reduce", "require_hook", "check_model_output"]
 
@@ -56,34 +30,13 @@ def require_hook(model: nn.Module, name: str, estimator: str) -> Any:
     if hook is None or not callable(hook):
         raise TypeError(
             f"estimator {estimator!r} needs the model method {name}() "
-            f"(see ovis.models.base.TemplateModel.{name}); {type(model).__name__} has none"
+            f"(see ovis.models.protocol); {type(model).__name__} has none"
         )
     return hook
 
 
-def check_model_output(output: Mapping[str, Any], with_q: bool = True) -> None:
-    r"""Validate a model output mapping (keys, list lengths, distribution types)."""
-    keys = ("px", "z", "qz", "pz") if with_q else ("px", "z", "pz")
-    missing = [k for k in keys if k not in output]
-    if missing:
-        raise KeyError(
-            f"the model output lacks {missing}: forward() must return a mapping with keys "
-            f"{list(keys)} (see ovis.models.base.TemplateModel)"
-        )
-    if not isinstance(output["px"], Distribution):
-        raise TypeError("output['px'] must be a torch.distributions.Distribution")
-    lists = [output[k] for k in keys[1:]]
-    if not all(isinstance(v, (list, tuple)) for v in lists):
-        raise TypeError("output['z'], output['qz'] and output['pz'] must be lists (one item per layer)")
-    if len({len(v) for v in lists}) != 1 or len(lists[0]) == 0:
-        raise ValueError(
-            "output['z'], output['qz'] and output['pz'] must have the same, non-zero length "
-            f"(got {[len(v) for v in lists]})"
-        )
-
-
 class TemplateModel(nn.Module):
-    r"""Base class documenting the model protocol (see the module docstring).
+    r"""Base class of the models of the protocol (:mod:`ovis.models.protocol`).
 
     Subclasses define ``inference_network`` and ``generative_model`` submodules and implement
     :meth:`forward` and :meth:`sample_from_prior`; optionally ``infer(x, z)`` (a list of

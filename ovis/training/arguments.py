@@ -284,6 +284,7 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     if args.alpha_init and args.warmup == 0:
         raise RunArgumentError("run.py: error: --alpha_init needs --warmup > 0")
     # The estimator id is validated by the estimator grammar (no substring matching).
+    from ovis.estimators.base import command_line_message
     from ovis.estimators.config import parse_estimator_id
 
     try:
@@ -293,8 +294,9 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
     # the estimator's own constraints on --mc / --iw (e.g. VIMCO needs K >= 2), stated by its class
     try:
         cls.check_arguments(mc=args.mc, iw=args.iw, **est_config)
-    except ValueError as e:
-        raise RunArgumentError(f"run.py: error: argument --iw: --estimator {args.estimator}: {e}") from None
+    except ValueError as e:  # the estimator's message names Python arguments (iw=2): shown with the flags
+        raise RunArgumentError(f"run.py: error: argument --iw: --estimator {args.estimator}: "
+                               f"{command_line_message(e)}") from None
     if (args.alpha > 0 or args.alpha_init > 0) and not getattr(cls, "supports_alpha", True):
         raise RunArgumentError(
             f"run.py: error: estimator {args.estimator!r} does not support a Renyi alpha > 0 "
@@ -355,6 +357,7 @@ def parse_tracked_estimators(text: str, mc: Optional[int] = None, iw: Optional[i
     dropped, order kept); each id is validated by the estimator grammar
     (:func:`ovis.estimators.config.parse_estimator_id`) and, given the run's ``mc`` and ``iw``, by
     the estimator's own constraints (``check_arguments``).  Raises :class:`RunArgumentError`."""
+    from ovis.estimators.base import command_line_message
     from ovis.estimators.config import parse_estimator_id
 
     ids = list(dict.fromkeys(t.strip() for t in str(text).split(",") if t.strip()))
@@ -364,7 +367,8 @@ def parse_tracked_estimators(text: str, mc: Optional[int] = None, iw: Optional[i
             if mc is not None and iw is not None:
                 cls.check_arguments(mc=mc, iw=iw, **config)
         except ValueError as e:
-            raise RunArgumentError(f"run.py: error: argument --track_variance: {eid!r}: {e}") from None
+            raise RunArgumentError(f"run.py: error: argument --track_variance: {eid!r}: "
+                                   f"{command_line_message(e)}") from None
     return ids
 
 
