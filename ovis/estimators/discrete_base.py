@@ -184,8 +184,9 @@ class DiscreteLatentEstimator(GradientEstimator):
 
         The logits ``a = model.q_logits(0, x)`` (``[B*M*K, N]``, or ``[B*M*K, N, C]``) are detached,
         :meth:`score_gradient` estimates the gradient ``g_a`` of the bound's expectation in them, and the
-        surrogate is :math:`-\langle \mathrm{sg}(g_a), a\rangle / (BM)` minus the bound at the
-        estimator's samples (its direct, pathwise part), plus the estimator's auxiliary loss.
+        surrogate is the score part of :meth:`score_surrogate` (:math:`-\langle \mathrm{sg}(g_a),
+        a\rangle / (BM)` for a plain estimate) minus the bound at the estimator's samples (its direct,
+        pathwise part), plus the estimator's auxiliary losses.
 
         Returns:
             ``(loss, diagnostics, output)``; ``output`` has ``z`` (the first samples) and ``q_logits``.

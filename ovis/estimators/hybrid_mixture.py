@@ -61,6 +61,8 @@ class HybridMixtureELBO(GradientEstimator):
         Raises:
             TypeError: the model lacks the hooks ``posterior(x)``, ``prior(n)``, ``observation_model(z)``,
                 or its ``q(z|x)`` is not a ``MixtureSameFamily`` of diagonal Gaussians.
+            ovis.models.protocol.ModelProtocolError: the model's distributions break the protocol
+                (checked on the first call).
         """
         for hook in ("posterior", "prior", "observation_model"):
             if not callable(getattr(model, hook, None)):

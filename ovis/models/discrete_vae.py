@@ -265,8 +265,10 @@ class DiscreteVAE(TemplateModel):
         r"""The prior's parameters for ``n`` samples, on ``like``'s dtype and device.
 
         Returns:
-            ``gs``: zero logits ``[n, N, K]`` (uniform); IGR: ``(zeros, ones)``, each ``[n, N, K-1]``
-            (standard normal noise).
+            ``gs``: zero logits ``[n, N, K]`` (uniform); IGR: ``(loc, scale)``, each ``[n, N, K-1]``,
+            of the prior noise: ``(zeros, ones)`` with ``prior="standard"``, else the Gaussian fitted
+            so that the relaxation is close to the uniform
+            (:func:`ovis.distributions.igr.uniform_prior_params`).
         """
         if not self.is_igr:
             return torch.zeros(n, self.N, self.K, dtype=like.dtype, device=like.device)
@@ -286,10 +288,12 @@ class DiscreteVAE(TemplateModel):
     def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
         r"""The protocol's mapping for ``x`` ``[n, *x_shape]``, plus ``z_relaxed``.
 
-        ``gs``: ``z`` ``[n, N, K]`` is a Gumbel-softmax sample (``zgrads``) or a hard one-hot sample,
-        with ``qz``/``pz`` the matching ``GumbelSoftmax`` / ``OneHotCategorical``.  IGR: ``z`` is the
-        Gaussian noise ``[n, N, K-1]`` (``qz``/``pz`` Gaussians), and ``z_relaxed`` ``[n, N, K]`` its
-        image on the simplex, which the decoder sees.
+        ``gs`` with ``zgrads``: ``z`` ``[n, N, K]`` is the log of a Gumbel-softmax sample, with
+        ``qz``/``pz`` the matching ``ExpRelaxedCategorical`` (the prior at ``prior_tau``), and
+        ``z_relaxed`` its exponential; without ``zgrads``: a hard one-hot sample, ``qz``/``pz``
+        ``OneHotCategorical``.  IGR: ``z`` is the Gaussian noise ``[n, N, K-1]`` (``qz``/``pz``
+        Gaussians; in training with ``closed_form_kl``, ``pz`` scores ``log q - KL(q || p)``), and
+        ``z_relaxed`` ``[n, N, K]`` its image on the simplex.  The decoder sees ``z_relaxed``.
 
         Args:
             x: observations ``[n, *x_shape]``.
