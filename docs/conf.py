@@ -97,6 +97,11 @@ _EXTERNAL = [
     r"threading(\..*)?", r"multiprocessing(\..*)?", r"concurrent(\..*)?", r"signal(\..*)?",
     r"contextlib(\..*)?", r"types(\..*)?", r"datetime(\..*)?", r"random(\..*)?", r"hashlib(\..*)?",
     r"socket(\..*)?", r"ssl(\..*)?", r"functools(\..*)?", r"queue(\..*)?",
+    # the rest of the standard library
+    r"(difflib|shlex|shutil|tempfile|textwrap|itertools|math|warnings|inspect|importlib|pickle|urllib|http"
+    r"|gzip|zipfile|struct|time|sys|copy|weakref|traceback|platform|uuid|string|operator|heapq|bisect"
+    r"|statistics|numbers|codecs|errno|selectors|asyncio|tomllib|csv|html|base64|hashlib|secrets|ctypes"
+    r"|resource|fcntl|glob|fnmatch|stat|pkgutil|zlib|lzma|bz2|tarfile)(\..*)?",
     r"Path", r"PathLike", r"Any", r"Callable", r"Iterable", r"Iterator", r"Sequence", r"Mapping",
     r"MutableMapping", r"Optional", r"Union", r"Literal", r"Type", r"Dict", r"List", r"Tuple",
     r"Set", r"FrozenSet", r"Generator", r"TypeVar", r"Protocol", r"ClassVar", r"Self",
