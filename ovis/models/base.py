@@ -24,7 +24,14 @@ Estimators evaluate a model on ``B*M*K`` expanded copies of ``x`` (see
 :mod:`ovis.estimators.base`): a model needs no knowledge of ``M`` or ``K``.  A model may set the
 class attribute ``supports_particles = True`` and accept ``forward(x, particles=n)`` with the
 un-expanded batch, returning ``B*n`` rows (row ``b*n + j`` for particle ``j`` of data point
-``b``); it can then evaluate its encoder once per data point (the SBN does).
+``b``); it then evaluates its encoder once per data point, builds ``q(z|x)`` on its ``B*n``
+repeated parameters (:func:`ovis.distributions.utils.repeat_rows` /
+:func:`~ovis.distributions.utils.repeat_distribution`) and draws the particles from it.  The
+output is that of ``forward`` on the repeated batch (``x`` with each row repeated ``n`` times)
+with the same random draws, in distribution and, for the same generator state, in value.  Every
+built-in model does (the SBN, :class:`SingleLayerModel` and its subclasses, the VAEs, the discrete
+VAE); a subclass that overrides ``forward`` without the ``particles`` argument must set
+``supports_particles = False``.
 
 A model may also evaluate its own log-densities: with the class attribute
 ``fused_log_densities = True`` it provides ``particle_log_densities(x, particles=n, **kwargs) ->
@@ -41,6 +48,8 @@ from typing import Any, Dict, List, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
+
+from ovis.distributions.utils import repeat_distribution
 
 __all__ = ["TemplateModel", "SingleLayerModel", "batch_reduce", "require_hook", "check_model_output"]
 
@@ -120,8 +129,14 @@ class SingleLayerModel(TemplateModel):
 
     Subclasses implement ``posterior(x) -> q(z|x)``, ``prior(n) -> p(z)`` (batch ``n``) and
     ``observation_model(z) -> p(x|z)``; this class provides the protocol's :meth:`forward`
-    (``rsample`` when ``zgrads``), :meth:`infer` and :meth:`sample_from_prior`.
+    (``rsample`` when ``zgrads``; ``particles``: ``q(z|x)`` encoded once per data point),
+    :meth:`infer` and :meth:`sample_from_prior`.  ``q(z|x)`` must be a distribution that
+    :func:`~ovis.distributions.utils.repeat_distribution` can repeat (or a subclass overriding
+    :meth:`forward` without ``particles`` sets ``supports_particles = False``).
     """
+
+    #: the estimators call ``forward(x, particles=n)`` with the un-expanded batch (module docstring)
+    supports_particles = True
 
     def posterior(self, x: Tensor) -> Distribution:
         raise NotImplementedError
@@ -132,10 +147,15 @@ class SingleLayerModel(TemplateModel):
     def observation_model(self, z: Tensor) -> Distribution:
         raise NotImplementedError
 
-    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
-        qz = self.posterior(x)
+    def forward(self, x: Tensor, zgrads: bool = False, particles: int = 1, **kwargs: Any) -> Dict[str, Any]:
+        r"""Encode ``x`` ``[B, *x_shape]`` once, repeat ``q(z|x)`` to ``B * particles`` rows (row
+        ``b * particles + j`` is particle ``j`` of data point ``b``), draw ``z`` from it (``rsample``
+        when ``zgrads``) and decode: the protocol's output mapping on ``B * particles`` rows, equal
+        to ``forward`` of ``x`` repeated ``particles`` times on the same random draws."""
+        qz = repeat_distribution(self.posterior(x), particles)
         z = qz.rsample() if zgrads else qz.sample()
-        return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [self.prior(x.shape[0])]}
+        return {"px": self.observation_model(z), "z": [z], "qz": [qz],
+                "pz": [self.prior(x.shape[0] * particles)]}
 
     def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
         return [self.posterior(x)]

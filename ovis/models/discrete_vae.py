@@ -58,10 +58,18 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal, On
 
 from ovis.distributions.gumbel import GumbelSoftmax, gumbel_softmax_kl
 from ovis.distributions.igr import IGRI, IGRSB, IGRBase, IGRPlanar
+from ovis.distributions.utils import repeat_rows
 from ovis.models.base import TemplateModel
 from ovis.models.vae import conv_decoder, conv_encoder, init_output_bias, mlp
 
 __all__ = ["DiscreteVAE", "RELAXATIONS", "ARCHITECTURES"]
+
+def _repeat_params(params: Any, n: int) -> Any:
+    r""":func:`~ovis.distributions.utils.repeat_rows` of a parameter tensor or of each tensor of a tuple."""
+    if isinstance(params, tuple):
+        return tuple(repeat_rows(p, n) for p in params)
+    return repeat_rows(params, n)
+
 
 #: ``--relaxation`` values
 RELAXATIONS = ("gs", "igr-i", "igr-planar", "igr-sb")
@@ -177,11 +185,20 @@ class DiscreteVAE(TemplateModel):
         return Independent(Bernoulli(logits=logits), len(self._x_shape))
 
     # ------------------------------------------------------------------ protocol
-    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
+    #: the estimators call ``forward(x, particles=n)`` with the un-expanded batch (see forward)
+    supports_particles = True
+
+    def forward(self, x: Tensor, zgrads: bool = False, particles: int = 1, **kwargs: Any) -> Dict[str, Any]:
+        r"""The protocol's output mapping (:mod:`ovis.models.base`, module docstring) on
+        ``B * particles`` rows: ``x`` ``[B, *x_shape]`` is encoded once, the parameters of ``q`` are
+        repeated to ``B * particles`` rows (:func:`~ovis.distributions.utils.repeat_rows`; row
+        ``b * particles + j`` is particle ``j`` of point ``b``) and the particles drawn from them:
+        ``forward`` of ``x`` repeated ``particles`` times, on the same random draws."""
         tau = self._tau(kwargs)
-        n = x.shape[0]
+        n = x.shape[0] * particles
         if not self.is_igr:
-            logits, prior_logits = self.posterior_params(x), self.prior_params(n, x)
+            logits = _repeat_params(self.posterior_params(x), particles)
+            prior_logits = self.prior_params(n, x)
             if zgrads:
                 qz = Independent(GumbelSoftmax(torch.tensor(tau, device=x.device, dtype=logits.dtype), logits=logits), 1)
                 pz = Independent(GumbelSoftmax(torch.tensor(tau, device=x.device, dtype=prior_logits.dtype), logits=prior_logits), 1)
@@ -191,7 +208,7 @@ class DiscreteVAE(TemplateModel):
                 pz = Independent(OneHotCategorical(logits=prior_logits), 1)
                 z = qz.sample()
             return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [pz], "z_relaxed": [z]}
-        loc, scale = self.posterior_params(x)
+        loc, scale = _repeat_params(self.posterior_params(x), particles)
         qz = Independent(Normal(loc, scale), 2)
         p_loc, p_scale = self.prior_params(n, x)
         pz = Independent(Normal(p_loc, p_scale), 2)
