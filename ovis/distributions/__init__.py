@@ -2,6 +2,8 @@ r"""Distributions and distribution helpers.
 
 * :class:`BernoulliLogits`: independent Bernoullis with a direct log mass, the SBNs' hot path
   (``ovis.distributions.bernoulli``);
+* :class:`OneHotCategoricalCDF` and :func:`categorical_indices`: categorical draws by the inverse
+  CDF (``ovis.distributions.categorical``);
 * :func:`detach_distribution`, :func:`repeat_rows` and :func:`repeat_distribution` (the particles
   expansion of the model protocol) (``ovis.distributions.utils``);
 * the IGR family (Potapczynski et al. 2020) :class:`IGRI`, :class:`IGRPlanar`, :class:`IGRSB`
@@ -10,6 +12,7 @@ r"""Distributions and distribution helpers.
   :func:`gumbel_softmax_kl` (``ovis.distributions.gumbel``).
 """
 from ovis.distributions.bernoulli import BernoulliLogits, bernoulli_log_mass
+from ovis.distributions.categorical import OneHotCategoricalCDF, categorical_indices
 from ovis.distributions.gumbel import GumbelSoftmax, gumbel_softmax_kl
 from ovis.distributions.igr import IGRI, IGRSB, IGRBase, IGRPlanar, softmax_pp, softmax_pp_inverse
 from ovis.distributions.utils import detach_distribution, repeat_distribution, repeat_rows
@@ -17,6 +20,8 @@ from ovis.distributions.utils import detach_distribution, repeat_distribution, r
 __all__ = [
     "BernoulliLogits",
     "bernoulli_log_mass",
+    "OneHotCategoricalCDF",
+    "categorical_indices",
     "detach_distribution",
     "repeat_rows",
     "repeat_distribution",

@@ -9,7 +9,7 @@ from torch.distributions import Distribution
 
 from ovis.distributions.bernoulli import BernoulliLogits
 
-__all__ = ["detach_distribution", "repeat_rows", "repeat_distribution"]
+__all__ = ["detach_distribution", "repeat_rows", "repeat_distribution", "repeated_log_prob"]
 
 
 def repeat_rows(t: Tensor, n: int) -> Tensor:
@@ -32,6 +32,21 @@ def repeat_rows(t: Tensor, n: int) -> Tensor:
         return t
     B = t.shape[0]
     return t.unsqueeze(1).expand(B, n, *t.shape[1:]).reshape(B * n, *t.shape[1:])
+
+
+def repeated_log_prob(dist: Distribution, x: Tensor, n: int) -> Tensor:
+    r"""``dist.log_prob(repeat_rows(x, n))`` for ``dist`` of batch ``[B*n]`` and ``x`` ``[B, *event]``:
+    the log-density of particle row ``b*n + j`` at ``x[b]`` (the likelihood term of the particles
+    protocol), ``[B*n]``.
+
+    A distribution class with a method ``log_prob_repeated(x, n)`` computes it without the ``[B*n,
+    *event]`` copy of ``x`` (:class:`~ovis.distributions.bernoulli.BernoulliLogits`); the others are
+    given the copy.
+    """
+    own = getattr(dist, "log_prob_repeated", None)
+    if callable(own):
+        return own(x, n)
+    return dist.log_prob(repeat_rows(x, n))
 
 
 def _repeat_param(p: Tensor, n: int, B: int, name: str, dist: Distribution) -> Tensor:

@@ -24,9 +24,9 @@ from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ovis.distributions.utils import detach_distribution
+from ovis.distributions.utils import detach_distribution, repeated_log_prob
 from ovis.estimators.importance import effective_sample_size, iw_bound, log_weights, normalized_weights, renyi_bound
-from ovis.models.base import batch_reduce, check_model_output
+from ovis.models.base import batch_reduce, check_model_output, uses_particles
 
 __all__ = ["RuntimeParams", "Particles", "GradientEstimator", "Diagnostics", "compile_estimator",
            "set_distribution_validation", "distribution_validation"]
@@ -277,11 +277,12 @@ class GradientEstimator(nn.Module):
                 output, log_px, log_qz, log_pz = model.particle_log_densities(x, particles=M * K, **kwargs)
                 return Particles(output=output, log_px=log_px.view(B, M, K), log_qz=log_qz.view(B, M, K, -1),
                                  log_pz=log_pz.view(B, M, K, -1))
-            x_exp = self.expand(x, M, K)
+            particles = uses_particles(model)
+            x_exp = None if particles else self.expand(x, M, K)
             hint = (f"{self.family} needs reparameterised latents (rsample), but the model's q(z|x) "
                     "has none: use a score-function estimator (e.g. reinforce, vimco-arithmetic, ovis-gamma1)")
             try:
-                if getattr(model, "supports_particles", False):  # the model expands x itself
+                if particles:  # the model encodes x once and repeats q(z|x) itself
                     output = model(x, zgrads=zgrads, particles=M * K, **kwargs)
                 else:
                     output = model(x_exp, zgrads=zgrads, **kwargs)
@@ -290,12 +291,20 @@ class GradientEstimator(nn.Module):
                     raise TypeError(hint) from e
                 raise
             check_model_output(output)
+            if particles and output["z"][0].shape[0] != B * M * K:
+                raise ValueError(
+                    f"{type(model).__name__}(x, particles={M * K}) returned {output['z'][0].shape[0]} rows for "
+                    f"{B} data points: a model with supports_particles must return B * particles = {B * M * K} "
+                    "rows (see ovis.models.base), or set supports_particles = False")
             if zgrads and any(not q.has_rsample for q in output["qz"]):
                 raise TypeError(f"{hint} ({[type(q).__name__ for q in output['qz']]})")
             qz = output["qz"]
             if detach_qz_params:
                 qz = [detach_distribution(q) for q in qz]
-            log_px = batch_reduce(output["px"].log_prob(x_exp)).view(B, M, K)
+            if x_exp is None:  # log p(x_b | z_{b,j}) without the [B*M*K, *x_shape] copy of x
+                log_px = batch_reduce(repeated_log_prob(output["px"], x, M * K)).view(B, M, K)
+            else:
+                log_px = batch_reduce(output["px"].log_prob(x_exp)).view(B, M, K)
             log_qz = torch.stack(
                 [batch_reduce(q.log_prob(z)) for q, z in zip(qz, output["z"])], dim=-1
             ).view(B, M, K, -1)

@@ -33,7 +33,7 @@ from ovis.distributions.mixture import DiagonalGaussianMixture
 from ovis.distributions.utils import repeat_distribution
 from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
 from ovis.estimators.importance import log_weights
-from ovis.models.base import batch_reduce
+from ovis.models.base import batch_reduce, uses_particles
 
 __all__ = ["HybridMixtureELBO"]
 
@@ -57,7 +57,7 @@ class HybridMixtureELBO(GradientEstimator):
         B, M, K = x.shape[0], self.mc, self.iw
         x_exp = self.expand(x, M, K)
         # encoded once per data point for a model with the particles protocol (ovis.models.base)
-        q = (repeat_distribution(model.posterior(x), M * K) if getattr(model, "supports_particles", False)
+        q = (repeat_distribution(model.posterior(x), M * K) if uses_particles(model)
              else model.posterior(x_exp))
         comp = getattr(q, "component_distribution", None)
         if not (isinstance(q, MixtureSameFamily) and isinstance(comp, Independent)

@@ -30,8 +30,9 @@ repeated parameters (:func:`ovis.distributions.utils.repeat_rows` /
 output is that of ``forward`` on the repeated batch (``x`` with each row repeated ``n`` times)
 with the same random draws, in distribution and, for the same generator state, in value.  Every
 built-in model does (the SBN, :class:`SingleLayerModel` and its subclasses, the VAEs, the discrete
-VAE); a subclass that overrides ``forward`` without the ``particles`` argument must set
-``supports_particles = False``.
+VAE).  :func:`uses_particles` decides: a subclass that overrides ``forward`` without an explicit
+``particles`` parameter is given the repeated batch instead (as is a model, or an instance, with
+``supports_particles = False``).
 
 A model may also evaluate its own log-densities: with the class attribute
 ``fused_log_densities = True`` it provides ``particle_log_densities(x, particles=n, **kwargs) ->
@@ -43,6 +44,7 @@ attribute back to ``False`` (the conditional SBN does).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Dict, List, Mapping, Sequence
 
 import torch
@@ -51,7 +53,29 @@ from torch.distributions import Distribution
 
 from ovis.distributions.utils import repeat_distribution
 
-__all__ = ["TemplateModel", "SingleLayerModel", "batch_reduce", "require_hook", "check_model_output"]
+__all__ = ["TemplateModel", "SingleLayerModel", "batch_reduce", "require_hook", "check_model_output",
+           "uses_particles"]
+
+_FORWARD_TAKES_PARTICLES: Dict[type, bool] = {}
+
+
+def uses_particles(model: nn.Module) -> bool:
+    r"""Whether the estimators call ``model(x, particles=n)`` with the un-expanded batch (the
+    particles protocol, module docstring): ``model.supports_particles`` is true (a class or an
+    instance attribute) and the class's ``forward`` has an explicit ``particles`` parameter (a
+    subclass overriding ``forward`` without it is given the repeated batch; checked once per class).
+    """
+    if not getattr(model, "supports_particles", False):
+        return False
+    cls = type(model)
+    takes = _FORWARD_TAKES_PARTICLES.get(cls)
+    if takes is None:
+        try:
+            takes = "particles" in inspect.signature(cls.forward).parameters
+        except (TypeError, ValueError):
+            takes = False
+        _FORWARD_TAKES_PARTICLES[cls] = takes
+    return takes
 
 
 def batch_reduce(t: Tensor) -> Tensor:

@@ -54,8 +54,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical, kl_divergence
+from torch.distributions import Distribution, Independent, Normal, OneHotCategorical, kl_divergence
 
+from ovis.distributions.bernoulli import BernoulliLogits
 from ovis.distributions.gumbel import GumbelSoftmax, gumbel_softmax_kl
 from ovis.distributions.igr import IGRI, IGRSB, IGRBase, IGRPlanar
 from ovis.distributions.utils import repeat_rows
@@ -182,7 +183,7 @@ class DiscreteVAE(TemplateModel):
     def observation_model(self, z: Tensor) -> Distribution:
         r"""``p(x|z) = Bernoulli(logits(z))`` for a relaxed (or one-hot) ``z`` of shape ``[n, N, K]``."""
         logits = self.generative_model.decoder(z.reshape(z.shape[0], -1)).reshape(-1, *self._x_shape)
-        return Independent(Bernoulli(logits=logits), len(self._x_shape))
+        return BernoulliLogits(logits, len(self._x_shape))
 
     # ------------------------------------------------------------------ protocol
     #: the estimators call ``forward(x, particles=n)`` with the un-expanded batch (see forward)

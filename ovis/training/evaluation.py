@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 
 from ovis.estimators.base import GradientEstimator, RuntimeParams
 from ovis.estimators.importance import log_weights
+from ovis.models.base import uses_particles
 
 __all__ = [
     "fetch_batch",
@@ -246,7 +247,7 @@ def active_units(model: nn.Module, dataset: Dataset, indices: Tensor, mc: int, m
             done = 0
             while done < mc:
                 m = min(mc_chunk, mc - done)
-                if getattr(model, "supports_particles", False):  # encoded once per point (ovis.models.base)
+                if uses_particles(model):  # encoded once per point (ovis.models.base)
                     out = model(x, zgrads=False, particles=m, **kwargs)
                 else:
                     x_exp = x[:, None].expand(B, m, *x.shape[1:]).reshape(B * m, *x.shape[1:])
