@@ -1,15 +1,18 @@
 r"""Helpers on :mod:`torch.distributions` objects."""
 from __future__ import annotations
 
-from typing import Dict
+import math
+from typing import Any, Dict
 
+import torch
 from torch import Tensor
 from torch import distributions as D
 from torch.distributions import Distribution
+from torch.distributions.utils import _standard_normal, broadcast_all
 
 from ovis.distributions.bernoulli import BernoulliLogits
 
-__all__ = ["detach_distribution", "repeat_rows", "repeat_distribution", "repeated_log_prob"]
+__all__ = ["detach_distribution", "repeat_rows", "repeat_distribution", "repeated_log_prob", "RowRepeatedNormal"]
 
 
 def repeat_rows(t: Tensor, n: int) -> Tensor:
@@ -91,6 +94,8 @@ def repeat_distribution(dist: Distribution, n: int) -> Distribution:
                              validate_args=False)
     if isinstance(dist, BernoulliLogits):
         return BernoulliLogits(repeat_rows(dist.logits, n), dist.event_dims)
+    if type(dist) is D.Normal:  # broadcast, not copied (RowRepeatedNormal)
+        return RowRepeatedNormal(dist.loc, dist.scale, n)
     if isinstance(dist, D.MixtureSameFamily):
         return D.MixtureSameFamily(repeat_distribution(dist.mixture_distribution, n),
                                    repeat_distribution(dist.component_distribution, n), validate_args=False)
@@ -112,6 +117,70 @@ def repeat_distribution(dist: Distribution, n: int) -> Distribution:
         raise TypeError(f"repeat_distribution: cannot rebuild {type(dist).__name__}: {e}") from None
 
 
+class RowRepeatedNormal(D.Normal):
+    r"""``Normal(repeat_rows(loc, n), repeat_rows(scale, n))`` (batch ``[B*n, *rest]`` for ``loc``,
+    ``scale`` ``[B, *rest]``) that keeps the ``B`` rows: ``rsample`` / ``sample`` compute
+    ``loc_b + eps * scale_b`` with the noise ``eps`` ``[B*n, *rest]`` the repeated ``Normal`` draws
+    (so the same values for the same generator state) and ``log_prob`` of ``[B*n, ...]`` values
+    broadcasts ``loc_b``, ``scale_b`` (``log scale`` on ``B`` rows) instead of copying them; the
+    attributes ``loc`` and ``scale`` are the repeated tensors, made on access (``mean``, ``entropy``,
+    the KL of two normals).  Built by :func:`repeat_distribution`; :func:`detach_distribution`
+    detaches its ``B``-row parameters.
+
+    Args:
+        loc, scale: ``[B, *rest]`` (broadcast together).
+        n: copies of each row, ``>= 1``.
+    """
+
+    def __init__(self, loc: Tensor, scale: Tensor, n: int, validate_args: Any = None) -> None:
+        loc, scale = broadcast_all(loc, scale)
+        if loc.dim() == 0:
+            raise ValueError("RowRepeatedNormal needs parameters with a batch dimension")
+        self._loc_rows, self._scale_rows, self.rows_repeat = loc, scale, int(n)
+        B = loc.shape[0]
+        Distribution.__init__(self, torch.Size((B * self.rows_repeat, *loc.shape[1:])), validate_args=False)
+
+    @property
+    def loc(self) -> Tensor:  # type: ignore[override]
+        return repeat_rows(self._loc_rows, self.rows_repeat)
+
+    @property
+    def scale(self) -> Tensor:  # type: ignore[override]
+        return repeat_rows(self._scale_rows, self.rows_repeat)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> D.Normal:
+        return D.Normal(self.loc, self.scale, validate_args=False).expand(batch_shape)
+
+    def _draw(self, sample_shape: Any) -> Tensor:
+        B, n = self._loc_rows.shape[0], self.rows_repeat
+        rest = self._loc_rows.shape[1:]
+        eps = _standard_normal(self.batch_shape, dtype=self._loc_rows.dtype, device=self._loc_rows.device)
+        z = self._loc_rows.unsqueeze(1) + eps.view(B, n, *rest) * self._scale_rows.unsqueeze(1)
+        return z.view(self.batch_shape)
+
+    # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
+    def rsample(self, sample_shape: Any = torch.Size()) -> Tensor:  # noqa: B008
+        if len(sample_shape) > 0:
+            return super().rsample(sample_shape)
+        return self._draw(sample_shape)
+
+    def sample(self, sample_shape: Any = torch.Size()) -> Tensor:  # noqa: B008
+        if len(sample_shape) > 0:
+            return super().sample(sample_shape)
+        with torch.no_grad():
+            return self._draw(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        B, n = self._loc_rows.shape[0], self.rows_repeat
+        if value.dim() < 1 or value.shape[0] != B * n:
+            return super().log_prob(value)
+        v = value.reshape(B, n, *value.shape[1:])
+        loc, scale = self._loc_rows.unsqueeze(1), self._scale_rows.unsqueeze(1)
+        # torch.distributions.Normal.log_prob's expression, broadcast over the n copies
+        out = -((v - loc) ** 2) / (2 * scale**2) - scale.log() - math.log(math.sqrt(2 * math.pi))
+        return out.reshape(B * n, *out.shape[2:])
+
+
 def detach_distribution(dist: Distribution) -> Distribution:
     r"""A copy of ``dist`` whose parameters are detached from the autograd graph.
 
@@ -122,6 +191,8 @@ def detach_distribution(dist: Distribution) -> Distribution:
     """
     if isinstance(dist, BernoulliLogits):
         return BernoulliLogits(dist.logits.detach(), dist.event_dims)
+    if isinstance(dist, RowRepeatedNormal):
+        return RowRepeatedNormal(dist._loc_rows.detach(), dist._scale_rows.detach(), dist.rows_repeat)
     if isinstance(dist, D.Independent):
         return D.Independent(detach_distribution(dist.base_dist), dist.reinterpreted_batch_ndims)
     if isinstance(dist, D.RelaxedOneHotCategorical):
