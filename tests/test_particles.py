@@ -352,3 +352,21 @@ def test_bernoulli_log_prob_repeated_equals_log_prob_of_the_copy():
     d2 = BernoulliLogits(torch.randn(6, 2, 3), 1)
     assert d2.log_prob_repeated(x, 3).shape == (6, 2)
     assert math.isfinite(float(lp.detach().sum()))
+
+
+def test_one_hot_cdf_from_log_probs_is_the_distribution_of_the_logits():
+    logits = torch.randn(4, 5)
+    lp = logits.log_softmax(-1)
+    a, b = OneHotCategoricalCDF.from_log_probs(lp), OneHotCategoricalCDF(logits=logits)
+    assert a.batch_shape == b.batch_shape and a.event_shape == b.event_shape
+    v = torch.eye(5)[torch.tensor([0, 3, 4, 1])]
+    torch.testing.assert_close(a.log_prob(v), b.log_prob(v))
+    torch.testing.assert_close(a.probs, b.probs)
+    torch.manual_seed(0)
+    sa = a.sample()
+    torch.manual_seed(0)
+    torch.testing.assert_close(sa, b.sample())
+    torch.testing.assert_close(a.entropy(), b.entropy())
+    # a view of per-point log-probabilities expanded over the particles
+    e = OneHotCategoricalCDF.from_log_probs(lp[:1].expand(3, 5))
+    torch.testing.assert_close(e.log_prob(v[:3]), lp[0, v[:3].argmax(-1)])

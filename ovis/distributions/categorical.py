@@ -19,7 +19,7 @@ import math
 
 import torch
 from torch import Tensor
-from torch.distributions import OneHotCategorical
+from torch.distributions import Categorical, Distribution, OneHotCategorical
 
 __all__ = ["categorical_indices", "OneHotCategoricalCDF"]
 
@@ -41,9 +41,32 @@ def categorical_indices(probs: Tensor, n: int) -> Tensor:
         return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
 
 
+class _NormalisedCategorical(Categorical):
+    r"""A :class:`~torch.distributions.Categorical` built from log-probabilities that are already
+    normalised (``logsumexp = 0`` on the last dimension): no second normalisation, no validation."""
+
+    def __init__(self, log_probs: Tensor) -> None:
+        if log_probs.dim() < 1:
+            raise ValueError("log_probs must have at least one dimension (the categories)")
+        self.logits = log_probs
+        self._param = log_probs
+        self._num_events = log_probs.shape[-1]
+        Distribution.__init__(self, log_probs.shape[:-1], validate_args=False)
+
+
 class OneHotCategoricalCDF(OneHotCategorical):
     r""":class:`torch.distributions.OneHotCategorical` whose :meth:`sample` draws by the inverse CDF
     (:func:`categorical_indices`): the same law and ``log_prob``, one uniform per draw."""
+
+    @classmethod
+    def from_log_probs(cls, log_probs: Tensor) -> "OneHotCategoricalCDF":
+        r"""The distribution of normalised log-probabilities ``log_probs`` ``[*batch, C]``
+        (``log_softmax`` of logits, e.g. an expanded view), built without normalising them again
+        (the constructor's ``logsumexp`` over every row) and without validation."""
+        d = cls.__new__(cls)
+        d._categorical = _NormalisedCategorical(log_probs)
+        Distribution.__init__(d, log_probs.shape[:-1], log_probs.shape[-1:], validate_args=False)
+        return d
 
     # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008

@@ -125,9 +125,10 @@ class GaussianMixtureModel(SingleLayerModel):
         n = flat.shape[0]
         z = F.one_hot(flat, C).to(logits.dtype)
         loc = self.locs[flat][:, None]
+        # the distributions of forward's output, built from the per-point normalised logits
         output = {"px": Independent(Normal(loc, self.scale.expand_as(loc), validate_args=False), 1),
-                  "z": [z], "qz": [OneHotCategoricalCDF(logits=repeat_rows(logits, particles), validate_args=False)],
-                  "pz": [self.prior(n)]}
+                  "z": [z], "qz": [OneHotCategoricalCDF.from_log_probs(repeat_rows(log_q, particles))],
+                  "pz": [OneHotCategoricalCDF.from_log_probs(log_prior.expand(n, C))]}
         return output, log_px, log_qz, log_pz
 
     def observation_model(self, z: Tensor) -> Distribution:
