@@ -12,9 +12,10 @@ Gaussian latents, fixed ``N(0, I)`` prior, Bernoulli likelihood), batch 24 of ra
 * ``baseline`` (``--baseline PATH``): the same ovis step run by the ovis checkout at ``PATH``
   (e.g. the main branch), to measure a change.
 
-**GMM** (``--task gmm``): the training step (Adam) of the Gaussian mixture model of Le et al.
-(2019) (``C = 20``, ``hdim = 16``, batch 100, ``K = 10``) for the estimators of the paper's
-Figure 2 (``--estimators``), ``ovis`` against ``--baseline``.
+**Steps** (``--task steps``): the training step (``run.py``'s Adam) of estimators on models
+(``--models``: ``gmm``, the Gaussian mixture model of Le et al. (2019), ``C = 20``, batch 100,
+the estimators of the paper's Figure 2; ``vae``, ``sbm``, ``discrete-vae``:
+:data:`STEP_ESTIMATORS`), ``ovis`` against ``--baseline``, at ``K = 10`` (``--ks``).
 
 Each contender runs in its own worker process (``--worker``), one thread
 (``torch.set_num_threads(--threads)``), denormals flushed; the main process alternates the
@@ -24,7 +25,7 @@ median step time of each, the ratios and each worker's peak resident memory (``r
 the largest ``K``).  Neither the library nor the tests import Pyro.
 
     python benchmarks/bench_peers.py [--ks 5,50,500] [--rounds 15] [--steps 5] [--baseline /work/main]
-    python benchmarks/bench_peers.py --task gmm --baseline /work/main
+    python benchmarks/bench_peers.py --task steps --models gmm,vae,sbm --baseline /work/main
 """
 from __future__ import annotations
 
@@ -37,11 +38,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 B, D, H, N = 24, 784, 200, 200
-GMM_ESTIMATORS = "reinforce,vimco-arithmetic,tvo-part5-beta2,wake-wake,ovis-gamma0,ovis-gamma1"
+_SF = "reinforce,vimco-arithmetic,ovis-gamma1,ovis-S2,wake-wake,tvo-part5-beta2"
+#: ``--task steps``: the estimators timed on each model by default
+STEP_ESTIMATORS = {
+    "gmm": "reinforce,vimco-arithmetic,tvo-part5-beta2,wake-wake,ovis-gamma0,ovis-gamma1,ovis-S2",
+    "vae": "pathwise-vae,pathwise-iwae,stl,dreg," + _SF,
+    "sbm": _SF + ",muprop,arm,rebar,relax,concrete",
+    "discrete-vae": "pathwise-iwae,stl,dreg,reinforce,ovis-gamma1,concrete,straight-through,rebar,relax,muprop",
+}
 
 
 # ------------------------------------------------------------------------------- the workers
@@ -106,20 +114,43 @@ def _pyro_iwae(torch: Any) -> Callable[[int], Callable[[], None]]:
     return make
 
 
-def _ovis_gmm(torch: Any, estimator: str) -> Callable[[int], Callable[[], None]]:
-    from ovis.datasets.synthetic import gmm_true_parameters
+def _step_model(torch: Any, name: str) -> Tuple[Any, Any]:
+    r"""``(model, x)`` of ``--task steps``: ``gmm`` (Le et al.'s GMM, C = 20, batch 100), ``vae``
+    (the Gaussian VAE above, batch 24), ``sbm`` (bench_step.py's 3-layer linear SBN, 200 units,
+    batch 24), ``discrete-vae`` (Gumbel-softmax, 20 variables of 10 classes, MLPs 2 x 200, batch 24)."""
+    torch.manual_seed(0)
+    if name == "gmm":
+        from ovis.datasets.synthetic import gmm_true_parameters
+        from ovis.models.gmm import GaussianMixtureModel
+
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 20, (100, 1), generator=g) * 10.0 + 5.0 * torch.randn(100, 1, generator=g)
+        return GaussianMixtureModel(C=20, hdim=16, true_parameters=gmm_true_parameters(20)), x
+    x = _data(torch)
+    if name == "vae":
+        from ovis.models.vae import VAE
+
+        return VAE((D,), prior="normal", N=N, hdim=H, nlayers=2, x_mean=x.mean(0)), x
+    if name == "sbm":
+        from ovis.models.sbm import SigmoidBeliefNetwork
+
+        return SigmoidBeliefNetwork((D,), N=200, depth=3, nlayers=0, x_mean=x.mean(0)), x
+    if name == "discrete-vae":
+        from ovis.models.discrete_vae import DiscreteVAE
+
+        return DiscreteVAE((D,), 20, 10, relaxation="gs", hdim=H, nlayers=2, x_mean=x.mean(0)), x
+    raise ValueError(f"unknown --task steps model {name!r}; valid: {list(STEP_ESTIMATORS)}")
+
+
+def _ovis_step(torch: Any, model_name: str, estimator: str) -> Callable[[int], Callable[[], None]]:
     from ovis.estimators import build_estimator
-    from ovis.models.gmm import GaussianMixtureModel
     from ovis.training.optimizers import build_optimizer
 
-    torch.manual_seed(0)
-    model = GaussianMixtureModel(C=20, hdim=16, true_parameters=gmm_true_parameters(20))
-    g = torch.Generator().manual_seed(0)
-    x = (torch.randint(0, 20, (100, 1), generator=g) * 10.0 + 5.0 * torch.randn(100, 1, generator=g))
+    model, x = _step_model(torch, model_name)
 
     def make(K: int) -> Callable[[], None]:
         est = build_estimator(estimator, mc=1, iw=K)
-        opt = build_optimizer("adam", [{"params": list(model.parameters()) + list(est.parameters()), "lr": 1e-3}])
+        opt = build_optimizer("adam", [{"params": list(model.parameters()) + list(est.parameters()), "lr": 1e-4}])
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
@@ -137,13 +168,13 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    kind, _, estimator = args.worker.partition(":")
+    kind, *rest = args.worker.split(":")
     if kind == "pyro":
         make = _pyro_iwae(torch)
-    elif kind == "ovis" and args.task == "iwae":
+    elif args.task == "iwae":
         make = _ovis_iwae(torch)
     else:
-        make = _ovis_gmm(torch, estimator)
+        make = _ovis_step(torch, rest[0], rest[1])
     import ovis
 
     print(json.dumps({"ready": True, "ovis": str(Path(ovis.__file__).parent)}), flush=True)
@@ -234,13 +265,15 @@ def cpu_model() -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", choices=("iwae", "gmm"), default="iwae")
-    ap.add_argument("--ks", default=None, help="particle counts (default: 5,50,500 for iwae, 10 for gmm)")
+    ap.add_argument("--task", choices=("iwae", "steps"), default="iwae")
+    ap.add_argument("--ks", default=None, help="particle counts (default: 5,50,500 for iwae, 10 for steps)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--steps", type=int, default=5, help="steps per round")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--baseline", default=None, help="another ovis checkout to compare with (e.g. /work/main)")
-    ap.add_argument("--estimators", default=GMM_ESTIMATORS, help="--task gmm: estimator ids")
+    ap.add_argument("--models", default="gmm", help=f"--task steps: models, of {list(STEP_ESTIMATORS)}")
+    ap.add_argument("--estimators", default=None,
+                    help="--task steps: estimator ids (default: STEP_ESTIMATORS of each model)")
     ap.add_argument("--no-pyro", action="store_true", help="leave Pyro out even when installed")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--root", default=None, help=argparse.SUPPRESS)
@@ -295,19 +328,24 @@ def main(argv: Optional[List[str]] = None) -> int:
               + ", ".join(f"{w.label} {w.maxrss[ks[-1]]:.0f}" for w in workers))
         return 0
     if not args.baseline:
-        ap.error("--task gmm compares with another checkout: give --baseline PATH")
-    print(f"GMM training step (C = 20, batch 100), ovis vs baseline {args.baseline}")
-    print(f"{'estimator':20s} {'K':>4s} {'ovis ms':>9s} {'base ms':>9s} {'base/ovis':>10s}")
-    for eid in args.estimators.split(","):
-        workers = [Worker("ovis", f"ovis:{eid}", args, None), Worker("baseline", f"ovis:{eid}", args, args.baseline)]
-        try:
-            run_rounds(workers, ks, args.rounds, args.steps)
-        finally:
-            for w in workers:
-                w.close()
-        for K in ks:
-            o, b = workers[0].median_ms(K), workers[1].median_ms(K)
-            print(f"{eid:20s} {K:4d} {o:9.3f} {b:9.3f} {b / o:10.2f}", flush=True)
+        ap.error("--task steps compares with another checkout: give --baseline PATH")
+    print(f"Training steps (Adam), ovis vs baseline {args.baseline}; K = {ks}")
+    print(f"{'model':13s} {'estimator':20s} {'K':>4s} {'ovis ms':>9s} {'base ms':>9s} {'base/ovis':>10s}")
+    for model_name in args.models.split(","):
+        if model_name not in STEP_ESTIMATORS:
+            ap.error(f"unknown --models entry {model_name!r}; valid: {list(STEP_ESTIMATORS)}")
+        eids = args.estimators.split(",") if args.estimators else STEP_ESTIMATORS[model_name].split(",")
+        for eid in eids:
+            spec = f"ovis:{model_name}:{eid}"
+            workers = [Worker("ovis", spec, args, None), Worker("baseline", spec, args, args.baseline)]
+            try:
+                run_rounds(workers, ks, args.rounds, args.steps)
+            finally:
+                for w in workers:
+                    w.close()
+            for K in ks:
+                o, b = workers[0].median_ms(K), workers[1].median_ms(K)
+                print(f"{model_name:13s} {eid:20s} {K:4d} {o:9.3f} {b:9.3f} {b / o:10.2f}", flush=True)
     return 0
 
 
