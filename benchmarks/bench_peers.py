@@ -20,9 +20,10 @@ the estimators of the paper's Figure 2; ``vae``, ``sbm``, ``discrete-vae``:
 Each contender runs in its own worker process (``--worker``), one thread
 (``torch.set_num_threads(--threads)``), denormals flushed; the main process alternates the
 workers round after round (``--rounds`` rounds of ``--steps`` steps each, the order of the
-workers reversed every round, so that a drifting machine affects them alike) and prints the
-median step time of each, the ratios and each worker's peak resident memory (``ru_maxrss``, after
-the largest ``K``).  Neither the library nor the tests import Pyro.
+workers reversed every round, so that a drifting machine affects them alike; ``K >= 500``:
+``--rounds-large`` rounds of one step) and prints, after each ``K``, the median step time of each,
+the ratios and each worker's peak resident memory so far (``ru_maxrss``: the ``K`` rise in order,
+so the row of the largest ``K`` shows its peak).  Neither the library nor the tests import Pyro.
 
     python benchmarks/bench_peers.py [--ks 5,50,500] [--rounds 15] [--steps 5] [--baseline /work/main]
     python benchmarks/bench_peers.py --task steps --models gmm,vae,sbm --baseline /work/main
@@ -269,6 +270,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--ks", default=None, help="particle counts (default: 5,50,500 for iwae, 10 for steps)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--steps", type=int, default=5, help="steps per round")
+    ap.add_argument("--rounds-large", type=int, default=5, help="rounds of one step each for K >= 500")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--baseline", default=None, help="another ovis checkout to compare with (e.g. /work/main)")
     ap.add_argument("--models", default="gmm", help=f"--task steps: models, of {list(STEP_ESTIMATORS)}")
@@ -281,8 +283,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.worker:
         worker(args)
         return 0
-    if args.rounds < 1 or args.steps < 1 or args.threads < 1:
-        ap.error("--rounds, --steps and --threads must be >= 1")
+    if min(args.rounds, args.steps, args.threads, args.rounds_large) < 1:
+        ap.error("--rounds, --steps, --rounds-large and --threads must be >= 1")
     ks = [int(k) for k in (args.ks or ("5,50,500" if args.task == "iwae" else "10")).split(",")]
     print(f"# {cpu_model()}, {os.cpu_count()} CPUs; {args.threads} thread(s), {args.rounds} alternated "
           f"rounds of {args.steps} steps, medians")
@@ -299,11 +301,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         workers = [Worker(label, spec, args, root) for label, spec, root in specs]
         for w in workers:
             print(f"# {w.label}: {w.ovis if w.label != 'pyro' else 'pyro'}")
-        try:
-            run_rounds(workers, ks, args.rounds, args.steps)
-        finally:
-            for w in workers:
-                w.close()
         by = {w.label: w for w in workers}
         head = f"{'K':>5s} " + " ".join(f"{w.label + ' ms':>12s}" for w in workers)
         if "pyro" in by:
@@ -312,20 +309,26 @@ def main(argv: Optional[List[str]] = None) -> int:
                 head += f" {'pyro/base':>10s}"
         if "baseline" in by:
             head += f" {'base/ovis':>10s}"
+        head += "  peak RSS MiB (" + ", ".join(w.label for w in workers) + ")"
         print("IWAE training step, Gaussian VAE 784-200-200-200, batch 24")
-        print(head)
-        for K in ks:
-            row = f"{K:5d} " + " ".join(f"{w.median_ms(K):12.2f}" for w in workers)
-            o = by["ovis"].median_ms(K)
-            if "pyro" in by:
-                row += f" {by['pyro'].median_ms(K) / o:10.2f}"
+        print(head, flush=True)
+        try:
+            for K in ks:
+                rounds, steps = (args.rounds, args.steps) if K < 500 else (args.rounds_large, 1)
+                run_rounds(workers, [K], rounds, steps)
+                row = f"{K:5d} " + " ".join(f"{w.median_ms(K):12.2f}" for w in workers)
+                o = by["ovis"].median_ms(K)
+                if "pyro" in by:
+                    row += f" {by['pyro'].median_ms(K) / o:10.2f}"
+                    if "baseline" in by:
+                        row += f" {by['pyro'].median_ms(K) / by['baseline'].median_ms(K):10.2f}"
                 if "baseline" in by:
-                    row += f" {by['pyro'].median_ms(K) / by['baseline'].median_ms(K):10.2f}"
-            if "baseline" in by:
-                row += f" {by['baseline'].median_ms(K) / o:10.2f}"
-            print(row)
-        print("peak resident memory (MiB, after the largest K): "
-              + ", ".join(f"{w.label} {w.maxrss[ks[-1]]:.0f}" for w in workers))
+                    row += f" {by['baseline'].median_ms(K) / o:10.2f}"
+                row += "  " + ", ".join(f"{w.maxrss[K]:.0f}" for w in workers)
+                print(row, flush=True)
+        finally:
+            for w in workers:
+                w.close()
         return 0
     if not args.baseline:
         ap.error("--task steps compares with another checkout: give --baseline PATH")
