@@ -370,3 +370,13 @@ def test_one_hot_cdf_from_log_probs_is_the_distribution_of_the_logits():
     # a view of per-point log-probabilities expanded over the particles
     e = OneHotCategoricalCDF.from_log_probs(lp[:1].expand(3, 5))
     torch.testing.assert_close(e.log_prob(v[:3]), lp[0, v[:3].argmax(-1)])
+
+
+def test_the_library_never_imports_pyro():
+    import sys
+
+    import ovis.estimators  # noqa: F401
+    import ovis.models  # noqa: F401
+    import ovis.training.evaluation  # noqa: F401
+
+    assert not any(m == "pyro" or m.startswith("pyro.") for m in sys.modules)

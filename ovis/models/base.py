@@ -121,6 +121,14 @@ class TemplateModel(nn.Module):
     Subclasses define ``inference_network`` and ``generative_model`` submodules and implement
     :meth:`forward` and :meth:`sample_from_prior`; optionally ``infer(x, z)`` (a list of
     ``q(z_l|...)`` conditioned along the given latents), for the estimators that need it.
+
+    **Particles.**  A subclass that sets ``supports_particles = True`` implements
+    ``forward(x, zgrads=False, particles=1, **kwargs)``: ``x`` is the un-expanded batch ``[B,
+    *x_shape]`` and the output has ``B * particles`` rows, row ``b * particles + j`` particle ``j``
+    of data point ``b``, drawn from ``q(z|x)`` evaluated once per data point and repeated
+    (:func:`~ovis.distributions.utils.repeat_rows` /
+    :func:`~ovis.distributions.utils.repeat_distribution`): the output of ``forward`` on ``x``
+    repeated ``particles`` times, on the same random draws (module docstring, :func:`uses_particles`).
     """
 
     def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
