@@ -142,13 +142,16 @@ class RowRepeatedNormal(D.Normal):
 
     @property
     def loc(self) -> Tensor:  # type: ignore[override]
+        r"""The repeated means ``[B*n, *rest]`` (a copy, made on access)."""
         return repeat_rows(self._loc_rows, self.rows_repeat)
 
     @property
     def scale(self) -> Tensor:  # type: ignore[override]
+        r"""The repeated standard deviations ``[B*n, *rest]`` (a copy, made on access)."""
         return repeat_rows(self._scale_rows, self.rows_repeat)
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> D.Normal:
+        r"""A plain :class:`~torch.distributions.Normal` on the repeated parameters, expanded."""
         return D.Normal(self.loc, self.scale, validate_args=False).expand(batch_shape)
 
     def _draw(self, sample_shape: Any) -> Tensor:
@@ -160,17 +163,20 @@ class RowRepeatedNormal(D.Normal):
 
     # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
     def rsample(self, sample_shape: Any = torch.Size()) -> Tensor:  # noqa: B008
+        r"""``loc_b + eps * scale_b`` on ``[B*n, *rest]`` rows (the repeated ``Normal``'s noise)."""
         if len(sample_shape) > 0:
             return super().rsample(sample_shape)
         return self._draw(sample_shape)
 
     def sample(self, sample_shape: Any = torch.Size()) -> Tensor:  # noqa: B008
+        r""":meth:`rsample` without a graph."""
         if len(sample_shape) > 0:
             return super().sample(sample_shape)
         with torch.no_grad():
             return self._draw(sample_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
+        r"""``Normal.log_prob`` of values ``[B*n, ...]``, ``loc_b`` / ``scale_b`` broadcast over the copies."""
         B, n = self._loc_rows.shape[0], self.rows_repeat
         if value.dim() < 1 or value.shape[0] != B * n:
             return super().log_prob(value)

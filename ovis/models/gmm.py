@@ -95,6 +95,7 @@ class GaussianMixtureModel(SingleLayerModel):
         return OneHotCategoricalCDF(logits=self.posterior_logits(x), validate_args=False)
 
     def prior(self, n: int) -> Distribution:
+        r"""``p(z) = Cat(softmax(theta))``, batch ``[n]``, one-hot ``[C]``."""
         return OneHotCategorical(logits=self.generative_model.mixture_logits.expand(n, self.C), validate_args=False)
 
     #: ``particle_log_densities`` evaluates ``forward``'s log-densities itself (ovis.models.base)
