@@ -118,6 +118,18 @@ class BernoulliLogits(Distribution):
         r""":math:`\sum_{event} z a - \mathrm{softplus}(a)`, shape ``batch_shape`` (broadcast)."""
         return bernoulli_log_mass(self.logits, value, self.event_dims)
 
+    def log_prob_repeated(self, x: Tensor, n: int) -> Tensor:
+        r"""``log_prob`` of ``x`` ``[B, *event]`` with each row repeated ``n`` times, ``[B*n]`` (batch
+        ``[B*n]``): ``x_b . a_{b,j} - sum softplus(a_{b,j})``, ``x`` broadcast over the ``n`` copies
+        instead of copied (:func:`~ovis.distributions.utils.repeated_log_prob`)."""
+        B = x.shape[0]
+        if (len(self.batch_shape) != 1 or self.batch_shape[0] != B * n or self.event_dims == 0
+                or tuple(x.shape[1:]) != tuple(self.event_shape)):
+            return self.log_prob(x.unsqueeze(1).expand(B, n, *x.shape[1:]).reshape(B * n, *x.shape[1:]))
+        a = self.logits.reshape(B, n, -1)
+        xa = (a * x.reshape(B, 1, -1).to(a.dtype)).sum(-1)
+        return (xa - F.softplus(a).sum(-1)).reshape(B * n)
+
     # the default torch.Size() is an immutable tuple, as in torch.distributions.Distribution
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
         r"""``1[u < sigmoid(a)]`` with uniforms ``u`` (no gradient), shape ``sample_shape + logits.shape``,

@@ -10,7 +10,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from ovis.estimators.discrete import bound_at, uniform_noise
+from ovis.estimators.discrete import bound_at, first_layer_logits, uniform_noise
 from ovis.estimators.discrete_base import DiscreteLatentEstimator
 
 __all__ = ["ARM"]
@@ -99,8 +99,7 @@ class ARM(DiscreteLatentEstimator):
         us: List[Tensor] = []
         logits: List[Tensor] = []
         for l in range(depth):
-            a_l = (model.q_logits(0, x).repeat_interleave(M * K, 0) if l == 0
-                   else model.q_logits(l, main[-1]))
+            a_l = first_layer_logits(model, x, M * K) if l == 0 else model.q_logits(l, main[-1])
             with torch.no_grad():
                 u = uniform_noise(a_l.shape, a_l)
                 main.append((u < torch.sigmoid(a_l)).to(a_l.dtype))

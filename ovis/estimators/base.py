@@ -27,9 +27,9 @@ from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ovis.distributions.utils import detach_distribution
+from ovis.distributions.utils import detach_distribution, repeated_log_prob
 from ovis.estimators.importance import effective_sample_size, iw_bound, log_weights, normalized_weights, renyi_bound
-from ovis.models.base import batch_reduce
+from ovis.models.base import batch_reduce, uses_particles
 from ovis.models.protocol import (
     ModelCheckMemo,
     ModelProtocolError,
@@ -450,7 +450,7 @@ class GradientEstimator(nn.Module):
         # built without validate_args reads torch's default when log_prob runs
         with distribution_validation(_VALIDATE_DISTRIBUTIONS):
             fused = not zgrads and not detach_qz_params and getattr(model, "fused_log_densities", False)
-            particles = not fused and getattr(model, "supports_particles", False)
+            particles = not fused and uses_particles(model)
             # the protocol check, once per (estimator, model, call form); not inside torch.compile
             # (compile_estimator checks eagerly first): later calls cost one look-up
             form = ("fused" if fused else "particles" if particles else "expanded", zgrads, torch.is_grad_enabled())
@@ -463,9 +463,9 @@ class GradientEstimator(nn.Module):
                                        f"particle_log_densities(x, particles={M * K})", (log_px, log_qz, log_pz))
                 return Particles(output=output, log_px=log_px.view(B, M, K), log_qz=log_qz.view(B, M, K, -1),
                                  log_pz=log_pz.view(B, M, K, -1))
-            x_exp = self.expand(x, M, K)
+            x_exp = None if particles else self.expand(x, M, K)
             try:
-                if particles:  # the model expands x itself
+                if particles:  # the model encodes x once and repeats q(z|x) itself
                     output = model(x, zgrads=zgrads, particles=M * K, **kwargs)
                 else:
                     output = model(x_exp, zgrads=zgrads, **kwargs)
@@ -482,7 +482,10 @@ class GradientEstimator(nn.Module):
             qz = output["qz"]
             if detach_qz_params:
                 qz = [detach_distribution(q) for q in qz]
-            log_px = batch_reduce(output["px"].log_prob(x_exp)).view(B, M, K)
+            if x_exp is None:  # log p(x_b | z_{b,j}) without the [B*M*K, *x_shape] copy of x
+                log_px = batch_reduce(repeated_log_prob(output["px"], x, M * K)).view(B, M, K)
+            else:
+                log_px = batch_reduce(output["px"].log_prob(x_exp)).view(B, M, K)
             log_qz = torch.stack(
                 [batch_reduce(q.log_prob(z)) for q, z in zip(qz, output["z"])], dim=-1
             ).view(B, M, K, -1)

@@ -62,14 +62,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ovis.distributions.bernoulli import bernoulli_log_mass
+from ovis.distributions.utils import repeat_rows
 from ovis.estimators.base import RuntimeParams
 from ovis.estimators.importance import log_mean_exp, log_weights
-from ovis.models.base import require_hook
+from ovis.models.base import require_hook, uses_particles
 from ovis.models.protocol import check_discrete_values
 
-__all__ = ["bernoulli_log_prob", "categorical_log_prob", "discrete_log_prob", "check_discrete_model",
+__all__ = ["first_layer_logits", "bernoulli_log_prob", "categorical_log_prob", "discrete_log_prob", "check_discrete_model",
            "check_latent_categories", "uniform_noise", "logistic_noise", "gumbel_noise", "one_hot_argmax",
            "BoundAt", "bound_at"]
+
+
+def first_layer_logits(model: nn.Module, x: Tensor, n: int) -> Tensor:
+    r"""``model.q_logits(0, .)`` on the ``B*n`` particles of ``x`` ``[B, *x_shape]`` (row ``b*n + j``).
+
+    A model that takes particles (:func:`ovis.models.base.uses_particles`) is encoded once per data
+    point and its logits repeated (:func:`~ovis.distributions.utils.repeat_rows`; the gradient of
+    the copies is summed into the one evaluation); any other model gets ``x`` repeated ``n`` times.
+    The values are the same: ``q_logits`` is a row-wise map.
+    """
+    if uses_particles(model):
+        return repeat_rows(model.q_logits(0, x), n)
+    return model.q_logits(0, repeat_rows(x, n))
 
 
 def bernoulli_log_prob(logits: Tensor, z: Tensor) -> Tensor:

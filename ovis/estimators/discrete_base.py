@@ -37,6 +37,7 @@ from ovis.estimators.discrete import (
     bound_at,
     check_discrete_model,
     check_latent_categories,
+    first_layer_logits,
     gumbel_noise,
     logistic_noise,
     one_hot_argmax,
@@ -206,7 +207,7 @@ class DiscreteLatentEstimator(GradientEstimator):
         B, M, K = x.shape[0], self.mc, self.iw
         shape = (B, M, K)
         x_exp = self.expand(x, M, K)
-        a = model.q_logits(0, x_exp)  # [n, N] or [n, N, C], attached to phi
+        a = first_layer_logits(model, x, M * K)  # [n, N] or [n, N, C], attached to phi
         categorical = C is not None
         if (a.dim() != (3 if categorical else 2) or a.shape[0] != B * M * K
                 or (categorical and a.shape[-1] != C)):
@@ -387,14 +388,15 @@ class DiscreteLatentEstimator(GradientEstimator):
         with torch.no_grad():
             h = x_exp
             for l in range(depth):
-                a_l = model.q_logits(l, h)
+                a_l = first_layer_logits(model, x, M * K) if l == 0 else model.q_logits(l, h)
                 if a_l.dim() != (3 if categorical else 2):
                     raise ValueError(f"{type(model).__name__}.q_logits({l}, h) must return "
                                      f"{'[n, N, C]' if categorical else '[n, N]'}, got {tuple(a_l.shape)}")
                 omegas.append(gumbel_noise(a_l.shape, a_l) if categorical else logistic_noise(a_l.shape, a_l))
                 main.append(hard(a_l + omegas[-1]))
                 h = main[-1]
-        logits_main = [model.q_logits(l, x_exp if l == 0 else main[l - 1]) for l in range(depth)]  # attached
+        logits_main = [first_layer_logits(model, x, M * K) if l == 0 else model.q_logits(l, main[l - 1])
+                       for l in range(depth)]  # attached
         fmain, log_w, kl, log_px = f_at(main, logits_main)
 
         def layer_function(l: int, relaxed: bool) -> Callable[[Tensor], Tensor]:

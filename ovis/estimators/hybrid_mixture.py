@@ -30,9 +30,10 @@ from torch import Tensor, nn
 from torch.distributions import Independent, MixtureSameFamily, Normal
 
 from ovis.distributions.mixture import DiagonalGaussianMixture
+from ovis.distributions.utils import repeat_distribution
 from ovis.estimators.base import Diagnostics, GradientEstimator, RuntimeParams
 from ovis.estimators.importance import log_weights
-from ovis.models.base import batch_reduce
+from ovis.models.base import batch_reduce, uses_particles
 from ovis.models.protocol import check_model_output, describe_rows
 
 __all__ = ["HybridMixtureELBO"]
@@ -70,7 +71,9 @@ class HybridMixtureELBO(GradientEstimator):
                                 f"observation_model(z); {type(model).__name__} has no {hook}()")
         B, M, K = x.shape[0], self.mc, self.iw
         x_exp = self.expand(x, M, K)
-        q = model.posterior(x_exp)
+        # encoded once per data point for a model with the particles protocol (ovis.models.base)
+        q = (repeat_distribution(model.posterior(x), M * K) if uses_particles(model)
+             else model.posterior(x_exp))
         comp = getattr(q, "component_distribution", None)
         if not (isinstance(q, MixtureSameFamily) and isinstance(comp, Independent)
                 and isinstance(comp.base_dist, Normal) and comp.reinterpreted_batch_ndims == 1):

@@ -60,6 +60,7 @@ from ovis.estimators.discrete import (
     check_discrete_model,
     check_latent_categories,
     discrete_log_prob,
+    first_layer_logits,
     gumbel_noise,
     one_hot_argmax,
     uniform_noise,
@@ -113,7 +114,7 @@ class Concrete(GradientEstimator):
         logits: List[Tensor] = []
         log_q: List[Tensor] = []
         for l in range(depth):
-            a = model.q_logits(l, h)
+            a = first_layer_logits(model, x, M * K) if l == 0 else model.q_logits(l, h)
             if categorical:
                 if a.dim() != 3:
                     raise ValueError(f"{type(model).__name__}.q_logits({l}, h) must return categorical logits "
@@ -146,7 +147,7 @@ class Concrete(GradientEstimator):
             if self.straight_through:
                 hw, hkl, hpx = log_w, kl, log_px
             else:  # the discrete objective at the hard samples b (q evaluated along b)
-                hard_logits = [model.q_logits(l, x_exp if l == 0 else hard[l - 1]) for l in range(depth)]
+                hard_logits = [logits[0] if l == 0 else model.q_logits(l, hard[l - 1]) for l in range(depth)]
                 _, hw, hkl, hpx = bound_at(model, x_exp, hard, hard_logits, shape, params, categorical)
             diagnostics = self.base_diagnostics(hw, hkl, hpx)
             diagnostics["estimator"] = {

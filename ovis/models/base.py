@@ -8,15 +8,39 @@ here).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Dict, List, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from ovis.distributions.utils import repeat_distribution
 from ovis.models.protocol import check_model_output
 
-__all__ = ["TemplateModel", "SingleLayerModel", "batch_reduce", "require_hook", "check_model_output"]
+__all__ = ["TemplateModel", "SingleLayerModel", "batch_reduce", "require_hook", "check_model_output",
+           "uses_particles"]
+
+_FORWARD_TAKES_PARTICLES: Dict[type, bool] = {}
+
+
+def uses_particles(model: nn.Module) -> bool:
+    r"""Whether the estimators call ``model(x, particles=n)`` with the un-expanded batch (the
+    particles protocol, module docstring): ``model.supports_particles`` is true (a class or an
+    instance attribute) and the class's ``forward`` has an explicit ``particles`` parameter (a
+    subclass overriding ``forward`` without it is given the repeated batch; checked once per class).
+    """
+    if not getattr(model, "supports_particles", False):
+        return False
+    cls = type(model)
+    takes = _FORWARD_TAKES_PARTICLES.get(cls)
+    if takes is None:
+        try:
+            takes = "particles" in inspect.signature(cls.forward).parameters
+        except (TypeError, ValueError):
+            takes = False
+        _FORWARD_TAKES_PARTICLES[cls] = takes
+    return takes
 
 
 def batch_reduce(t: Tensor) -> Tensor:
@@ -41,6 +65,14 @@ class TemplateModel(nn.Module):
     Subclasses define ``inference_network`` and ``generative_model`` submodules and implement
     :meth:`forward` and :meth:`sample_from_prior`; optionally ``infer(x, z)`` (a list of
     ``q(z_l|...)`` conditioned along the given latents), for the estimators that need it.
+
+    **Particles.**  A subclass that sets ``supports_particles = True`` implements
+    ``forward(x, zgrads=False, particles=1, **kwargs)``: ``x`` is the un-expanded batch ``[B,
+    *x_shape]`` and the output has ``B * particles`` rows, row ``b * particles + j`` particle ``j``
+    of data point ``b``, drawn from ``q(z|x)`` evaluated once per data point and repeated
+    (:func:`~ovis.distributions.utils.repeat_rows` /
+    :func:`~ovis.distributions.utils.repeat_distribution`): the output of ``forward`` on ``x``
+    repeated ``particles`` times, on the same random draws (module docstring, :func:`uses_particles`).
     """
 
     def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
@@ -101,8 +133,14 @@ class SingleLayerModel(TemplateModel):
 
     Subclasses implement ``posterior(x) -> q(z|x)``, ``prior(n) -> p(z)`` (batch ``n``) and
     ``observation_model(z) -> p(x|z)``; this class provides the protocol's :meth:`forward`
-    (``rsample`` when ``zgrads``), :meth:`infer` and :meth:`sample_from_prior`.
+    (``rsample`` when ``zgrads``; ``particles``: ``q(z|x)`` encoded once per data point),
+    :meth:`infer` and :meth:`sample_from_prior`.  ``q(z|x)`` must be a distribution that
+    :func:`~ovis.distributions.utils.repeat_distribution` can repeat (or a subclass overriding
+    :meth:`forward` without ``particles`` sets ``supports_particles = False``).
     """
+
+    #: the estimators call ``forward(x, particles=n)`` with the un-expanded batch (module docstring)
+    supports_particles = True
 
     def posterior(self, x: Tensor) -> Distribution:
         r"""The inference distribution ``q(z|x)`` for ``x`` ``[n, *x_shape]``, batch shape ``[n]``
@@ -120,13 +158,15 @@ class SingleLayerModel(TemplateModel):
         """
         raise NotImplementedError
 
-    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
-        r"""``z ~ posterior(x)`` (``rsample`` when ``zgrads``), then the protocol's mapping
-        ``{'px', 'z', 'qz', 'pz'}`` with one layer (see :meth:`TemplateModel.forward`).
-        """
-        qz = self.posterior(x)
+    def forward(self, x: Tensor, zgrads: bool = False, particles: int = 1, **kwargs: Any) -> Dict[str, Any]:
+        r"""Encode ``x`` ``[B, *x_shape]`` once, repeat ``q(z|x)`` to ``B * particles`` rows (row
+        ``b * particles + j`` is particle ``j`` of data point ``b``), draw ``z`` from it (``rsample``
+        when ``zgrads``) and decode: the protocol's output mapping on ``B * particles`` rows, equal
+        to ``forward`` of ``x`` repeated ``particles`` times on the same random draws."""
+        qz = repeat_distribution(self.posterior(x), particles)
         z = qz.rsample() if zgrads else qz.sample()
-        return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [self.prior(x.shape[0])]}
+        return {"px": self.observation_model(z), "z": [z], "qz": [qz],
+                "pz": [self.prior(x.shape[0] * particles)]}
 
     def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:
         r"""``[q(z|x)]``: the posterior does not depend on ``z`` for a single layer (``z`` is ignored)."""

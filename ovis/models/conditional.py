@@ -51,7 +51,8 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal, On
 
 from ovis.distributions.bernoulli import bernoulli_log_mass
 from ovis.distributions.gumbel import GumbelSoftmax
-from ovis.models.discrete_vae import DiscreteVAE
+from ovis.distributions.utils import repeat_rows
+from ovis.models.discrete_vae import DiscreteVAE, _repeat_params
 from ovis.models.sbm import SigmoidBeliefNetwork, sample_bernoulli
 from ovis.models.vae import init_output_bias, mlp
 
@@ -395,11 +396,16 @@ class ConditionalDiscreteVAE(_HalfImageConditioning, DiscreteVAE):
             out["qz"] = [qz]
         return out
 
-    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
-        r"""As :meth:`DiscreteVAE.forward`, with ``p(z | x_top)`` and ``px`` scoring ``x_bot``."""
+    def forward(self, x: Tensor, zgrads: bool = False, particles: int = 1, **kwargs: Any) -> Dict[str, Any]:
+        r"""As :meth:`DiscreteVAE.forward`, with ``p(z | x_top)`` and ``px`` scoring ``x_bot``;
+        ``particles = n``: ``q`` and the conditional prior are evaluated once per data point and
+        their parameters (and ``x_top``) repeated to ``B * n`` rows (row ``b * n + j``)."""
         x_top, _ = self.split(x)
-        return self._sample(x_top, self.posterior_params(x), self.prior_given(x_top), zgrads,
-                            self._tau(kwargs), from_prior=False)
+        post, prior = self.posterior_params(x), self.prior_given(x_top)
+        if particles != 1:
+            post, prior = _repeat_params(post, particles), _repeat_params(prior, particles)
+            x_top = repeat_rows(x_top, particles)
+        return self._sample(x_top, post, prior, zgrads, self._tau(kwargs), from_prior=False)
 
     def sample_from_prior(self, bs: int, x: Optional[Tensor] = None, **kwargs: Any) -> Dict[str, Any]:
         r"""Samples of ``p(z | x_top) p(x_bot | z)``: ``x`` ``[bs, *x_shape]`` gives the top halves

@@ -91,7 +91,6 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 from torch.distributions import (
-    Bernoulli,
     Distribution,
     Independent,
     Normal,
@@ -100,11 +99,21 @@ from torch.distributions import (
 )
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
+from ovis.distributions.bernoulli import BernoulliLogits
 from ovis.distributions.igr import IGRI, IGRSB, IGRBase, IGRPlanar, uniform_prior_params
+from ovis.distributions.utils import repeat_rows
 from ovis.models.base import TemplateModel
 from ovis.models.vae import conv_decoder, conv_encoder, init_output_bias, mlp
 
 __all__ = ["DiscreteVAE", "RELAXATIONS", "ARCHITECTURES", "IGR_PRIORS", "EVALUATIONS"]
+
+
+def _repeat_params(params: Any, n: int) -> Any:
+    r""":func:`~ovis.distributions.utils.repeat_rows` of a parameter tensor or of each tensor of a tuple."""
+    if isinstance(params, tuple):
+        return tuple(repeat_rows(p, n) for p in params)
+    return repeat_rows(params, n)
+
 
 #: ``--relaxation`` values
 RELAXATIONS = ("gs", "igr-i", "igr-planar", "igr-sb")
@@ -282,34 +291,23 @@ class DiscreteVAE(TemplateModel):
     def observation_model(self, z: Tensor) -> Distribution:
         r"""``p(x|z) = Bernoulli(logits(z))`` for a relaxed (or one-hot) ``z`` of shape ``[n, N, K]``."""
         logits = self.generative_model.decoder(z.reshape(z.shape[0], -1)).reshape(-1, *self._x_shape)
-        return Independent(Bernoulli(logits=logits), len(self._x_shape))
+        return BernoulliLogits(logits, len(self._x_shape))
 
     # ------------------------------------------------------------------ protocol
-    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
-        r"""The protocol's mapping for ``x`` ``[n, *x_shape]``, plus ``z_relaxed``.
+    #: the estimators call ``forward(x, particles=n)`` with the un-expanded batch (see forward)
+    supports_particles = True
 
-        ``gs`` with ``zgrads``: ``z`` ``[n, N, K]`` is the log of a Gumbel-softmax sample, with
-        ``qz``/``pz`` the matching ``ExpRelaxedCategorical`` (the prior at ``prior_tau``), and
-        ``z_relaxed`` its exponential; without ``zgrads``: a hard one-hot sample, ``qz``/``pz``
-        ``OneHotCategorical``.  IGR: ``z`` is the Gaussian noise ``[n, N, K-1]`` (``qz``/``pz``
-        Gaussians; in training with ``closed_form_kl``, ``pz`` scores ``log q - KL(q || p)``), and
-        ``z_relaxed`` ``[n, N, K]`` its image on the simplex.  The decoder sees ``z_relaxed``.
-
-        Args:
-            x: observations ``[n, *x_shape]``.
-            zgrads: reparameterised samples.
-            **kwargs: ``tau``, the temperature (default: the constructor's).
-
-        Returns:
-            ``{'px', 'z', 'qz', 'pz', 'z_relaxed'}``, one latent layer.
-
-        Raises:
-            ValueError: ``tau <= 0``.
-        """
+    def forward(self, x: Tensor, zgrads: bool = False, particles: int = 1, **kwargs: Any) -> Dict[str, Any]:
+        r"""The protocol's output mapping (:mod:`ovis.models.base`, module docstring) on
+        ``B * particles`` rows: ``x`` ``[B, *x_shape]`` is encoded once, the parameters of ``q`` are
+        repeated to ``B * particles`` rows (:func:`~ovis.distributions.utils.repeat_rows`; row
+        ``b * particles + j`` is particle ``j`` of point ``b``) and the particles drawn from them:
+        ``forward`` of ``x`` repeated ``particles`` times, on the same random draws."""
         tau = self._tau(kwargs)
-        n = x.shape[0]
+        n = x.shape[0] * particles
         if not self.is_igr:
-            logits, prior_logits = self.posterior_params(x), self.prior_params(n, x)
+            logits = _repeat_params(self.posterior_params(x), particles)
+            prior_logits = self.prior_params(n, x)
             if zgrads:
                 # log space (the ExpConcrete of log z): a float32 sample at a low temperature has coordinates that
                 # underflow to 0, where the simplex density's log z is -inf; the Jacobian of z = exp(s) is
@@ -327,7 +325,7 @@ class DiscreteVAE(TemplateModel):
                 pz = Independent(OneHotCategorical(logits=prior_logits), 1)
                 z = qz.sample()
             return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [pz], "z_relaxed": [z]}
-        loc, scale = self.posterior_params(x)
+        loc, scale = _repeat_params(self.posterior_params(x), particles)
         qz = Independent(Normal(loc, scale), 2)
         p_loc, p_scale = self.prior_params(n, x)
         pz = Independent(Normal(p_loc, p_scale), 2)

@@ -54,11 +54,19 @@ An estimator with ``mc = M`` outer samples and ``iw = K`` particles evaluates th
 
 * by default, ``forward(x_expanded, zgrads=...)`` with ``x`` repeated: ``[B*M*K, *x_shape]``;
   a model needs no knowledge of ``M`` or ``K``;
-* a model with the class attribute ``supports_particles = True`` (today the SBN and its
-  conditional version) is called ``forward(x, zgrads=..., particles=M*K)`` with the un-expanded
-  ``[B, *x_shape]`` and returns the same ``B*M*K`` rows (row ``b*n + j`` for particle ``j`` of
-  data point ``b``, ``n = M*K``), so that it can encode each data point once; ``px``'s full
-  shape is still that of the expanded ``x``, ``[B*M*K, *x_shape]``;
+* a model with the class attribute ``supports_particles = True`` whose ``forward`` has an explicit
+  ``particles`` parameter (every built-in model: the SBN and its conditional version,
+  :class:`~ovis.models.base.SingleLayerModel` and its subclasses, the VAEs with every prior, the
+  convolutional and discrete VAEs, the GMM and the Gaussian toy) is called
+  ``forward(x, zgrads=..., particles=M*K)`` with the un-expanded ``[B, *x_shape]`` and returns the
+  same ``B*M*K`` rows (row ``b*n + j`` for particle ``j`` of data point ``b``, ``n = M*K``): it
+  evaluates its encoder once per data point, builds ``q(z|x)`` on its ``B*n`` repeated parameters
+  (:func:`ovis.distributions.utils.repeat_rows`, :func:`ovis.distributions.utils.repeat_distribution`)
+  and draws the particles from it, so that its output is that of ``forward`` on the repeated batch
+  with the same random draws (in distribution and, for the same generator state, in value);
+  ``px``'s full shape is still that of the expanded ``x``, ``[B*M*K, *x_shape]``.
+  :func:`ovis.models.base.uses_particles` decides: a subclass that overrides ``forward`` without
+  a ``particles`` parameter (or sets ``supports_particles = False``) is given the repeated batch;
 * a model with ``fused_log_densities = True`` also provides ``particle_log_densities(x,
   particles=n, **kwargs) -> (output, log_px [B*n], log_qz [B*n, L], log_pz [B*n, L])``: the output
   of ``forward(x, particles=n)`` and the values its distributions give at ``x`` (expanded) and

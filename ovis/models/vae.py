@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from ovis.distributions.utils import repeat_distribution
 from ovis.models.base import SingleLayerModel, TemplateModel
 from ovis.models.cpds import (
     BernoulliCPD,
@@ -223,21 +224,23 @@ class VAE(TemplateModel):
         r"""``p(x|z)``, batch ``[n]``, event ``x_shape``."""
         return self.generative_model.observation(z)
 
-    def forward(self, x: Tensor, zgrads: bool = False, **kwargs: Any) -> Dict[str, Any]:
-        r"""The protocol's mapping ``{'px', 'z', 'qz', 'pz'}`` (one layer) for ``x`` ``[n, *x_shape]``.
+    #: the estimators call ``forward(x, particles=n)`` with the un-expanded batch (see forward)
+    supports_particles = True
 
-        With ``zgrads`` and discrete latents, ``q`` and ``p`` are both relaxed at the temperature
-        ``tau`` (keyword, default the model's) and ``z`` is a relaxed ``rsample``; otherwise ``z`` is
-        ``rsample`` (Gaussian, ``zgrads``) or ``sample`` (hard).
+    def forward(self, x: Tensor, zgrads: bool = False, particles: int = 1, **kwargs: Any) -> Dict[str, Any]:
+        r"""The protocol's output mapping (:mod:`ovis.models.base`) on ``B * particles`` rows.
 
-        Raises:
-            ValueError: ``tau <= 0``.
-        """
+        ``x`` ``[B, *x_shape]`` is encoded once; ``q(z|x)`` is repeated to ``B * particles`` rows
+        (:func:`~ovis.distributions.utils.repeat_distribution`; row ``b * particles + j`` is
+        particle ``j`` of data point ``b``) and the particles are drawn from it (``rsample``, relaxed
+        for discrete latents, when ``zgrads``; ``tau=`` the temperature): the output of ``forward``
+        on ``x`` repeated ``particles`` times, on the same random draws, without ``particles - 1``
+        of ``particles`` encoder passes."""
         relaxed = zgrads and self.discrete
         tau = self._tau(kwargs) if relaxed else None
-        qz = self.posterior(x, relaxed=relaxed, tau=tau)
+        qz = repeat_distribution(self.posterior(x, relaxed=relaxed, tau=tau), particles)
         z = qz.rsample() if zgrads else qz.sample()
-        pz = self.prior(x.shape[0], relaxed=relaxed, tau=tau)
+        pz = self.prior(x.shape[0] * particles, relaxed=relaxed, tau=tau)
         return {"px": self.observation_model(z), "z": [z], "qz": [qz], "pz": [pz]}
 
     def infer(self, x: Tensor, z: Sequence[Tensor], **kwargs: Any) -> List[Distribution]:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical
 
 from ovis.distributions.bernoulli import bernoulli_log_mass
+from ovis.distributions.utils import repeat_distribution
 from ovis.models.base import SingleLayerModel
 
 __all__ = [
@@ -277,6 +278,11 @@ class _NonReparameterised(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         return self.base.log_prob(value)
+
+    def repeat_rows(self, n: int) -> "_NonReparameterised":
+        r"""The wrapped distribution with each batch row repeated ``n`` times
+        (:func:`ovis.distributions.utils.repeat_distribution`), still without ``rsample``."""
+        return _NonReparameterised(repeat_distribution(self.base, n))
 
 
 def enumerated_log_weights(model: EnumerableModel, x: Tensor, beta: float = 1.0,

@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 
 from ovis.estimators.base import GradientEstimator, RuntimeParams
 from ovis.estimators.importance import log_weights
+from ovis.models.base import uses_particles
 
 __all__ = [
     "fetch_batch",
@@ -258,8 +259,11 @@ def active_units(model: nn.Module, dataset: Dataset, indices: Tensor, mc: int, m
             done = 0
             while done < mc:
                 m = min(mc_chunk, mc - done)
-                x_exp = x[:, None].expand(B, m, *x.shape[1:]).reshape(B * m, *x.shape[1:])
-                out = model(x_exp, zgrads=False, **kwargs)
+                if uses_particles(model):  # encoded once per point (ovis.models.base)
+                    out = model(x, zgrads=False, particles=m, **kwargs)
+                else:
+                    x_exp = x[:, None].expand(B, m, *x.shape[1:]).reshape(B * m, *x.shape[1:])
+                    out = model(x_exp, zgrads=False, **kwargs)
                 z = torch.cat([zl.reshape(B, m, -1).to(torch.float64) for zl in out["z"]], dim=-1)
                 s = z.sum(1)
                 total = s if total is None else total + s
