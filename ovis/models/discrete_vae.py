@@ -302,7 +302,16 @@ class DiscreteVAE(TemplateModel):
         ``B * particles`` rows: ``x`` ``[B, *x_shape]`` is encoded once, the parameters of ``q`` are
         repeated to ``B * particles`` rows (:func:`~ovis.distributions.utils.repeat_rows`; row
         ``b * particles + j`` is particle ``j`` of point ``b``) and the particles drawn from them:
-        ``forward`` of ``x`` repeated ``particles`` times, on the same random draws."""
+        ``forward`` of ``x`` repeated ``particles`` times, on the same random draws.
+
+        The mapping also has ``z_relaxed``, what the decoder sees.  ``gs`` with ``zgrads``: ``z``
+        ``[n, N, K]`` is the log of a Gumbel-softmax sample, ``qz``/``pz`` the matching
+        ``ExpRelaxedCategorical`` (the prior at ``prior_tau``) and ``z_relaxed`` its exponential;
+        without ``zgrads``: a hard one-hot sample, ``qz``/``pz`` ``OneHotCategorical``.  IGR: ``z``
+        is the Gaussian noise ``[n, N, K-1]`` (``qz``/``pz`` Gaussians) and ``z_relaxed``
+        ``[n, N, K]`` its image on the simplex.  ``tau=``: the temperature (default: the
+        constructor's); ``ValueError`` when it is not ``> 0``.
+        """
         tau = self._tau(kwargs)
         n = x.shape[0] * particles
         if not self.is_igr:
