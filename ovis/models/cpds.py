@@ -106,7 +106,7 @@ def _relaxation(relaxed: bool, tau: Optional[Tensor | float], like: Tensor) -> O
 # ------------------------------------------------------------------------------- prior nets
 class PriorNet(nn.Module):
     r"""A prior :math:`p(z)`: ``forward(batch_shape) -> Distribution`` with batch shape
-    ``batch_shape`` and event shape :attr:`event_shape`."""
+    ``batch_shape`` and event shape ``event_shape``."""
 
     event_shape: torch.Size
 

@@ -110,7 +110,7 @@ class GaussianMixtureModel(SingleLayerModel):
         logits of ``q`` and of the prior, ``log N(x; locs_c, scale^2)``), then gathered at the
         sampled components: ``O(B C + n)`` work instead of ``O(n C)``.  The particles are drawn by
         the inverse CDF with the uniforms ``forward`` draws (:func:`categorical_indices`), so the
-        output, values and gradients are those of :meth:`forward` on the same generator state
+        output, values and gradients are those of ``forward`` on the same generator state
         (``tests/test_particles.py``)."""
         B, C = x.shape[0], self.C
         logits = self.posterior_logits(x)  # [B, C], attached to phi
