@@ -248,10 +248,10 @@ def _files_under(root: Path) -> List[str]:
 def test_sources_mirrors_first_layout_and_mirrors_only():
     f = CATALOG["mnist"][0]
     assert f.relpath == "mnist/train-images-idx3-ubyte.gz"
-    urls = sources_of(f, ["http://a/x", "http://b/y/"])
-    assert urls[:2] == ["http://a/x/mnist/train-images-idx3-ubyte.gz", "http://b/y/mnist/train-images-idx3-ubyte.gz"]
+    urls = sources_of(f, ["http://127.0.0.1:1/x", "http://127.0.0.1:2/y/"])
+    assert urls[:2] == ["http://127.0.0.1:1/x/mnist/train-images-idx3-ubyte.gz", "http://127.0.0.1:2/y/mnist/train-images-idx3-ubyte.gz"]
     assert urls[2:] == list(f.urls) and len(f.urls) == 2  # the current public mirror, then the original site
-    assert sources_of(f, ["http://a/x"], mirrors_only=True) == ["http://a/x/mnist/train-images-idx3-ubyte.gz"]
+    assert sources_of(f, ["http://127.0.0.1:1/x"], mirrors_only=True) == ["http://127.0.0.1:1/x/mnist/train-images-idx3-ubyte.gz"]
     layout = {name: sorted(g.relpath for g in files) for name, files in CATALOG.items()}
     assert layout == {
         "mnist": sorted(f"mnist/{s}-ubyte.gz" for s in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3",
