@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
 import pandas as pd
@@ -192,6 +192,28 @@ def _claim_tables(ours_by_config: Mapping[str, pd.DataFrame], ranks: Mapping[str
     return to_markdown(pd.DataFrame(rows))
 
 
+def _per_config(t: pd.DataFrame, claim: str, higher_is_better: bool, digits: int
+                ) -> Tuple[Dict[str, pd.DataFrame], str, List[str], List[str]]:
+    r"""The last value per run of ``t`` (column ``config``) summarised per model configuration, each
+    judged by :data:`RANKS` ``[claim]``: ``(ours by config, the worst verdict, the details, our
+    one-line results best first with ``digits`` decimals)``."""
+    ours_by_config: Dict[str, pd.DataFrame] = {}
+    verdicts: List[str] = []
+    details: List[str] = []
+    ours_line: List[str] = []
+    for cfg in CONFIGS:
+        sub = t[t["config"] == cfg]
+        ours = _summary(last_per_run(sub)) if not sub.empty else pd.DataFrame(columns=["mean", "std", "n"])
+        ours_by_config[cfg] = ours
+        c = claim_verdict(RANKS[claim], ours, higher_is_better=higher_is_better)
+        verdicts.append(c.verdict)
+        details += [f"{CONFIGS[cfg]}: {c.verdict}"] + [f"{CONFIGS[cfg]}: {d}" for d in c.details]
+        if not ours.empty:
+            ours_line.append(CONFIGS[cfg] + ": " + ", ".join(
+                f"{e} {r['mean']:.{digits}f}" for e, r in ours.sort_values("mean", ascending=not higher_is_better).iterrows()))
+    return ours_by_config, _worst(verdicts), details, ours_line
+
+
 def _variance(root: Path, fig_dir: Path) -> FigureSection:
     exp = EXPERIMENTS["variance"]
     title = "Figure 2: gradient log-variance during training"
@@ -210,19 +232,7 @@ def _variance(root: Path, fig_dir: Path) -> FigureSection:
         md = head + f"\n\nNo results yet ({err or _status_line(data)}).\n\n**Verdict: no result yet.**"
         return FigureSection("variance", title, "no result yet", md)
     t = variance_table(data.metrics)
-    ours_by_config: Dict[str, pd.DataFrame] = {}
-    verdicts, details, ours_line = [], [], []
-    for cfg in CONFIGS:
-        sub = t[t["config"] == cfg]
-        ours = _summary(last_per_run(sub)) if not sub.empty else pd.DataFrame(columns=["mean", "std", "n"])
-        ours_by_config[cfg] = ours
-        c = claim_verdict(RANKS["variance"], ours, higher_is_better=False)
-        verdicts.append(c.verdict)
-        details += [f"{CONFIGS[cfg]}: {c.verdict}"] + [f"{CONFIGS[cfg]}: {d}" for d in c.details]
-        if not ours.empty:
-            ours_line.append(CONFIGS[cfg] + ": " + ", ".join(f"{e} {r['mean']:.2f}" for e, r in
-                                                            ours.sort_values("mean").iterrows()))
-    verdict = _worst(verdicts)
+    ours_by_config, verdict, details, ours_line = _per_config(t, "variance", higher_is_better=False, digits=2)
     nsteps = int(pd.to_numeric(data.runs.get("nsteps"), errors="coerce").max())
     rel = _panel_figure(t, "log Var (natural log, moving average)", "rebar_variance", fig_dir, title)
     md = "\n\n".join([
@@ -250,19 +260,7 @@ def _convergence(root: Path, fig_dir: Path) -> FigureSection:
     t = m[(m["split"] == "train") & (m["metric"] == "loss/elbo")].copy()
     t["config"] = _config_of(t)
     t = t[t["step"] > 0]  # the step-0 evaluation has no training ELBO yet
-    ours_by_config: Dict[str, pd.DataFrame] = {}
-    verdicts, details, ours_line = [], [], []
-    for cfg in CONFIGS:
-        sub = t[t["config"] == cfg]
-        ours = _summary(last_per_run(sub)) if not sub.empty else pd.DataFrame(columns=["mean", "std", "n"])
-        ours_by_config[cfg] = ours
-        c = claim_verdict(RANKS["convergence"], ours, higher_is_better=True)
-        verdicts.append(c.verdict)
-        details += [f"{CONFIGS[cfg]}: {c.verdict}"] + [f"{CONFIGS[cfg]}: {d}" for d in c.details]
-        if not ours.empty:
-            ours_line.append(CONFIGS[cfg] + ": " + ", ".join(f"{e} {r['mean']:.1f}" for e, r in
-                                                            ours.sort_values("mean", ascending=False).iterrows()))
-    verdict = _worst(verdicts)
+    ours_by_config, verdict, details, ours_line = _per_config(t, "convergence", higher_is_better=True, digits=1)
     nsteps = int(pd.to_numeric(data.runs.get("nsteps"), errors="coerce").max())
     rel = _panel_figure(t, "training ELBO", "rebar_convergence", fig_dir, title)
     md = "\n\n".join([
