@@ -13,21 +13,38 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 from ovis.datasets.core import DataSplits, TensorImageDataset
 from ovis.datasets.errors import DatasetCorruptError, DatasetNotFoundError
 from ovis.datasets.files import clear_cache
 from ovis.datasets.idx import read_idx
-from ovis.datasets.mnist import GREY_DATASETS, load_binmnist, load_grey_levels, load_labels, load_mnist_like, read_amat
+from ovis.datasets.mnist import (
+    BINARIZABLE_DATASETS,
+    BINARIZATION_OPTIONS,
+    GREY_DATASETS,
+    SPLIT_DATASETS,
+    SPLIT_OPTIONS,
+    check_data_protocol,
+    load_binmnist,
+    load_grey_levels,
+    load_labels,
+    load_mnist_like,
+    read_amat,
+)
 
 __all__ = [
+    "BINARIZABLE_DATASETS",
+    "BINARIZATION_OPTIONS",
     "DATASETS",
     "GREY_DATASETS",
     "DataSplits",
     "DatasetCorruptError",
     "DatasetNotFoundError",
+    "SPLIT_DATASETS",
+    "SPLIT_OPTIONS",
     "TensorImageDataset",
+    "check_data_protocol",
     "clear_cache",
     "load_dataset",
     "load_grey_levels",
@@ -43,7 +60,8 @@ DATASETS = ("binmnist", "mnist", "fashion", "mnist-grey", "fashion-grey", "omnig
 
 
 def load_dataset(name: str, data_root: str | os.PathLike = "data/", mini: bool = False,
-                 seed: int = 1, *, verify_checksums: bool = True) -> DataSplits:
+                 seed: int = 1, *, verify_checksums: bool = True, binarization: Optional[str] = None,
+                 split: str = "50k") -> DataSplits:
     r"""Load the data set ``name`` (one of :data:`DATASETS`).
 
     Args:
@@ -56,17 +74,32 @@ def load_dataset(name: str, data_root: str | os.PathLike = "data/", mini: bool =
         verify_checksums: check published sizes / sha256 of known files.  Only an explicit
             ``False`` skips it (for small files in the same format made by tests); the
             description then records ``"checksums_verified": false``.
+        binarization: ``None`` (the data set's default: ``mnist`` dynamic, ``fashion`` thresholded),
+            ``"dynamic"`` or ``"threshold"`` (``x = 1[intensity >= 0.5]``); ``mnist`` / ``fashion``
+            only (:data:`BINARIZABLE_DATASETS`).
+        split: ``"50k"`` (each data set's own split; for the IDX sets the first 50k / last 10k of
+            the training file and the test file) or ``"60k"`` (the IDX sets
+            :data:`SPLIT_DATASETS` only: all 60k training images, the first 5k of the test file
+            as validation, its last 5k as test).
 
     Returns:
         DataSplits: ``train`` / ``valid`` / ``test`` datasets of float32 tensors of shape
-        ``x_shape``, ``train_mean``, ``description`` and, for generated sets, ``ground_truth``.
+        ``x_shape``, ``train_mean``, ``description`` (binarisation, sizes, split, files...) and,
+        for generated sets, ``ground_truth``.
+
+    Raises:
+        ValueError: an unknown ``name``, or a ``binarization`` / ``split`` the data set does not
+            accept (:func:`check_data_protocol`; the message names the option and the fix).
+        TypeError: ``seed`` is not an int.
     """
     if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; valid names are {list(DATASETS)}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
+    check_data_protocol(name, binarization, split)
     if name in ("mnist", "fashion", *GREY_DATASETS):
-        data = load_mnist_like(name, data_root, mini=mini, verify_checksums=verify_checksums)
+        data = load_mnist_like(name, data_root, mini=mini, verify_checksums=verify_checksums,
+                               binarization=binarization, split=split)
     elif name == "binmnist":
         data = load_binmnist(data_root, mini=mini, seed=seed, verify_checksums=verify_checksums)
     elif name == "omniglot":

@@ -16,6 +16,18 @@ r"""MNIST, Fashion-MNIST and binarized MNIST.
 Splits (as in the IWAE / VIMCO / OVIS papers): the first 50,000 images of the 60k training file
 for training, the last 10,000 for validation, the 10k test file for testing.  ``mini``: the
 first 1000 / 200 / 200 images of each split.  Every split has ``x_shape = [1, 28, 28]``.
+
+Data protocol options of :func:`load_mnist_like` (and ``load_dataset``; ``run.py --binarization``,
+``--split``):
+
+* ``binarization`` (``mnist`` / ``fashion`` only): ``None`` keeps the data set's default above,
+  ``"dynamic"`` draws ``x ~ Bernoulli(intensity)`` at every access, ``"threshold"`` fixes
+  ``x = 1[intensity / 255 >= 0.5]`` (the IGR paper's MNIST, Potapczynski et al. 2020).
+* ``split`` (the IDX sets ``mnist``, ``fashion``, ``mnist-grey``, ``fashion-grey`` only):
+  ``"50k"`` (the default above) or ``"60k"``: train on all 60,000 images of the training file (as
+  the IGR code does); since temperatures must be chosen on held-out data disjoint from the test
+  set, the 10k test file is halved: its first 5,000 images validate, its last 5,000 test.
+  ``mini`` then keeps the first 1000 / 200 / 200 images of each of these splits.
 """
 from __future__ import annotations
 
@@ -42,11 +54,33 @@ __all__ = [
     "IDX_FILES",
     "LAROCHELLE_FILES",
     "MINI_SIZES",
+    "BINARIZATION_OPTIONS",
+    "BINARIZABLE_DATASETS",
+    "SPLIT_OPTIONS",
+    "SPLIT_DATASETS",
+    "check_data_protocol",
 ]
 
 IMAGE_SHAPE = (28, 28)
 N_TRAIN, N_VALID, N_TEST = 50_000, 10_000, 10_000
 MINI_SIZES = (1000, 200, 200)
+#: the ``"60k"`` split: all of the training file / the first half of the test file / its second half
+N_TRAIN_60K, N_VALID_60K, N_TEST_60K = 60_000, 5_000, 5_000
+
+#: the values of ``binarization`` besides ``None`` (the data set's default)
+BINARIZATION_OPTIONS = ("dynamic", "threshold")
+#: the data sets whose binarisation can be chosen
+BINARIZABLE_DATASETS = ("mnist", "fashion")
+#: the values of ``split``
+SPLIT_OPTIONS = ("50k", "60k")
+#: the data sets that accept ``split="60k"`` (those read from the IDX files)
+SPLIT_DATASETS = ("mnist", "fashion", "mnist-grey", "fashion-grey")
+#: the ``description["split"]`` sentence of each split
+SPLIT_SENTENCES = {
+    "50k": "train: first 50k of the training file, valid: its last 10k, test: the 10k test file",
+    "60k": "train: all 60k images of the training file, valid: the first 5k of the 10k test file, "
+           "test: its last 5k (valid and test disjoint)",
+}
 
 #: the IDX files of MNIST and Fashion-MNIST: name -> (shape, sha256 of the uncompressed file)
 IDX_FILES: Dict[str, Dict[str, Tuple[Tuple[int, ...], str]]] = {
@@ -131,14 +165,21 @@ def load_grey_levels(data_root: os.PathLike | str, name: str = "fashion", n: Opt
 
 
 def load_labels(name: str, data_root: os.PathLike | str, split: str = "train") -> np.ndarray:
-    r"""The class labels (``uint8``, 0..9) of the ``train`` (60k file), ``valid`` / ``train50k``
-    (last 10k / first 50k of the training file) or ``test`` (10k file) images of ``mnist`` /
-    ``fashion`` (``binmnist`` uses MNIST's)."""
+    r"""The class labels (``uint8``, 0..9) of the images of ``mnist`` / ``fashion``
+    (``binmnist`` uses MNIST's).
+
+    ``split``: ``train`` (the 60k file, also the ``train`` split of ``split="60k"``, hence the
+    alias ``train60k``), ``train50k`` / ``valid`` (first 50k / last 10k of the training file: the
+    default ``"50k"`` split), ``test`` (the 10k file), ``valid60k`` / ``test60k`` (the first / last
+    5k of the test file: the valid / test splits of ``split="60k"``).  Raises ``ValueError`` for
+    another ``split``.
+    """
     base = "mnist" if name == "binmnist" else name
     arrays, _ = load_idx_set(base, data_root)
     train = arrays["train-labels-idx1-ubyte"]
-    out = {"train": train, "train50k": train[:N_TRAIN], "valid": train[N_TRAIN:],
-           "test": arrays["t10k-labels-idx1-ubyte"]}
+    test = arrays["t10k-labels-idx1-ubyte"]
+    out = {"train": train, "train50k": train[:N_TRAIN], "valid": train[N_TRAIN:], "test": test,
+           "train60k": train, "valid60k": test[:N_VALID_60K], "test60k": test[N_VALID_60K:]}
     if split not in out:
         raise ValueError(f"split must be one of {sorted(out)}, got {split!r}")
     return out[split].copy()
@@ -148,33 +189,95 @@ def _subset(n: Tuple[int, int, int], mini: bool) -> Tuple[int, int, int]:
     return tuple(min(a, b) for a, b in zip(n, MINI_SIZES)) if mini else n  # type: ignore[return-value]
 
 
+def check_data_protocol(name: str, binarization: Optional[str] = None, split: str = "50k") -> None:
+    r"""Check the data-protocol options of ``name`` (see the module doc).
+
+    Args:
+        name: the data set name (any of ``load_dataset``'s).
+        binarization: ``None`` (the data set's default) or one of :data:`BINARIZATION_OPTIONS`;
+            only ``mnist`` / ``fashion`` accept a value other than ``None``.
+        split: one of :data:`SPLIT_OPTIONS`; ``"50k"`` means each data set's own split, ``"60k"``
+            exists for :data:`SPLIT_DATASETS` only.
+
+    Raises:
+        ValueError: an unknown value, or one the data set does not accept (the message names the
+            option, the data sets that accept it and the fix).
+    """
+    if binarization is not None and binarization not in BINARIZATION_OPTIONS:
+        raise ValueError(f"binarization must be None (the data set's default) or one of "
+                         f"{list(BINARIZATION_OPTIONS)}, got {binarization!r}")
+    if binarization is not None and name not in BINARIZABLE_DATASETS:
+        raise ValueError(
+            f"binarization={binarization!r} is accepted only by the data sets {list(BINARIZABLE_DATASETS)}; "
+            f"{name!r} has a fixed binarisation (or none, for grey levels): pass binarization=None")
+    if split not in SPLIT_OPTIONS:
+        raise ValueError(f"split must be one of {list(SPLIT_OPTIONS)}, got {split!r}")
+    if split != "50k" and name not in SPLIT_DATASETS:
+        raise ValueError(
+            f"split={split!r} is accepted only by the IDX data sets {list(SPLIT_DATASETS)}; {name!r} has its "
+            "own fixed split: pass split='50k' (the default)")
+
+
 def load_mnist_like(name: str, data_root: os.PathLike | str, mini: bool = False,
-                    verify_checksums: bool = True) -> DataSplits:
+                    verify_checksums: bool = True, *, binarization: Optional[str] = None,
+                    split: str = "50k") -> DataSplits:
     r"""``mnist`` (dynamic binarisation), ``fashion`` (thresholded at 0.5) or their grey levels
-    ``mnist-grey`` / ``fashion-grey`` (``intensity / 255``); see the module doc."""
+    ``mnist-grey`` / ``fashion-grey`` (``intensity / 255``); see the module doc.
+
+    Args:
+        name: ``mnist``, ``fashion``, ``mnist-grey`` or ``fashion-grey``.
+        data_root: the folder holding the IDX files.
+        mini: keep the first 1000 / 200 / 200 images of each split.
+        verify_checksums: check the published sha256 of the files (see :func:`load_idx_set`).
+        binarization: ``None`` (the data set's default), ``"dynamic"`` or ``"threshold"`` (at 0.5);
+            ``mnist`` / ``fashion`` only.
+        split: ``"50k"`` (train / valid / test = first 50k / last 10k of the training file / the
+            test file) or ``"60k"`` (all 60k training images / first 5k / last 5k of the test file).
+
+    Returns:
+        DataSplits: images ``[1, 28, 28]`` float32; ``description`` records the binarisation, the
+        sizes and the split.
+
+    Raises:
+        ValueError: an unknown ``name`` or a bad ``binarization`` / ``split`` (see
+            :func:`check_data_protocol`).
+    """
+    if name not in SPLIT_DATASETS:
+        raise ValueError(f"load_mnist_like reads {list(SPLIT_DATASETS)}, got {name!r}")
+    check_data_protocol(name, binarization, split)
     grey = name in GREY_DATASETS
     base = GREY_DATASETS.get(name, name)
     arrays, info = load_idx_set(base, data_root, verify_checksums=verify_checksums)
     images = arrays["train-images-idx3-ubyte"]
     test = arrays["t10k-images-idx3-ubyte"]
-    ntr, nva, nte = _subset((N_TRAIN, N_VALID, N_TEST), mini)
-    tr = torch.from_numpy(images[:ntr])[:, None]
-    va = torch.from_numpy(images[N_TRAIN:N_TRAIN + nva])[:, None]
-    te = torch.from_numpy(test[:nte])[:, None]
+    if split == "50k":
+        ntr, nva, nte = _subset((N_TRAIN, N_VALID, N_TEST), mini)
+        tr = torch.from_numpy(images[:ntr])[:, None]
+        va = torch.from_numpy(images[N_TRAIN:N_TRAIN + nva])[:, None]
+        te = torch.from_numpy(test[:nte])[:, None]
+    else:
+        ntr, nva, nte = _subset((N_TRAIN_60K, N_VALID_60K, N_TEST_60K), mini)
+        tr = torch.from_numpy(images[:ntr])[:, None]
+        va = torch.from_numpy(test[:nva])[:, None]
+        te = torch.from_numpy(test[N_VALID_60K:N_VALID_60K + nte])[:, None]
+    if binarization is None and not grey:
+        binarization = "dynamic" if name == "mnist" else "threshold"
     if grey:
         splits = [TensorImageDataset(t, scale=255.0, binarization="none") for t in (tr, va, te)]
-        binarization = "none (grey levels intensity/255 in [0, 1])"
-    elif name == "mnist":
+        recorded = "none (grey levels intensity/255 in [0, 1])"
+    elif binarization == "dynamic":
         splits = [TensorImageDataset(t, scale=255.0, binarization="dynamic") for t in (tr, va, te)]
-        binarization = "dynamic"
+        recorded = "dynamic"
     else:
-        # x = 1[intensity > 0.5]: 128/255 > 0.5 >= 127/255
+        # x = 1[intensity / 255 >= 0.5] (the IGR code's rule) is x = 1[intensity > 127] on uint8:
+        # intensity / 255 >= 0.5 <=> intensity >= 127.5 <=> intensity >= 128 for an integer intensity
+        # (127.5 is no uint8 value, so > and >= at 0.5 agree: 127/255 < 0.5 < 128/255)
         splits = [TensorImageDataset((t > 127).to(torch.uint8), scale=1.0) for t in (tr, va, te)]
-        binarization = "threshold-0.5"
+        recorded = "threshold-0.5"
     description = {
-        "name": name, "binarization": binarization, "x_shape": [1, 28, 28],
+        "name": name, "binarization": recorded, "x_shape": [1, 28, 28],
         "sizes": {"train": ntr, "valid": nva, "test": nte}, "mini": bool(mini),
-        "split": "train: first 50k of the training file, valid: its last 10k, test: the 10k test file",
+        "split": SPLIT_SENTENCES[split],
         **info,
     }
     return DataSplits(name=name, train=splits[0], valid=splits[1], test=splits[2],

@@ -164,6 +164,14 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="binmnist", choices=DATASETS)
     g.add_argument("--mini", action="store_true", help="a small subset of the data set")
+    g.add_argument("--binarization", default="default", choices=("default", "dynamic", "threshold"),
+                   help="--dataset mnist / fashion only: default (mnist dynamic, fashion thresholded), dynamic "
+                        "(a Bernoulli(intensity) draw at each access) or threshold (x = 1[intensity >= 0.5], "
+                        "the IGR paper's MNIST)")
+    g.add_argument("--split", default="50k", choices=("50k", "60k"),
+                   help="50k: train / valid / test = first 50k / last 10k of the training file / the test file; "
+                        "60k (IDX sets mnist, fashion, mnist-grey, fashion-grey): all 60k training images, valid "
+                        "/ test = first / last 5k of the test file (the IGR paper's training set)")
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, choices=MODELS,
@@ -331,6 +339,19 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             f"run.py: error: argument --dataset: {args.dataset} holds grey levels in [0, 1], which a "
             f"--likelihood {args.likelihood} decoder cannot model; add --likelihood cbernoulli (--model vae), "
             f"or use the binarised --dataset {args.dataset[:-len('-grey')]}")
+    from ovis.datasets.mnist import BINARIZABLE_DATASETS, SPLIT_DATASETS
+
+    if args.binarization != "default" and args.dataset not in BINARIZABLE_DATASETS:
+        raise RunArgumentError(
+            f"run.py: error: argument --binarization: --binarization {args.binarization} applies to --dataset "
+            f"{' or '.join(BINARIZABLE_DATASETS)} only; --dataset {args.dataset} has "
+            f"{'grey levels' if args.dataset in GREY_DATASETS else 'a fixed binarisation'}: drop --binarization "
+            f"(or pass --binarization default), or use --dataset mnist / fashion")
+    if args.split != "50k" and args.dataset not in SPLIT_DATASETS:
+        raise RunArgumentError(
+            f"run.py: error: argument --split: --split {args.split} applies to the IDX data sets "
+            f"({', '.join(SPLIT_DATASETS)}) only; --dataset {args.dataset} has its own fixed split: drop --split "
+            f"(or pass --split 50k), or use one of those data sets")
     if args.closed_form_kl and (args.iw > 1 or args.mc > 1 or args.relaxation == "gs"):
         raise RunArgumentError(
             "run.py: error: argument --closed_form_kl: the closed-form KL gives the single-sample ELBO of an IGR "

@@ -159,7 +159,10 @@ class Trainer:
         torch.manual_seed(args.seed)
         np.random.seed(args.seed % (2 ** 32))
         random.seed(args.seed)
-        self.data = datasets.load_dataset(args.dataset, args.data_root, mini=args.mini)
+        binarization = getattr(args, "binarization", "default")  # absent from configs made before it
+        self.data = datasets.load_dataset(args.dataset, args.data_root, mini=args.mini,
+                                          binarization=None if binarization == "default" else binarization,
+                                          split=getattr(args, "split", "50k"))
         data = self.data
         if len(data.train) < 1 or len(data.valid) < 1 or len(data.test) < 1:
             raise ValueError(f"data set {args.dataset!r} has an empty split "
