@@ -231,3 +231,18 @@ def test_old_configs_without_the_options_load_the_defaults(tmp_path: Path, data_
     finally:
         trainer._close_logger()
     assert trainer.data.description == load_dataset("fashion", data_root, mini=True).description
+
+
+def test_grid_jobs_with_a_bad_combination_are_refused_before_queueing(tmp_path: Path) -> None:
+    from ovis.experiments.grid import ExperimentError, load_and_expand
+
+    grid = {"description": "t", "args": ["--estimator reinforce --dataset binmnist"], "global": "--silent",
+            "parameters": {"split": ["50k", "60k"]}}
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps(grid))
+    with pytest.raises(ExperimentError, match="--split 60k applies to the IDX data sets"):
+        load_and_expand(path)
+    grid["args"] = ["--estimator reinforce --dataset mnist --binarization threshold"]
+    path.write_text(json.dumps(grid))
+    _, jobs, _ = load_and_expand(path)
+    assert len(jobs) == 2

@@ -8,6 +8,11 @@ looked for under the data root (layout: ``mnist/``, ``fashion-mnist/``, ``binari
 :class:`DatasetCorruptError` (a ``ValueError``), each naming the data set, the paths searched /
 read and the exact files expected; a missing one also names the command that downloads it,
 ``python -m ovis.datasets fetch NAME`` (:mod:`ovis.datasets.fetch`).
+
+The IDX sets take two data-protocol options (:func:`check_data_protocol`): ``binarization``
+(``mnist`` / ``fashion``: ``"dynamic"`` or ``"threshold"`` instead of their default) and ``split``
+(``"60k"``: all 60k training images, the test file halved into valid / test); see
+:mod:`ovis.datasets.mnist`.
 """
 from __future__ import annotations
 

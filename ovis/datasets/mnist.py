@@ -3,7 +3,7 @@ r"""MNIST, Fashion-MNIST and binarized MNIST.
 * ``mnist``: MNIST (LeCun et al. 1998) from the IDX files, **dynamically binarised**
   (``x ~ Bernoulli(intensity)`` at every access).
 * ``fashion``: Fashion-MNIST (Xiao et al. 2017) from the IDX files, **thresholded**:
-  ``x = 1[intensity > 0.5]``.
+  ``x = 1[intensity > 0.5]`` (the same as ``1[intensity >= 0.5]``: no byte ``b`` has ``b / 255 = 0.5``).
 * ``mnist-grey`` / ``fashion-grey``: the same images as **grey levels** in ``[0, 1]``
   (``intensity / 255``, no binarisation), for likelihoods of grey levels such as the Continuous
   Bernoulli (``run.py --likelihood cbernoulli``).
