@@ -609,3 +609,256 @@ def test_run_flags_of_the_igr_comparison() -> None:
         parse_run_args(["--model", "discrete-vae", "--relaxation", "igr-i", "--closed_form_kl", "--iw", "5"])
     with pytest.raises(RunArgumentError, match="gs_prior_tau"):
         parse_run_args(["--model", "discrete-vae", "--relaxation", "igr-i", "--gs_prior_tau", "0.5"])
+
+
+# ------------------------------------------------------------------------------- Gaussian decoder, nonlinear nets
+def _decoder_ab(m: DiscreteVAE, z: Tensor) -> tuple:
+    r"""The decoder's two outputs per pixel, read in the documented layout ``[n, 2, *x_shape]``."""
+    out = m.generative_model.decoder(z.reshape(z.shape[0], -1))
+    a, b = out.reshape(z.shape[0], 2, *m.x_shape).unbind(1)
+    return a, b
+
+
+@pytest.mark.parametrize("architecture", ["dense", "nonlinear", "conv"])
+def test_gaussian_decoder_log_likelihood_by_hand(architecture: str, float64: None) -> None:
+    torch.manual_seed(0)
+    shape = (1, 28, 28) if architecture == "conv" else (1, 4, 5)
+    m = DiscreteVAE(shape, num_of_discrete_var=2, n_required=3, relaxation="gs", hdim=8, nlayers=1,
+                    architecture=architecture, likelihood="gaussian")
+    z = torch.nn.functional.one_hot(torch.randint(0, 3, (6, 2)), 3).to(torch.float64)
+    x = torch.rand(6, *shape)
+    px = m.observation_model(z)
+    a, b = _decoder_ab(m, z)
+    mu, sd = torch.sigmoid(a), 1e-6 + torch.log1p(torch.exp(b))
+    by_hand = (-0.5 * ((x - mu) / sd) ** 2 - torch.log(sd) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+    torch_normal = Normal(mu, sd).log_prob(x).flatten(1).sum(1)
+    assert px.log_prob(x).shape == (6,)
+    torch.testing.assert_close(px.log_prob(x), by_hand)
+    torch.testing.assert_close(px.log_prob(x), torch_normal)
+    torch.testing.assert_close(px.mean, mu)  # the image helpers' mean image
+    assert px.sample().shape == (6, *shape)
+    # the Bernoulli model of the same architecture has one output per pixel (its settings unchanged)
+    mb = DiscreteVAE(shape, num_of_discrete_var=2, n_required=3, relaxation="gs", hdim=8, nlayers=1,
+                     architecture=architecture)
+    assert mb.generative_model.decoder(z.reshape(6, -1)).numel() == 6 * math.prod(shape)
+    assert mb.observation_model(z).log_prob((x > 0.5).double()).shape == (6,)
+
+
+@pytest.mark.parametrize("architecture", ["dense", "nonlinear", "conv"])
+def test_gaussian_decoder_output_bias_starts_at_the_mean_and_the_chosen_std(architecture: str) -> None:
+    from ovis.models.discrete_vae import GAUSSIAN_INIT_STD
+
+    torch.manual_seed(0)
+    x_mean = torch.rand(1, 28, 28) * 1.2 - 0.1  # values beyond [0, 1] are clamped
+    m = DiscreteVAE((1, 28, 28), num_of_discrete_var=2, n_required=3, relaxation="igr-i", hdim=8, nlayers=1,
+                    architecture=architecture, likelihood="gaussian", x_mean=x_mean)
+    bias = [mod for mod in m.generative_model.decoder.modules() if hasattr(mod, "bias")][-1].bias.detach()
+    mean_half, std_half = bias.view(2, -1)
+    target = x_mean.reshape(1, -1).mean(1) if architecture == "conv" else x_mean.reshape(-1)
+    target = target.clamp(1e-3, 1 - 1e-3)
+    torch.testing.assert_close(torch.sigmoid(mean_half), target, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(1e-6 + torch.nn.functional.softplus(std_half),
+                               torch.full_like(std_half, GAUSSIAN_INIT_STD))
+    # without x_mean the std half is still set, the mean half is left at its random initialisation
+    m0 = DiscreteVAE((1, 28, 28), 2, 3, relaxation="igr-i", hdim=8, nlayers=1, architecture=architecture,
+                     likelihood="gaussian")
+    bias0 = [mod for mod in m0.generative_model.decoder.modules() if hasattr(mod, "bias")][-1].bias.detach()
+    torch.testing.assert_close(torch.nn.functional.softplus(bias0.view(2, -1)[1]) + 1e-6,
+                               torch.full_like(bias0.view(2, -1)[1], GAUSSIAN_INIT_STD))
+    assert (bias0.view(2, -1)[0] != bias0.view(2, -1)[1]).all()
+
+
+@pytest.mark.parametrize("relaxation", ["gs", "igr-i"])
+def test_gaussian_observation_log_prob_under_the_particles_path(relaxation: str) -> None:
+    from ovis.distributions.utils import repeat_rows, repeated_log_prob
+
+    torch.manual_seed(0)
+    m = DiscreteVAE((1, 6, 6), num_of_discrete_var=2, n_required=3, relaxation=relaxation, hdim=8, nlayers=1,
+                    likelihood="gaussian")
+    x = torch.rand(4, 1, 6, 6)
+    torch.manual_seed(1)
+    out = m(x, zgrads=True, particles=3)
+    lp = repeated_log_prob(out["px"], x, 3)
+    assert lp.shape == (12,) and torch.isfinite(lp).all()
+    # the same rows as forward on the repeated batch, on the same draws
+    torch.manual_seed(1)
+    ref = m(repeat_rows(x, 3), zgrads=True)
+    torch.testing.assert_close(lp, ref["px"].log_prob(repeat_rows(x, 3)))
+    z = out["z_relaxed"][0]
+    torch.testing.assert_close(lp, m.observation_model(z).log_prob(repeat_rows(x, 3)))
+
+
+def test_gradients_flow_to_the_gaussian_decoders_std_parameters() -> None:
+    from ovis.estimators import build_estimator
+
+    torch.manual_seed(0)
+    m = DiscreteVAE((1, 6, 6), num_of_discrete_var=2, n_required=3, relaxation="igr-i", hdim=8, nlayers=1,
+                    likelihood="gaussian")
+    x = torch.rand(5, 1, 6, 6)
+    build_estimator("pathwise-iwae", iw=3)(m, x, backward=True)
+    last = m.generative_model.decoder[-1]
+    w_grad, b_grad = last.weight.grad.view(2, 36, -1), last.bias.grad.view(2, 36)
+    for g in (w_grad[1], b_grad[1]):  # the std half
+        assert torch.isfinite(g).all() and g.abs().sum() > 0
+    # d/db of sum log N(x; mu, s(b)) = sum (((x - mu)/s)^2 - 1) / s * sigmoid(b): its sign at the data
+    m.zero_grad()
+    z = torch.nn.functional.one_hot(torch.randint(0, 3, (5, 2)), 3).float()
+    a, b = _decoder_ab(m, z)
+    mu, s = torch.sigmoid(a), 1e-6 + torch.nn.functional.softplus(b)
+    expected = ((((x - mu) / s) ** 2 - 1) / s * torch.sigmoid(b)).sum(0).reshape(-1)
+    (m.observation_model(z).log_prob(x).sum()).backward()
+    torch.testing.assert_close(last.bias.grad.view(2, 36)[1], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("relaxation", ["gs", "igr-i", "igr-sb"])
+def test_one_hot_bound_of_the_gaussian_decoder_matches_exact_enumeration(relaxation: str, float64: None) -> None:
+    torch.manual_seed(0)
+    m = DiscreteVAE((1, 3, 3), num_of_discrete_var=2, n_required=3, relaxation=relaxation, hdim=8, nlayers=1,
+                    likelihood="gaussian")
+    with torch.no_grad():
+        for prm in m.parameters():
+            prm.normal_(0, 0.3)
+    x = torch.rand(3, 1, 3, 3)
+    with torch.no_grad():
+        log_pi = m.category_log_probs(x)
+        exact_lp, exact_elbo = _exact_discrete(m, x, log_pi)
+        S = 20000
+        log_w, kl = m.evaluation_log_weights(x, S)
+    assert log_w.shape == (3, S) and torch.isfinite(log_w).all()
+    # unbiased weights (E[w] = p(x)), so log (1/S) sum w is a lower bound in expectation (Jensen)
+    ratio = (log_w - exact_lp[:, None]).exp()
+    se = ratio.std(1) / math.sqrt(S)
+    assert ((ratio.mean(1) - 1).abs() < 5 * se + 1e-3).all(), (ratio.mean(1), se)
+    se = log_w.std(1) / math.sqrt(S)
+    assert ((log_w.mean(1) - exact_elbo).abs() < 5 * se + 1e-3).all(), (log_w.mean(1), exact_elbo)
+    assert (exact_elbo < exact_lp).all()
+    # the bound with k particles (S / k independent draws of it): below log p(x) in expectation, increasing
+    # in k, and close to log p(x) for many particles
+    draws = {k: torch.logsumexp(log_w.view(3, S // k, k), -1) - math.log(k) for k in (1, 10, 200)}
+    bound = {k: v.mean(1) for k, v in draws.items()}
+    se = {k: v.std(1) / math.sqrt(v.shape[1]) for k, v in draws.items()}
+    assert (bound[1] < bound[10]).all() and (bound[10] < bound[200] + 4 * se[200]).all(), bound
+    assert (bound[200] <= exact_lp + 4 * se[200]).all(), (bound, se, exact_lp)
+    assert ((exact_lp - bound[200]).abs() < 0.01).all(), (bound, exact_lp)
+
+
+NONLINEAR_SETTINGS = [("nonlinear", "gaussian"), ("dense", "gaussian"), ("conv", "gaussian"), ("nonlinear", "bernoulli")]
+
+
+@pytest.mark.parametrize("architecture, likelihood", NONLINEAR_SETTINGS)
+@pytest.mark.parametrize("relaxation", ["gs", "igr-i"])
+def test_gaussian_and_nonlinear_models_pass_the_protocol_check(architecture: str, likelihood: str,
+                                                                relaxation: str) -> None:
+    from ovis.estimators import build_estimator
+
+    torch.manual_seed(0)
+    m = DiscreteVAE((1, 28, 28), num_of_discrete_var=3, n_required=4, relaxation=relaxation,
+                    architecture=architecture, likelihood=likelihood, hdim=16, nlayers=1)
+    x = torch.rand(4, 1, 28, 28)
+    if likelihood == "bernoulli":
+        x = torch.bernoulli(x)
+    check_model_output(m(x, zgrads=True), rows=4, x_shape=(1, 28, 28))
+    names = ["pathwise-vae", "pathwise-iwae"] + (["rebar", "relax"] if relaxation == "gs" else [])
+    for name in names:  # the protocol check runs at each estimator's first call
+        m.zero_grad()
+        loss, diag, _ = build_estimator(name, iw=2 if name == "pathwise-iwae" else 1)(m, x, backward=True)
+        assert torch.isfinite(loss) and diag["loss"]["L_k"].shape == (4,)
+        g = m.generative_model.decoder[-1].weight.grad
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+    assert m.latent_depth == (1 if relaxation == "gs" else None)
+    metrics = m.extra_metrics(x)
+    assert all(math.isfinite(v) for v in metrics.values())
+    check_model_output(m.sample_from_prior(2), with_q=False)
+
+
+def test_nonlinear_architecture_layers() -> None:
+    from torch import nn
+
+    from ovis.models.discrete_vae import NONLINEAR_DECODER_UNITS, NONLINEAR_ENCODER_UNITS
+
+    assert NONLINEAR_ENCODER_UNITS == (512, 256) and NONLINEAR_DECODER_UNITS == (256, 512)
+    for likelihood, P in (("bernoulli", 1), ("gaussian", 2)):
+        for relaxation, q_dim in (("gs", 3 * 4), ("igr-i", 2 * 3 * 3)):
+            m = DiscreteVAE((1, 28, 28), num_of_discrete_var=3, n_required=4, relaxation=relaxation,
+                            architecture="nonlinear", likelihood=likelihood, hdim=7, nlayers=5)
+            enc, dec = m.inference_network, m.generative_model.decoder
+            assert [type(l) for l in enc] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+            assert [type(l) for l in dec] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+            assert [(l.in_features, l.out_features) for l in enc if isinstance(l, nn.Linear)] == \
+                [(784, 512), (512, 256), (256, q_dim)]
+            assert [(l.in_features, l.out_features) for l in dec if isinstance(l, nn.Linear)] == \
+                [(12, 256), (256, 512), (512, P * 784)]
+    # the forward pass is ReLU hidden layers and a linear output (hdim / nlayers ignored)
+    torch.manual_seed(0)
+    m = DiscreteVAE((1, 28, 28), num_of_discrete_var=3, n_required=4, relaxation="gs", architecture="nonlinear")
+    x = torch.rand(2, 1, 28, 28)
+    l1, _, l2, _, l3 = m.inference_network
+    h = torch.relu(l2(torch.relu(l1(x.reshape(2, -1)))))
+    torch.testing.assert_close(m.posterior_params(x), l3(h).reshape(2, 3, 4))
+    assert (l3(h) < 0).any()  # linear output
+    with pytest.raises(ValueError, match="unknown architecture"):
+        DiscreteVAE((1, 28, 28), 3, 4, architecture="dense_nonlinear")
+
+
+def test_likelihood_flags_and_their_errors() -> None:
+    from ovis.models import build_model
+    from ovis.models.conditional import ConditionalDiscreteVAE
+    from ovis.training.arguments import RunArgumentError, parse_run_args
+
+    class Data:
+        name, x_shape, train_mean, ground_truth = "fashion-grey", torch.Size((1, 28, 28)), None, None
+
+    grey = ["--dataset", "fashion-grey"]
+    m = build_model(parse_run_args(grey + ["--model", "discrete-vae", "--likelihood", "gaussian", "--architecture",
+                                           "nonlinear", "--relaxation", "igr-i"]), Data())
+    assert isinstance(m, DiscreteVAE) and m.likelihood == "gaussian" and m.architecture == "nonlinear"
+    assert build_model(parse_run_args(["--model", "discrete-vae"]), Data()).likelihood == "bernoulli"
+    parse_run_args(["--dataset", "mnist-grey", "--model", "discrete-vae", "--likelihood", "gaussian"])
+    with pytest.raises(RunArgumentError, match=r"add --likelihood gaussian \(--model discrete-vae\)"):
+        parse_run_args(grey + ["--model", "discrete-vae"])
+    with pytest.raises(RunArgumentError, match=r"add --likelihood cbernoulli \(--model vae\)"):
+        parse_run_args(grey + ["--model", "vae", "--likelihood", "gaussian"])
+    with pytest.raises(RunArgumentError, match="--model discrete-vae --likelihood gaussian"):
+        parse_run_args(grey + ["--model", "sbm"])
+    with pytest.raises(ValueError, match="read by --model discrete-vae only"):
+        build_model(parse_run_args(["--model", "vae", "--likelihood", "gaussian"]), Data())
+    with pytest.raises(ValueError, match="--likelihood cbernoulli is not implemented for --model discrete-vae"):
+        build_model(parse_run_args(["--model", "discrete-vae", "--likelihood", "cbernoulli"]), Data())
+    with pytest.raises(NotImplementedError, match="--task conditional"):
+        build_model(parse_run_args(["--model", "discrete-vae", "--likelihood", "gaussian", "--task",
+                                    "conditional"]), Data())
+    with pytest.raises(NotImplementedError, match="likelihood 'gaussian'"):
+        ConditionalDiscreteVAE((1, 28, 28), likelihood="gaussian")
+    with pytest.raises(ValueError, match="unknown likelihood"):
+        DiscreteVAE((1, 28, 28), likelihood="cbernoulli")
+
+
+def test_run_py_trains_the_gaussian_nonlinear_igr_model_on_grey_fashion(tmp_path, data_root) -> None:
+    import json
+
+    from ovis.training.arguments import parse_run_args
+    from ovis.training.run import main
+    from ovis.training.rundir import compute_run_id
+
+    argv = ["--mini", "--dataset", "fashion-grey", "--data_root", str(data_root), "--model", "discrete-vae",
+            "--likelihood", "gaussian", "--architecture", "nonlinear", "--relaxation", "igr-i", "--N", "4",
+            "--K", "5", "--estimator", "pathwise-iwae", "--iw", "2", "--bs", "20", "--nsteps", "3",
+            "--iw_test", "5", "--iw_valid", "5", "--max_eval", "20", "--silent", "--no_tensorboard",
+            "--grad_samples", "0", "--mc_au_analysis", "0", "--device", "cpu",
+            "--root", str(tmp_path / "runs"), "--exp", "t"]
+    assert main(argv) == 0
+    d = tmp_path / "runs" / "t" / compute_run_id(parse_run_args(argv))
+    assert json.loads((d / "status.json").read_text())["status"] == "success"
+    lines = [json.loads(ln) for ln in (d / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    assert {ln["split"] for ln in lines} == {"train", "valid", "test"}
+    for ln in lines:
+        m = ln["metrics"]
+        assert ln["step"] == 3 and math.isfinite(m["loss/L_k"]) and math.isfinite(m["loss/elbo"]), m
+        assert math.isfinite(m["discrete-vae/elbo_kl"]) and math.isfinite(m["discrete-vae/kl"]), m
+    # the trained model is the Gaussian nonlinear one: 256 -> 512 -> 2 x 784 outputs
+    state = torch.load(d / "last.pt", weights_only=True)["model"]
+    shapes = {k: tuple(v.shape) for k, v in state.items() if k.startswith("generative_model.decoder")}
+    assert shapes == {"generative_model.decoder.0.weight": (256, 20), "generative_model.decoder.0.bias": (256,),
+                      "generative_model.decoder.2.weight": (512, 256), "generative_model.decoder.2.bias": (512,),
+                      "generative_model.decoder.4.weight": (2 * 784, 512),
+                      "generative_model.decoder.4.bias": (2 * 784,)}, shapes

@@ -167,6 +167,16 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
     posterior = str(_get(args, "posterior", "normal") or "normal")
     if components and prior != "mog":
         raise ValueError(f"--prior_components {components} needs --prior mog (got --prior {prior})")
+    if name == "discrete-vae":  # its own likelihoods (ovis.models.discrete_vae.LIKELIHOODS)
+        from ovis.models.discrete_vae import LIKELIHOODS as DISCRETE_VAE_LIKELIHOODS
+
+        if likelihood not in DISCRETE_VAE_LIKELIHOODS:
+            raise ValueError(f"--likelihood {likelihood} is not implemented for --model discrete-vae; valid: "
+                             f"{list(DISCRETE_VAE_LIKELIHOODS)} (gaussian: grey levels, e.g. --dataset fashion-grey)")
+        discrete_vae_likelihood, likelihood = likelihood, "bernoulli"
+    elif likelihood == "gaussian":
+        raise ValueError(f"--likelihood gaussian (per-pixel Normal of grey levels) is read by --model discrete-vae "
+                         f"only, got --model {name}; --model vae models grey levels with --likelihood cbernoulli")
     if likelihood != "bernoulli" or components or posterior != "normal":
         if name != "vae" or task != "density":
             raise ValueError(f"--likelihood {likelihood} / --prior_components / --posterior {posterior} are "
@@ -187,7 +197,8 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
             return ConditionalDiscreteVAE(
                 x_shape, num_of_discrete_var=N, n_required=K, relaxation=str(relaxation or "gs"),
                 tau=tau, threshold=float(_get(args, "threshold", 0.99)), hdim=hdim, nlayers=nlayers,
-                architecture=str(_get(args, "architecture", "dense")), x_mean=x_mean)
+                architecture=str(_get(args, "architecture", "dense")), x_mean=x_mean,
+                likelihood=discrete_vae_likelihood)
         if name != "sbm":
             raise NotImplementedError(
                 f"--task conditional (predict the bottom half of an image from its top half) is "
@@ -217,7 +228,8 @@ def build_model(args: argparse.Namespace, data: Any) -> TemplateModel:
                            prior_tau=_get(args, "gs_prior_tau", None),
                            closed_form_kl=bool(_get(args, "closed_form_kl", False)),
                            evaluation="relaxed" if _get(args, "relaxed_evaluation", False) else "one-hot",
-                           relaxed_iw=int(_get(args, "relaxed_iw", 0) or 0))
+                           relaxed_iw=int(_get(args, "relaxed_iw", 0) or 0),
+                           likelihood=discrete_vae_likelihood)
     if name == "gaussian-vae":
         if learn_prior:
             raise ValueError("gaussian-vae has a fixed N(0, I) prior: drop --learn_prior "

@@ -327,7 +327,8 @@ class ConditionalDiscreteVAE(_HalfImageConditioning, DiscreteVAE):
       receive no gradient).
 
     One stochastic layer (``N`` categorical variables), as in the IGR paper.  Same arguments as
-    :class:`DiscreteVAE`, by keyword (``hdim`` / ``nlayers`` also size ``prior_net``); :meth:`DiscreteVAE.elbo` / :meth:`DiscreteVAE.kl` use the conditional
+    :class:`DiscreteVAE`, by keyword, except ``likelihood`` (``bernoulli`` only: ``NotImplementedError``
+    otherwise; ``architecture="nonlinear"`` applies to the encoder and decoder, not to ``prior_net``) (``hdim`` / ``nlayers`` also size ``prior_net``); :meth:`DiscreteVAE.elbo` / :meth:`DiscreteVAE.kl` use the conditional
     prior (the KL is then ``KL(q(z|x) || p(z|x_top))``).
     """
 
@@ -335,6 +336,12 @@ class ConditionalDiscreteVAE(_HalfImageConditioning, DiscreteVAE):
     infer = None  # type: ignore[assignment]
 
     def __init__(self, x_shape: Sequence[int], **kwargs: Any) -> None:
+        likelihood = kwargs.get("likelihood", "bernoulli")
+        if likelihood != "bernoulli":
+            raise NotImplementedError(
+                f"ConditionalDiscreteVAE: likelihood {likelihood!r} is not implemented for --task conditional "
+                "(p(x_bot | z) is a HalfImageBernoulli of binarised pixels); use --likelihood bernoulli with a "
+                "binarised --dataset, or --task density for the Gaussian decoder of grey levels")
         super().__init__(x_shape, **kwargs)
         top, _, _ = self._register_halves(kwargs.get("x_mean"))
         hdim = int(kwargs.get("hdim", 200))

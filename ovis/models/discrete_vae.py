@@ -1,8 +1,9 @@
 r"""The discrete VAE of the IGR paper (Potapczynski et al., NeurIPS 2020): GS vs the IGR family.
 
 ``num_of_discrete_var`` (``N``) relaxed categorical latents with ``n_required`` (``K``) categories,
-a Bernoulli decoder, a dense (tanh MLPs) or convolutional (:func:`ovis.models.vae.conv_encoder` /
-:func:`ovis.models.vae.conv_decoder`, 28x28 images) architecture, and one of the relaxations
+a Bernoulli or Gaussian decoder (*Likelihoods* below), a dense (tanh MLPs), nonlinear (the original's
+``dense_nonlinear`` ReLU networks) or convolutional (:func:`ovis.models.vae.conv_encoder` /
+:func:`ovis.models.vae.conv_decoder`, 28x28 images) architecture (*Architectures* below), and one of the relaxations
 
 * ``gs``: Gumbel-Softmax. ``q(z|x) = GS(logits(x), tau)``, ``p(z) = GS(0, prior_tau)`` (uniform
   categorical relaxed), ``z`` of shape ``[n, N, K]`` on the simplex.  With ``zgrads=True`` the
@@ -18,6 +19,29 @@ a Bernoulli decoder, a dense (tanh MLPs) or convolutional (:func:`ovis.models.va
   the IGR map (:mod:`ovis.distributions.igr`; IGR-SB with ``max_categories = K`` and the given
   ``threshold``; IGR-Planar with ``num_flows`` planar flows whose parameters are shared by ``q``
   and ``p`` and live in ``generative_model.flow_*``).
+
+**Likelihoods** (``likelihood``, one of :data:`LIKELIHOODS`).  ``bernoulli``: ``p(x|z) =
+Bernoulli(sigmoid(f(z)))`` per pixel (binarised images).  ``gaussian``: the IGR paper's model of
+grey levels (Fashion-MNIST intensities / 255 in ``[0, 1]``): the decoder outputs two numbers per
+pixel ``(a, b)`` and ``p(x|z) = prod_i N(x_i; sigmoid(a_i), (1e-6 + softplus(b_i))^2)``
+(:func:`ovis.distributions.gaussian.sigmoid_softplus_normal`, a density: its bounds are not
+comparable with Bernoulli ones).  Layout: the decoder's output ``[n, 2 * prod(x_shape)]`` (dense,
+nonlinear; ``[n, 2C, 28, 28]`` for conv) is read as ``[n, 2, *x_shape]``, ``a`` first.  Its output
+bias starts at ``a = logit(x_mean)`` (clamped to ``[1e-3, 1 - 1e-3]``, the channel mean for conv;
+untouched without ``x_mean``) and ``b = softplus^{-1}(0.2)`` (:data:`GAUSSIAN_INIT_STD`: every
+standard deviation starts near 0.2, a scale of grey-level noise).  Deliberate difference: the
+original puts an ELU on the decoder's output layer for Fashion-MNIST (``determine_activation_from_case``),
+which bounds ``a >= -1`` and so the mean below by ``sigmoid(-1) ~ 0.27`` (the black background of
+Fashion-MNIST cannot be matched); ours is linear.  Every use of the decoder goes through
+:meth:`DiscreteVAE.observation_model` (training, the discrete hooks, the one-hot evaluation, the
+``px.mean`` of the image helpers), so the likelihood applies everywhere.
+
+**Architectures** (``architecture``, one of :data:`ARCHITECTURES`).  ``dense``: tanh MLPs of
+``nlayers`` hidden layers of ``hdim`` units; ``conv``: :func:`ovis.models.vae.conv_encoder` /
+:func:`ovis.models.vae.conv_decoder`; ``nonlinear``: the original's ``dense_nonlinear`` networks,
+encoder ``D -> 512 -> 256 -> q`` and decoder ``N K -> 256 -> 512 -> out`` with ReLU hidden layers and
+linear outputs (:data:`NONLINEAR_ENCODER_UNITS`, :data:`NONLINEAR_DECODER_UNITS`; ``hdim`` and
+``nlayers`` are ignored).
 
 **What the IGR models return (the choice, for the estimators).**  ``output['z'] = [y]`` (the
 Gaussian noise, ``[n, N, K-1]``), ``output['qz'] = [q(y|x)]`` and ``output['pz'] = [p(y)]``
@@ -100,12 +124,14 @@ from torch.distributions import (
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from ovis.distributions.bernoulli import BernoulliLogits
+from ovis.distributions.gaussian import sigmoid_softplus_normal, softplus_inverse
 from ovis.distributions.igr import IGRI, IGRSB, IGRBase, IGRPlanar, uniform_prior_params
 from ovis.distributions.utils import repeat_rows
 from ovis.models.base import TemplateModel
 from ovis.models.vae import conv_decoder, conv_encoder, init_output_bias, mlp
 
-__all__ = ["DiscreteVAE", "RELAXATIONS", "ARCHITECTURES", "IGR_PRIORS", "EVALUATIONS"]
+__all__ = ["DiscreteVAE", "RELAXATIONS", "ARCHITECTURES", "LIKELIHOODS", "IGR_PRIORS", "EVALUATIONS",
+           "NONLINEAR_ENCODER_UNITS", "NONLINEAR_DECODER_UNITS", "GAUSSIAN_INIT_STD", "relu_mlp"]
 
 
 def _repeat_params(params: Any, n: int) -> Any:
@@ -117,11 +143,60 @@ def _repeat_params(params: Any, n: int) -> Any:
 
 #: ``--relaxation`` values
 RELAXATIONS = ("gs", "igr-i", "igr-planar", "igr-sb")
-ARCHITECTURES = ("dense", "conv")
+#: ``--architecture`` values (module docstring)
+ARCHITECTURES = ("dense", "conv", "nonlinear")
+#: ``--likelihood`` values of the discrete VAE: binarised pixels, or grey levels (module docstring)
+LIKELIHOODS = ("bernoulli", "gaussian")
+#: hidden units of the ``nonlinear`` architecture's encoder and decoder (the original's ``dense_nonlinear``)
+NONLINEAR_ENCODER_UNITS = (512, 256)
+NONLINEAR_DECODER_UNITS = (256, 512)
+#: the Gaussian decoder's initial standard deviation ``softplus(b)`` (its output bias)
+GAUSSIAN_INIT_STD = 0.2
 #: ``prior`` values of the IGR models: the uniform-fitted noise prior, or N(0, I)
 IGR_PRIORS = ("uniform", "standard")
 #: ``evaluation`` values: one-hot latents (the discrete model) or the relaxed model
 EVALUATIONS = ("one-hot", "relaxed")
+
+
+def relu_mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
+    r"""``[n, in_dim] -> (Linear, ReLU) per entry of hidden -> Linear -> [n, out_dim]`` (linear output).
+
+    Raises:
+        ValueError: a non-positive size.
+    """
+    sizes = [int(in_dim), *(int(h) for h in hidden), int(out_dim)]
+    if any(d < 1 for d in sizes):
+        raise ValueError(f"relu_mlp needs positive sizes, got {sizes}")
+    layers: List[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _init_gaussian_output_bias(net: nn.Module, x_mean: Optional[Tensor], std: float) -> None:
+    r"""The output bias of a two-parameter decoder (``[2, ...]`` layout, module docstring): the mean
+    half at ``logit(x_mean)`` (clamped; channel means for a transposed convolution; kept without
+    ``x_mean``), the std half at ``softplus^{-1}(std - floor)``."""
+    from ovis.distributions.gaussian import GAUSSIAN_STD_FLOOR
+
+    last = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.ConvTranspose2d))]
+    if not last or last[-1].bias is None:
+        raise ValueError(f"{type(net).__name__} has no output layer with a bias to initialise")
+    layer = last[-1]
+    bias = layer.bias.view(2, -1)
+    with torch.no_grad():
+        if x_mean is not None:
+            if isinstance(layer, nn.Linear):
+                m = x_mean.reshape(-1)
+                if m.numel() != bias.shape[1]:
+                    raise ValueError(f"x_mean has {m.numel()} values, the decoder {bias.shape[1]} pixels")
+            else:
+                m = x_mean.reshape(bias.shape[1], -1).mean(1)
+            m = m.to(bias.dtype).clamp(1e-3, 1 - 1e-3)
+            bias[0].copy_(torch.log(m) - torch.log1p(-m))
+        bias[1].fill_(softplus_inverse(std - GAUSSIAN_STD_FLOOR))
 
 
 class _ClosedFormKLPrior(Distribution):
@@ -153,8 +228,12 @@ class DiscreteVAE(TemplateModel):
         threshold: IGR-SB precision in ``(0, 1]``.
         num_flows: planar flows (``igr-planar``).
         delta: the ``softmax++`` constant.
-        architecture: ``dense`` (tanh MLPs, ``nlayers`` x ``hdim``) or ``conv``.
+        architecture: ``dense`` (tanh MLPs, ``nlayers`` x ``hdim``), ``conv`` or ``nonlinear`` (ReLU
+            512-256 / 256-512, ``hdim`` and ``nlayers`` ignored); module docstring.
+        hdim, nlayers: hidden units and layers of the ``dense`` MLPs (``hdim``: the conv networks'
+            dense layer); unused by ``nonlinear``.
         x_mean: training mean (``x_shape``) to initialise the output bias at its logit.
+        likelihood: ``p(x|z)``, one of :data:`LIKELIHOODS` (module docstring).
         prior: IGR noise prior, one of :data:`IGR_PRIORS` (module docstring).
         prior_tau: the GS prior's temperature (default ``tau``).
         closed_form_kl: train IGR with the closed-form KL (module docstring).
@@ -163,6 +242,10 @@ class DiscreteVAE(TemplateModel):
         relaxed_iw: particles of the relaxed bound :meth:`extra_metrics` logs (0: not logged).
 
     Parameters: ``inference_network.*`` (encoder) and ``generative_model.{decoder, flow_*}``.
+
+    Raises:
+        ValueError: an unknown relaxation, architecture, likelihood, prior or evaluation, or an
+            out-of-range number (module docstring).
     """
 
     def __init__(self, x_shape: Sequence[int], num_of_discrete_var: int = 20, n_required: int = 10,
@@ -170,12 +253,15 @@ class DiscreteVAE(TemplateModel):
                  num_flows: int = 2, delta: float = 1.0, architecture: str = "dense",
                  hdim: int = 200, nlayers: int = 2, x_mean: Tensor | None = None,
                  prior: str = "uniform", prior_tau: Optional[float] = None, closed_form_kl: bool = False,
-                 evaluation: str = "one-hot", categorical_samples: int = 1000, relaxed_iw: int = 0) -> None:
+                 evaluation: str = "one-hot", categorical_samples: int = 1000, relaxed_iw: int = 0,
+                 likelihood: str = "bernoulli") -> None:
         super().__init__()
         if relaxation not in RELAXATIONS:
             raise ValueError(f"unknown relaxation {relaxation!r}; valid: {list(RELAXATIONS)}")
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {architecture!r}; valid: {list(ARCHITECTURES)}")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {likelihood!r}; valid: {list(LIKELIHOODS)}")
         N, K = int(num_of_discrete_var), int(n_required)
         if N < 1 or K < 2:
             raise ValueError(f"need num_of_discrete_var >= 1 and n_required >= 2, got N={N}, K={K}")
@@ -207,16 +293,22 @@ class DiscreteVAE(TemplateModel):
         self._x_shape = torch.Size(x_shape)
         self.N, self.K, self.relaxation, self.tau = N, K, relaxation, float(tau)
         self.threshold, self.delta, self.architecture = float(threshold), float(delta), architecture
+        self.likelihood = likelihood
+        P = 2 if likelihood == "gaussian" else 1  # decoder outputs per pixel
         self.noise_dim = K - 1
         q_dim = N * K if relaxation == "gs" else 2 * N * self.noise_dim
         z_dim = N * K
         D = int(math.prod(self._x_shape))
         if architecture == "conv":
             self.inference_network = conv_encoder(self._x_shape, q_dim, hdim)
-            decoder = conv_decoder(z_dim, self._x_shape, hdim)
+            out_shape = self._x_shape if P == 1 else (P * self._x_shape[0], *self._x_shape[1:])
+            decoder = conv_decoder(z_dim, out_shape, hdim)
+        elif architecture == "nonlinear":
+            self.inference_network = relu_mlp(D, NONLINEAR_ENCODER_UNITS, q_dim)
+            decoder = relu_mlp(z_dim, NONLINEAR_DECODER_UNITS, P * D)
         else:
             self.inference_network = mlp(D, q_dim, hdim, nlayers)
-            decoder = mlp(z_dim, D, hdim, nlayers)
+            decoder = mlp(z_dim, P * D, hdim, nlayers)
         g = nn.Module()
         g.decoder = decoder
         if relaxation == "igr-planar":
@@ -224,7 +316,9 @@ class DiscreteVAE(TemplateModel):
             g.flow_w = nn.Parameter(0.01 * torch.randn(num_flows, self.noise_dim))
             g.flow_b = nn.Parameter(torch.zeros(num_flows))
         self.generative_model = g
-        if x_mean is not None:
+        if likelihood == "gaussian":
+            _init_gaussian_output_bias(g.decoder, x_mean, GAUSSIAN_INIT_STD)
+        elif x_mean is not None:
             init_output_bias(g.decoder, x_mean)
 
     @property
@@ -289,9 +383,15 @@ class DiscreteVAE(TemplateModel):
         return loc.to(like.device).expand(shape), scale.to(like.device).expand(shape)
 
     def observation_model(self, z: Tensor) -> Distribution:
-        r"""``p(x|z) = Bernoulli(logits(z))`` for a relaxed (or one-hot) ``z`` of shape ``[n, N, K]``."""
-        logits = self.generative_model.decoder(z.reshape(z.shape[0], -1)).reshape(-1, *self._x_shape)
-        return BernoulliLogits(logits, len(self._x_shape))
+        r"""``p(x|z)`` for a relaxed (or one-hot) ``z`` of shape ``[n, N, K]``: ``Bernoulli(logits(z))``
+        (:class:`~ovis.distributions.bernoulli.BernoulliLogits`) or, with ``likelihood="gaussian"``,
+        ``N(sigmoid(a(z)), (1e-6 + softplus(b(z)))^2)`` per pixel
+        (:func:`~ovis.distributions.gaussian.sigmoid_softplus_normal`); batch ``[n]``, event ``x_shape``."""
+        out = self.generative_model.decoder(z.reshape(z.shape[0], -1))
+        if self.likelihood == "gaussian":
+            a, b = out.reshape(-1, 2, *self._x_shape).unbind(1)
+            return sigmoid_softplus_normal(a, b, len(self._x_shape))
+        return BernoulliLogits(out.reshape(-1, *self._x_shape), len(self._x_shape))
 
     # ------------------------------------------------------------------ protocol
     #: the estimators call ``forward(x, particles=n)`` with the un-expanded batch (see forward)

@@ -185,9 +185,10 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     g.add_argument("--learn_prior", action="store_true", help="learn the prior's parameters")
     g.add_argument("--prior_components", type=nonneg_int, default=0,
                    help="mixture components of --prior mog (0: --K)")
-    g.add_argument("--likelihood", default="bernoulli", choices=("bernoulli", "cbernoulli"),
-                   help="--model vae observation model: bernoulli, or cbernoulli (continuous "
-                        "Bernoulli, for grey levels in [0, 1])")
+    g.add_argument("--likelihood", default="bernoulli", choices=("bernoulli", "cbernoulli", "gaussian"),
+                   help="observation model: bernoulli; --model vae: cbernoulli (continuous Bernoulli, for grey "
+                        "levels in [0, 1]); --model discrete-vae: gaussian (per-pixel Normal, mean sigmoid(a), "
+                        "std 1e-6 + softplus(b), for grey levels in [0, 1], as the IGR paper's Fashion-MNIST)")
     g.add_argument("--posterior", default="normal", choices=("normal", "mog"),
                    help="--model vae q(z|x): normal, or mog (mixture of Gaussians; score-function "
                         "estimators only)")
@@ -200,8 +201,10 @@ def build_run_parser(prog: str = "run.py") -> argparse.ArgumentParser:
                    help="density: model p(x); conditional: structured output prediction "
                         "p(x_bot | x_top) of an image's bottom half from its top half "
                         "(--model sbm or discrete-vae; see ovis.models.conditional)")
-    g.add_argument("--architecture", default="dense", choices=("dense", "conv"),
-                   help="discrete-vae networks: dense (tanh MLPs) or conv (28x28 images)")
+    g.add_argument("--architecture", default="dense", choices=("dense", "conv", "nonlinear"),
+                   help="discrete-vae networks: dense (tanh MLPs, --hdim x --nlayers), conv (28x28 images) or "
+                        "nonlinear (the IGR paper's dense_nonlinear: ReLU 512-256 encoder, 256-512 decoder; "
+                        "--hdim / --nlayers are ignored)")
     # --- discrete-vae: IGR vs Gumbel-Softmax, as the IGR paper runs them (ovis.models.discrete_vae)
     g.add_argument("--igr_prior", default="uniform", choices=("uniform", "standard"),
                    help="discrete-vae IGR noise prior: uniform (its induced categorical is uniform over the K "
@@ -334,10 +337,13 @@ def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
             f"run.py: error: argument --posterior: a mixture-of-Gaussians posterior has no "
             f"reparameterisation; estimator {args.estimator!r} needs one: use a score-function "
             "estimator (reinforce, vimco-arithmetic, ovis-gamma1, ...)")
-    if args.dataset in GREY_DATASETS and args.likelihood != "cbernoulli":
+    grey_likelihood = {"vae": "cbernoulli", "discrete-vae": "gaussian"}.get(args.model or "vae")
+    if args.dataset in GREY_DATASETS and (grey_likelihood is None or args.likelihood != grey_likelihood):
+        fix = (f"add --likelihood {grey_likelihood} (--model {args.model or 'vae'})" if grey_likelihood else
+               "use --model vae --likelihood cbernoulli or --model discrete-vae --likelihood gaussian")
         raise RunArgumentError(
             f"run.py: error: argument --dataset: {args.dataset} holds grey levels in [0, 1], which a "
-            f"--likelihood {args.likelihood} decoder cannot model; add --likelihood cbernoulli (--model vae), "
+            f"--likelihood {args.likelihood} decoder cannot model; {fix}, "
             f"or use the binarised --dataset {args.dataset[:-len('-grey')]}")
     from ovis.datasets.mnist import BINARIZABLE_DATASETS, SPLIT_DATASETS
 
