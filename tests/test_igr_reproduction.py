@@ -41,7 +41,12 @@ def test_grids_validate_and_keep_the_protocol(name: str, tmp_path: Path) -> None
     assert jobs and not warnings
     args = [parse_run_args(list(j.argv)) for j in jobs]
     assert {a.relaxation for a in args} == {"gs", "igr-i", "igr-planar", "igr-sb"}
-    assert {a.dataset for a in args} == {"mnist", "fashion"}
+    assert {a.dataset for a in args} == {"mnist", "fashion-grey"}
+    # the original's data protocol: MNIST thresholded (Bernoulli), Fashion-MNIST grey levels (Gaussian), 60k
+    assert all(a.binarization == "threshold" and a.likelihood == "bernoulli" for a in args if a.dataset == "mnist")
+    assert all(a.likelihood == "gaussian" for a in args if a.dataset == "fashion-grey")
+    assert all(a.split == "60k" and a.architecture == "nonlinear" and a.N == 20 for a in args)
+    assert all(a.K == (50 if a.relaxation == "igr-sb" else 10) for a in args)
     assert len({a.seed for a in args}) >= 3 and len({a.tau for a in args}) >= 3
     assert all(0.03 <= a.tau <= 0.67 for a in args)
     assert all(a.bs == 100 and a.iw_test == 100 and a.igr_prior == "uniform" and not a.relaxed_evaluation
@@ -104,7 +109,7 @@ def _tables(md: str) -> List[List[str]]:
     return heads
 
 
-IGR_BETTER = {ds: {"gs": -120.0, "igr-i": -110.0, "igr-planar": -111.0, "igr-sb": -112.0} for ds in ("mnist", "fashion")}
+IGR_BETTER = {ds: {"gs": -120.0, "igr-i": -110.0, "igr-planar": -111.0, "igr-sb": -112.0} for ds in ("mnist", "fashion-grey")}
 
 
 def test_vae_section_selects_temperatures_on_validation_and_orders(tmp_path: Path) -> None:
@@ -117,7 +122,7 @@ def test_vae_section_selects_temperatures_on_validation_and_orders(tmp_path: Pat
     assert (tmp_path / "fig" / "igr_vae.png").is_file()
     # GS best on Fashion-MNIST, beyond the seeds' spread: not reproduced
     root2 = tmp_path / "runs2"
-    _synthetic_vae(root2, {**IGR_BETTER, "fashion": {"gs": -100.0, "igr-i": -110.0, "igr-planar": -111.0,
+    _synthetic_vae(root2, {**IGR_BETTER, "fashion-grey": {"gs": -100.0, "igr-i": -110.0, "igr-planar": -111.0,
                                                     "igr-sb": -112.0}})
     assert sections(root2, tmp_path / "fig", "full")[0].verdict == "not reproduced"
 
