@@ -6,8 +6,10 @@ test with probability 1e-3 under a fresh seed).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 from typing import Dict
 
 import pytest
@@ -862,3 +864,50 @@ def test_run_py_trains_the_gaussian_nonlinear_igr_model_on_grey_fashion(tmp_path
                       "generative_model.decoder.2.weight": (512, 256), "generative_model.decoder.2.bias": (512,),
                       "generative_model.decoder.4.weight": (2 * 784, 512),
                       "generative_model.decoder.4.bias": (2 * 784,)}, shapes
+
+
+# ------------------------------------------------------------------------------- the approximation's losses
+def test_approximation_losses_are_the_originals_formulas() -> None:
+    from ovis.distributions.igr_approximation import LOSSES, _loss
+
+    target = torch.tensor([0.5, 0.3, 0.2, 0.0], dtype=torch.float64)
+    zbar = torch.tensor([0.4, 0.4, 0.1, 0.1], dtype=torch.float64)
+    assert set(LOSSES) == {"kl", "squared", "reverse-kl"}
+    t = target[:3]
+    assert torch.isclose(_loss(target, zbar, "squared"), ((zbar - target) ** 2).sum())
+    assert torch.isclose(_loss(target, zbar[:3], "kl"), (t * (t / zbar[:3]).log()).sum())
+    assert torch.isclose(_loss(target, zbar[:3], "reverse-kl"), (zbar[:3] * (zbar[:3] / t).log()).sum())
+    # the reverse KL pushes mass off a category the target does not have (finite, large): the forward KL ignores it
+    assert 1.0 < float(_loss(target, zbar, "reverse-kl")) < 1e3
+    assert float(_loss(target, zbar, "kl")) == pytest.approx(float((t * (t / zbar[:3]).log()).sum()))
+    with pytest.raises(ValueError, match="loss must be one of"):
+        fit_igr_sb(binomial_target(3, 0.5), steps=1, loss="l1")
+
+
+def test_approximation_experiment_uses_the_original_losses_and_sizes(tmp_path: Path, monkeypatch) -> None:
+    import ovis.distributions.igr_approximation as approx
+
+    calls = []
+
+    def fake_igr(*args, **kwargs):
+        calls.append(("igr-sb", args[3], args[4], kwargs["loss"]))
+        return approx.ApproximationResult("t", 0.05, 0.0, 0.0, [1.0], [1.0])
+
+    def fake_gs(*args, **kwargs):
+        calls.append(("gs", args[3], args[4], kwargs["loss"]))
+        return approx.ApproximationResult("t", 0.9, 0.0, 0.0, [1.0], [1.0])
+
+    monkeypatch.setattr(approx, "fit_igr_sb", fake_igr)
+    monkeypatch.setattr(approx, "fit_gs", fake_gs)
+    out = tmp_path / "a.json"
+    assert approx.main(["--experiment", str(out), "--seeds", "1"]) == 0
+    # the original: 200 steps of 10,000 samples, squared error for IGR-SB, reverse KL for GS
+    assert {c for c in calls if c[0] == "igr-sb"} == {("igr-sb", 200, 10000, "squared")}
+    assert {c for c in calls if c[0] == "gs"} == {("gs", 200, 10000, "reverse-kl")}
+    setting = json.loads(out.read_text())["setting"]
+    assert setting["losses"] == "original" and setting["loss"] == {"igr-sb": "squared", "gs": "reverse-kl"}
+    calls.clear()
+    approx.main(["--experiment", str(out), "--seeds", "1", "--losses", "kl", "--steps", "3", "--samples", "7"])
+    assert {c[1:] for c in calls} == {(3, 7, "kl")}
+    with pytest.raises(ValueError, match="losses must be one of"):
+        approx.run_experiment(out, seeds=[1], losses="squared")

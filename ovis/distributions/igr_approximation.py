@@ -10,10 +10,17 @@ Method (the original's ``approximations/`` scripts, cunningham-lab/igr).  The pa
 the noise ``N(mu, diag(sigma^2))`` of ``M - 1`` coordinates; GS: ``K`` logits) are learned with Adam
 (lr 1e-2) from the average relaxed sample :math:`\bar z = \frac1S\sum_s z_s`:
 
-* ``loss="kl"`` (default): :math:`\sum_k \pi_k \log(\pi_k / \bar z_k)`, the forward KL between the
-  target (restricted to the categories the model has) and the mean relaxed sample;
+* ``loss="kl"`` (default of the fitting functions): :math:`\sum_k \pi_k \log(\pi_k / \bar z_k)`, the
+  forward KL between the target (restricted to the categories the model has) and the mean relaxed
+  sample;
 * ``loss="squared"``: :math:`\sum_k (\bar z_k - \pi_k)^2`, the original's loss for IGR
-  (``run_kl=False``; it uses :math:`\sum_k \bar z_k\log(\bar z_k/\pi_k)` for GS).
+  (``run_kl=False``);
+* ``loss="reverse-kl"``: :math:`\sum_k \bar z_k \log(\bar z_k / \pi_k)`, the original's loss for GS
+  (``run_kl=True``).
+
+:func:`run_experiment` uses the original's pair (:data:`EXPERIMENT_LOSSES` ``"original"``: squared
+for IGR-SB, reverse KL for GS) with its 10,000 relaxed samples a step, or the forward KL for both
+(``"kl"``).
 
 **Initialisation.**  GS: the logits of the uniform over its ``K`` categories (the original's).
 IGR-SB: the original initialises every stick at ``sigmoid(mu) = 1/(M-1)`` (``mu = logit(1/(M-1))``,
@@ -52,7 +59,14 @@ from ovis.distributions.gumbel import GumbelSoftmax
 from ovis.distributions.igr import IGRSB
 
 __all__ = ["ApproximationResult", "poisson_target", "binomial_target", "negative_binomial_target",
-           "fit_igr_sb", "fit_gs", "run_experiment", "PAPER_SETTING", "main"]
+           "fit_igr_sb", "fit_gs", "run_experiment", "PAPER_SETTING", "LOSSES", "EXPERIMENT_LOSSES", "main"]
+
+#: the fitting losses (module docstring)
+LOSSES = ("kl", "squared", "reverse-kl")
+#: the losses of :func:`run_experiment`, ``{name: {"igr-sb": loss, "gs": loss}}``: the original's pair, or
+#: the forward KL for both
+EXPERIMENT_LOSSES: Dict[str, Dict[str, str]] = {"original": {"igr-sb": "squared", "gs": "reverse-kl"},
+                                                "kl": {"igr-sb": "kl", "gs": "kl"}}
 
 #: the paper's setting of the experiment (section 5.1 and the original's scripts)
 PAPER_SETTING: Dict[str, Any] = {
@@ -61,6 +75,8 @@ PAPER_SETTING: Dict[str, Any] = {
     "gs": {"tau": 0.1, "categories": [20, 40, 100]},
     "seeds": [1, 2, 3, 4, 5],
     "lr": 1e-2,
+    "steps": 200,
+    "num_samples": 10000,
 }
 
 
@@ -121,6 +137,9 @@ def _loss(target: Tensor, zbar: Tensor, loss: str) -> Tensor:
     t = target[:C]
     if loss == "squared":
         return ((zbar - t) ** 2).sum()
+    if loss == "reverse-kl":  # a category with no target mass gets log(1e-300): pushed to 0, finitely
+        z = zbar.clamp_min(1e-12)
+        return (z * (z.log() - t.clamp_min(1e-300).log())).sum()
     pos = t > 0
     zbar = zbar.clamp_min(1e-12)
     return (t[pos] * (t[pos].log() - zbar[pos].log())).sum()
@@ -137,8 +156,8 @@ def _check_fit_args(steps: int, num_samples: int, num_eval: int, lr: float, loss
     if steps < 0 or num_samples < 1 or num_eval < 1 or not lr > 0:
         raise ValueError(f"need steps >= 0, num_samples >= 1, num_eval >= 1 and lr > 0, got {steps}, "
                          f"{num_samples}, {num_eval}, {lr}")
-    if loss not in ("kl", "squared"):
-        raise ValueError(f"loss must be 'kl' or 'squared', got {loss!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
 
 
 def fit_igr_sb(target: Tensor, tau: float = 0.05, threshold: float = 0.99, steps: int = 1000,
@@ -154,7 +173,7 @@ def fit_igr_sb(target: Tensor, tau: float = 0.05, threshold: float = 0.99, steps
         num_eval: fresh samples for the argmax frequencies.
         seed: the fit's torch seed (the global RNG state is restored afterwards).
         init: ``"paper"`` (every stick broken with probability ``1/(M-1)``) or ``"zero"``.
-        loss: ``"kl"`` or ``"squared"``.
+        loss: one of :data:`LOSSES` (module docstring).
         max_categories: ``M`` (default ``T``); the target's categories beyond ``M`` cannot be reached.
 
     Returns:
@@ -228,14 +247,22 @@ def fit_gs(target: Tensor, categories: int, tau: float = 0.1, steps: int = 1000,
         torch.random.set_rng_state(gen_state)
 
 
-def run_experiment(out: Path, seeds: Sequence[int] = (1, 2, 3, 4, 5), steps: int = 400,
-                   num_samples: int = 1000, num_eval: int = 20000,
+def run_experiment(out: Path, seeds: Sequence[int] = (1, 2, 3, 4, 5), steps: int = 200,
+                   num_samples: int = 10000, num_eval: int = 20000, losses: str = "original",
                    log: Any = print) -> Dict[str, Any]:
     r"""The paper's experiment (:data:`PAPER_SETTING`): Poisson(50) and NegBin(50, 0.6), IGR-SB
     (``tau = 0.01``, threshold 0.9, at most 100 categories) against GS (``tau = 0.1``) with 20, 40
-    and 100 categories, one fit per seed; writes ``out`` (JSON, atomically) and returns it:
-    ``{"setting": ..., "results": [{"target", "method", "seed", "total_variation", "frequencies",
-    "target_probs", "max_truncation_rate"}]}``."""
+    and 100 categories, one fit per seed, ``steps`` Adam steps of ``num_samples`` relaxed samples
+    (the original: 200 of 10,000) with the losses :data:`EXPERIMENT_LOSSES` ``[losses]``; writes
+    ``out`` (JSON, atomically) and returns it: ``{"setting": ..., "results": [{"target", "method",
+    "seed", "total_variation", "frequencies", "target_probs", "max_truncation_rate"}]}``.
+
+    Raises:
+        ValueError: ``losses`` is not a key of :data:`EXPERIMENT_LOSSES`.
+    """
+    if losses not in EXPERIMENT_LOSSES:
+        raise ValueError(f"losses must be one of {sorted(EXPERIMENT_LOSSES)}, got {losses!r}")
+    pair = EXPERIMENT_LOSSES[losses]
     from ovis.utils.files import atomic_write_bytes
 
     s = PAPER_SETTING
@@ -249,16 +276,17 @@ def run_experiment(out: Path, seeds: Sequence[int] = (1, 2, 3, 4, 5), steps: int
             for method in ["igr-sb"] + [f"gs-{c}" for c in s["gs"]["categories"]]:
                 if method == "igr-sb":
                     r = fit_igr_sb(target, s["igr_sb"]["tau"], s["igr_sb"]["threshold"], steps, num_samples,
-                                   s["lr"], num_eval, seed, tname)
+                                   s["lr"], num_eval, seed, tname, loss=pair["igr-sb"])
                 else:
                     r = fit_gs(target, int(method[3:]), s["gs"]["tau"], steps, num_samples, s["lr"], num_eval,
-                               seed, tname)
+                               seed, tname, loss=pair["gs"])
                 log(f"[igr-approximation] {tname} {method} seed {seed}: total variation {r.total_variation:.4f}")
                 rows.append({"target": tname, "method": method, "seed": int(seed),
                              "total_variation": r.total_variation, "final_loss": r.final_kl,
                              "max_truncation_rate": r.max_truncation_rate, "frequencies": r.frequencies,
                              "target_probs": r.target})
-    result = {"setting": dict(s, steps=steps, num_samples=num_samples, num_eval=num_eval, seeds=list(seeds)),
+    result = {"setting": dict(s, steps=steps, num_samples=num_samples, num_eval=num_eval, seeds=list(seeds),
+                              losses=losses, loss=dict(pair)),
               "results": rows}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -277,15 +305,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--binom_p", type=float, default=0.3)
     p.add_argument("--tau", type=float, default=0.05)
     p.add_argument("--threshold", type=float, default=0.99)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=None,
+                   help="Adam steps (default 1000; with --experiment the original's 200)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="relaxed samples a step (default 1000; with --experiment the original's 10000)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--init", choices=["paper", "zero"], default="paper", help="IGR-SB initialisation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--experiment", default=None, metavar="OUT.json",
                    help="run the paper's experiment (Poisson(50), NegBin(50, 0.6), IGR-SB vs GS 20/40/100, "
-                   "5 seeds; --steps, --samples apply) and write its results to OUT.json")
+                   "5 seeds; --steps, --samples, --losses apply; the original: --steps 200 --samples 10000) and "
+                   "write its results to OUT.json")
     p.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated seeds of --experiment")
+    p.add_argument("--losses", choices=sorted(EXPERIMENT_LOSSES), default="original",
+                   help="--experiment's losses: original (squared for IGR-SB, reverse KL for GS) or kl (forward KL "
+                        "for both)")
     p.add_argument("--json", action="store_true", help="print the full results as JSON")
     a = p.parse_args(argv)
     if a.experiment:
@@ -295,8 +329,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p.error(f"--seeds must be comma-separated integers, got {a.seeds!r}")
         if not seeds:
             p.error("--seeds needs at least one seed")
-        run_experiment(Path(a.experiment), seeds=seeds, steps=a.steps, num_samples=a.samples)
+        steps = PAPER_SETTING["steps"] if a.steps is None else a.steps
+        samples = PAPER_SETTING["num_samples"] if a.samples is None else a.samples
+        run_experiment(Path(a.experiment), seeds=seeds, steps=steps, num_samples=samples, losses=a.losses)
         return 0
+    a.steps = 1000 if a.steps is None else a.steps
+    a.samples = 1000 if a.samples is None else a.samples
     results = [
         fit_igr_sb(poisson_target(a.rate, a.max_categories), a.tau, a.threshold, a.steps, a.samples, a.lr,
                    seed=a.seed, name=f"poisson(rate={a.rate}, M={a.max_categories})", init=a.init),

@@ -60,7 +60,7 @@ DATASETS = ("mnist", "fashion-grey")
 #: where :func:`run_approximation` writes its result, under the root
 APPROXIMATION_FILE = Path("igr-approximation") / "approximation.json"
 #: the approximation experiment's size at each scale (fits per seed: IGR-SB and GS 20/40/100, two targets)
-APPROXIMATION = {"full": {"steps": 200, "samples": 1000, "seeds": "1,2,3,4,5"},
+APPROXIMATION = {"full": {"steps": 200, "samples": 10000, "seeds": "1,2,3,4,5"},
                  "tiny": {"steps": 3, "samples": 20, "seeds": "1"}}
 
 #: the IGR paper's statements, paraphrased or quoted, per part of the document
@@ -407,10 +407,11 @@ def _approximation(root: Path, fig_dir: Path) -> FigureSection:
         "**This scale** (`python -m ovis.distributions.igr_approximation --experiment`, the original's "
         "`approximations/` settings): IGR-SB at tau 0.01 with threshold 0.9 and at most 100 categories, "
         "initialised as the original (every stick broken with probability 1/99); GS at tau 0.1 with 20, 40 and "
-        "100 categories initialised uniform; Adam lr 1e-2, 200 steps of 1000 relaxed samples (the original: "
-        "10,000), 5 seeds, the forward KL between the target and the mean relaxed sample as the loss (the "
-        "original: a squared error for IGR, the reverse KL for GS). Error: the total variation between the "
-        "target and the argmax frequencies of 20,000 fresh samples (sampling noise alone: a few 1e-3).")
+        "100 categories initialised uniform; Adam lr 1e-2, 200 steps of 10,000 relaxed samples, 5 seeds, and the "
+        "original's losses between the mean relaxed sample and the target: the squared error for IGR-SB, the "
+        "reverse KL for GS (`--losses original`; `--losses kl` fits both with the forward KL instead). Error: "
+        "the total variation between the target and the argmax frequencies of 20,000 fresh samples (sampling "
+        "noise alone: a few 1e-3).")
     path = root / APPROXIMATION_FILE
     try:
         result = json.loads(path.read_text())
