@@ -27,7 +27,7 @@ pixel ``(a, b)`` and ``p(x|z) = prod_i N(x_i; sigmoid(a_i), (1e-6 + softplus(b_i
 (:func:`ovis.distributions.gaussian.sigmoid_softplus_normal`, a density: its bounds are not
 comparable with Bernoulli ones).  Layout: the decoder's output ``[n, 2 * prod(x_shape)]`` (dense,
 nonlinear; ``[n, 2C, 28, 28]`` for conv) is read as ``[n, 2, *x_shape]``, ``a`` first.  Its output
-bias starts at ``a = logit(x_mean)`` (clamped to ``[1e-3, 1 - 1e-3]``, the channel mean for conv;
+bias (``dense``, ``conv``; ``nonlinear`` is initialised as the original, *Architectures*) starts at ``a = logit(x_mean)`` (clamped to ``[1e-3, 1 - 1e-3]``, the channel mean for conv;
 untouched without ``x_mean``) and ``b = softplus^{-1}(0.2)`` (:data:`GAUSSIAN_INIT_STD`: every
 standard deviation starts near 0.2, a scale of grey-level noise).  Deliberate difference: the
 original puts an ELU on the decoder's output layer for Fashion-MNIST (``determine_activation_from_case``),
@@ -41,7 +41,13 @@ Fashion-MNIST cannot be matched); ours is linear.  Every use of the decoder goes
 :func:`ovis.models.vae.conv_decoder`; ``nonlinear``: the original's ``dense_nonlinear`` networks,
 encoder ``D -> 512 -> 256 -> q`` and decoder ``N K -> 256 -> 512 -> out`` with ReLU hidden layers and
 linear outputs (:data:`NONLINEAR_ENCODER_UNITS`, :data:`NONLINEAR_DECODER_UNITS`; ``hdim`` and
-``nlayers`` are ignored).
+``nlayers`` are ignored), initialised as the original's Keras layers (:func:`keras_default_init`:
+Glorot-uniform weights, zero biases) and *not* at the data mean (``x_mean`` is unused: the Bernoulli
+output starts at 1/2; the Gaussian one at mean 1/2 and standard deviation ``softplus(0) = 0.69``).
+This is part of the protocol, not a detail: with PyTorch's default initialisation, or with the output
+bias at the data mean, the Gumbel-Softmax model of thresholded MNIST collapses in its first epoch (the
+encoder's logits go to a constant, KL 0, bound about -200 nats), while from the original's
+initialisation it learns.
 
 **What the IGR models return (the choice, for the estimators).**  ``output['z'] = [y]`` (the
 Gaussian noise, ``[n, N, K-1]``), ``output['qz'] = [q(y|x)]`` and ``output['pz'] = [p(y)]``
@@ -131,7 +137,8 @@ from ovis.models.base import TemplateModel
 from ovis.models.vae import conv_decoder, conv_encoder, init_output_bias, mlp
 
 __all__ = ["DiscreteVAE", "RELAXATIONS", "ARCHITECTURES", "LIKELIHOODS", "IGR_PRIORS", "EVALUATIONS",
-           "NONLINEAR_ENCODER_UNITS", "NONLINEAR_DECODER_UNITS", "GAUSSIAN_INIT_STD", "relu_mlp"]
+           "NONLINEAR_ENCODER_UNITS", "NONLINEAR_DECODER_UNITS", "GAUSSIAN_INIT_STD", "relu_mlp",
+           "keras_default_init"]
 
 
 def _repeat_params(params: Any, n: int) -> Any:
@@ -173,6 +180,17 @@ def relu_mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def keras_default_init(net: nn.Module) -> None:
+    r"""Initialise every ``nn.Linear`` of ``net`` as a Keras ``Dense`` layer by default: weights
+    Glorot-uniform, :math:`U(\pm\sqrt{6 / (\mathrm{fan\_in} + \mathrm{fan\_out})})`, biases zero (in
+    place; the ``nonlinear`` architecture's networks, as the original initialises them)."""
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def _init_gaussian_output_bias(net: nn.Module, x_mean: Optional[Tensor], std: float) -> None:
@@ -232,7 +250,8 @@ class DiscreteVAE(TemplateModel):
             512-256 / 256-512, ``hdim`` and ``nlayers`` ignored); module docstring.
         hdim, nlayers: hidden units and layers of the ``dense`` MLPs (``hdim``: the conv networks'
             dense layer); unused by ``nonlinear``.
-        x_mean: training mean (``x_shape``) to initialise the output bias at its logit.
+        x_mean: training mean (``x_shape``) to initialise the output bias at its logit (not with
+            ``nonlinear``, initialised as the original).
         likelihood: ``p(x|z)``, one of :data:`LIKELIHOODS` (module docstring).
         prior: IGR noise prior, one of :data:`IGR_PRIORS` (module docstring).
         prior_tau: the GS prior's temperature (default ``tau``).
@@ -316,7 +335,10 @@ class DiscreteVAE(TemplateModel):
             g.flow_w = nn.Parameter(0.01 * torch.randn(num_flows, self.noise_dim))
             g.flow_b = nn.Parameter(torch.zeros(num_flows))
         self.generative_model = g
-        if likelihood == "gaussian":
+        if architecture == "nonlinear":  # the original's Keras initialisation, x_mean unused (module docstring)
+            keras_default_init(self.inference_network)
+            keras_default_init(g.decoder)
+        elif likelihood == "gaussian":
             _init_gaussian_output_bias(g.decoder, x_mean, GAUSSIAN_INIT_STD)
         elif x_mean is not None:
             init_output_bias(g.decoder, x_mean)
