@@ -297,7 +297,11 @@ def _vae(root: Path, fig_dir: Path) -> FigureSection:
         "proper importance-weighted bound of the discrete model, q being the categorical each relaxation relaxes "
         "(GS: softmax of its logits; IGR: the induced categorical of its Gaussian noise); the original subtracts a "
         "KL from the log-mean of p(x|z), which is not a bound in general. IGR-SB's discrete model has 50 "
-        "categories (a uniform prior over 50), the others' 10, as in the original.")
+        "categories (a uniform prior over 50), the others' 10, as in the original. A caution on Fashion-MNIST: with "
+        "a standard-deviation floor of 1e-6, the Gaussian decoder's density on the many exactly black pixels grows "
+        "without a useful limit, so its bounds (hundreds to thousands of nats) are dominated by how small the "
+        "standard deviation gets on the background and vary by hundreds of nats between seeds and temperatures; "
+        "read that data set's ordering with its standard deviations.")
     data, err = _read(root, exp)
     if data is None or data.metrics.empty:
         md = head + f"\n\nNo results yet ({err or _status_line(data)}).\n\n" + _table_vae(
